@@ -1,0 +1,156 @@
+"""Command line: ``serialmuxd run|check-config|demo``.
+
+Exit codes: 0 success; 1 start-up failure (busy listen address, unusable state directory); 2 invalid
+configuration or usage.  Every failure is one line per problem on stderr, naming the thing at fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from . import __version__
+from .config import Config, load_config, parse_config
+from .errors import ConfigError, StartupError
+
+EXIT_OK = 0
+EXIT_STARTUP = 1
+EXIT_CONFIG = 2
+
+_DEMO_SHELL = "/bin/bash --noprofile --norc -i" if os.path.exists("/bin/bash") else "/bin/sh -i"
+
+
+def demo_config_text(telnet_port: int, readonly_port: int, shell: str = _DEMO_SHELL) -> str:
+    """The embedded default: one console, a shell on a PTY through the exec backend."""
+    return f"""
+[daemon]
+log_level = "info"
+
+[[ports]]
+name = "demo"
+device = {_toml_str("exec:" + shell)}
+telnet = "127.0.0.1:{telnet_port}"
+telnet_readonly = "127.0.0.1:{readonly_port}"
+replay_bytes = 4096
+"""
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _run_loop(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run on uvloop when installed (loop_factory, never the deprecated policies), else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        factory = None
+    else:
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main())
+
+
+async def _serve(config: Config, banner: Callable[[Any], None] | None = None) -> int:
+    from .daemon import Daemon
+    from .obs.logging import configure_logging
+
+    configure_logging(config.daemon.log_level, config.daemon.log_format)
+    daemon = Daemon(config)
+    try:
+        await daemon.start()
+    except StartupError as exc:
+        print(f"serialmuxd: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    if banner is not None:
+        banner(daemon)
+    await daemon.run_until_stopped()
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print("\n".join(exc.lines()), file=sys.stderr)
+        return EXIT_CONFIG
+    return _run_loop(lambda: _serve(config))
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print("\n".join(exc.lines()), file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{args.file}: OK ({len(config.ports)} ports)")
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    config = parse_config(demo_config_text(args.telnet_port, args.telnet_port + 100), "<embedded demo>")
+
+    def banner(daemon: Any) -> None:
+        rw = daemon.listener("demo", "telnet")
+        ro = daemon.listener("demo", "telnet-readonly")
+        print(
+            "\nserialmuxd demo: console 'demo' is a shell on a PTY (exec backend: "
+            f"{shlex.quote(_DEMO_SHELL)})\n"
+            f"  attach (read-write):  telnet {rw.host} {rw.tcp_port}\n"
+            f"  watch (read-only):    telnet {ro.host} {ro.tcp_port}\n"
+            "  in the console:       Ctrl-E c ?  help,  Ctrl-E c .  detach\n"
+            f"  stop the daemon:      Ctrl-C here, or kill -TERM {os.getpid()}\n",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return _run_loop(lambda: _serve(config, banner))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="serialmuxd",
+        description=(
+            "Serial-console multiplexer: owns the COM1 ports of the machines on this host (ttys, PTYs, QEMU "
+            "chardev sockets, programs such as ipmitool SOL) and lets people attach over telnet/raw TCP — one "
+            "writer at a time with takeover, read-only viewers, scrollback replayed on attach."
+        ),
+        epilog="Exit codes: 0 ok, 1 start-up failure (e.g. busy listen address), 2 invalid configuration.",
+    )
+    parser.add_argument("--version", action="version", version=f"serialmuxd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon with a configuration file")
+    run.add_argument("--config", "-c", required=True, metavar="FILE", help="TOML file (see config.example.toml)")
+    run.set_defaults(func=_cmd_run)
+
+    check = sub.add_parser(
+        "check-config", help="validate a configuration file; prints 'FILE: key.path: reason' per problem"
+    )
+    check.add_argument("file", metavar="FILE")
+    check.set_defaults(func=_cmd_check)
+
+    demo = sub.add_parser(
+        "demo", help="run with an embedded demo console (a shell on a PTY) to try serialmuxd out"
+    )
+    demo.add_argument(
+        "--telnet-port", type=int, default=7001, metavar="PORT",
+        help="interactive telnet port on 127.0.0.1 (read-only viewers get PORT+100; default 7001)",
+    )
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

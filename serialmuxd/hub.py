@@ -1,0 +1,605 @@
+"""PortHub: one console port — its device link, scrollback ring, writer lease and sessions.
+
+Data flow (DESIGN.md §1)::
+
+    device ──► PortHub.device_data_received ──► RingBuffer.append
+                                            └──► each live Session's sink.send_output (never awaits)
+    sink ──► Session.input ──► lease check ──► (pacing) ──► DeviceLink.write
+
+Invariants kept here:
+
+* The fan-out never waits for a client.  A sink whose transport buffer is full calls
+  ``Session.pause_output``; from then on the hub only remembers the session's cursor (an absolute ring
+  offset).  When the sink drains it calls ``Session.resume_output`` and the hub replays from the cursor —
+  telling the client exactly how many bytes were overwritten meanwhile (``slow_reader = "resync"``) or
+  closing it with that count and the offset it reached (``"close"``).  The device and the other sessions
+  never slow down.
+* Exactly one writer: input is accepted only from the session that holds the ``WriterLease`` at the moment
+  the bytes arrive; bytes of an evicted or demoted writer are discarded, never queued.
+* Device back-pressure reaches only the writer: when the link's input buffer is full the writer's sink is
+  asked to stop reading (``pause_input``), so a paste is paced at the device's drain rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .config import PortConfig, SlowReaderPolicy
+from .core.access import AccessPolicy, AllowAll, Identity, Verb
+from .core.lease import Holder, LeaseInput, Outcome, WriterLease
+from .core.pacing import TokenBucket
+from .core.ring import ReadResult, RingBuffer
+from .devices.base import DeviceLink, DeviceListener, LinkState
+
+# Chunk size used when a session catches up from the ring; the sink pauses us again if it fills up.
+_CATCH_UP_CHUNK_BYTES = 64 * 1024
+# A read-only session that types is reminded at most this often.
+_READ_ONLY_REMINDER_S = 5.0
+# Scrollback replayed by the escape command when the port replays nothing on attach.
+_MIN_MANUAL_REPLAY_BYTES = 4096
+
+
+class PortState(enum.StrEnum):
+    CONNECTING = "connecting"
+    ONLINE = "online"
+    OFFLINE = "offline"
+    DISABLED = "disabled"
+
+
+class Role(enum.StrEnum):
+    WRITER = "writer"
+    VIEWER = "viewer"
+
+
+class AttachMode(enum.StrEnum):
+    INTERACTIVE = "interactive"  # asks for the writer lease (takeover policy applies)
+    VIEWER = "viewer"  # watches only
+
+
+class NoticeKind(enum.StrEnum):
+    """Every in-band message a session can receive; WebSocket sends ``kind`` as a JSON event name."""
+
+    ATTACHED = "attached"
+    WRITE_GRANTED = "write_granted"
+    TOOK_OVER = "took_over"  # you displaced someone
+    EVICTED = "evicted"  # someone displaced you; you are being detached
+    DEMOTED = "demoted"  # someone displaced you; you stay as a viewer
+    REFUSED = "refused"  # write access refused; you watch
+    READ_ONLY = "read_only"  # you are a viewer and typed, or chose read-only
+    INPUT_DISCARDED = "input_discarded"  # device offline / input not accepted
+    OFFLINE = "offline"
+    ONLINE = "online"
+    MISSED = "missed"  # you fell behind; n bytes were skipped
+    REPLAY_START = "replay_start"
+    REPLAY_END = "replay_end"
+    INFO = "info"  # answers to who/help and similar
+    CLOSING = "closing"  # the session is about to be closed by the daemon
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    kind: NoticeKind
+    text: str  # one line for people, without line ends
+    fields: dict[str, Any] = field(default_factory=dict)  # machine-readable details (JSON-safe)
+
+
+class SessionSink(Protocol):
+    """The transport side of a session (telnet, raw TCP, WebSocket).  All calls are synchronous."""
+
+    def send_output(self, data: bytes) -> None:
+        """Guest bytes (live or replay).  Must not block; call ``Session.pause_output`` when full."""
+
+    def send_notice(self, notice: Notice) -> None:
+        """An in-band message for the client."""
+
+    def close_session(self, reason: str) -> None:
+        """The hub ended the session (after sending any notice); close the transport."""
+
+    def pause_input(self) -> None:
+        """Stop reading client input (the device is not keeping up)."""
+
+    def resume_input(self) -> None: ...
+
+
+def _clock_text(stamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(stamp))
+
+
+class AuditFn(Protocol):
+    def __call__(self, event: str, /, **fields: Any) -> None: ...
+
+
+def _no_audit(event: str, /, **fields: Any) -> None:
+    return None
+
+
+class Session:
+    """One attached client of one port.  Created by ``PortHub.attach``; transport-independent."""
+
+    __slots__ = (
+        "_last_read_only_notice",
+        "attached_at",
+        "closed",
+        "cursor",
+        "hub",
+        "id",
+        "identity",
+        "lagging",
+        "missed_bytes",
+        "role",
+        "sink",
+    )
+
+    def __init__(self, hub: PortHub, session_id: int, identity: Identity, sink: SessionSink) -> None:
+        self.hub = hub
+        self.id = session_id
+        self.identity = identity
+        self.sink = sink
+        self.role = Role.VIEWER
+        self.cursor = hub.ring.end  # absolute offset of the next guest byte this session should get
+        self.lagging = False
+        self.closed = False
+        self.missed_bytes = 0
+        self.attached_at = time.time()
+        self._last_read_only_notice = -_READ_ONLY_REMINDER_S
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id} {self.hub.name} {self.role} {self.identity}>"
+
+    # -- from the sink --------------------------------------------------------------------------
+    def input(self, data: bytes) -> None:
+        """Client typed ``data``."""
+        self.hub._input_from(self, data)
+
+    def pause_output(self) -> None:
+        """The sink's buffer is full: stop sending live data; the cursor remembers where we were."""
+        self.lagging = True
+
+    def resume_output(self) -> None:
+        """The sink drained: catch up from the ring (or close, per ``slow_reader``)."""
+        if self.lagging and not self.closed:
+            self.lagging = False
+            self.hub._catch_up(self)
+
+    def send_break(self) -> None:
+        self.hub._send_break(self)
+
+    def window_size_changed(self, cols: int, rows: int) -> None:
+        if self.role is Role.WRITER:
+            self.hub.link_set_window_size(cols, rows)
+
+    def take_over(self) -> None:
+        self.hub._request_write(self, LeaseInput.TAKE_OVER)
+
+    def become_viewer(self) -> None:
+        self.hub._become_viewer(self)
+
+    def replay(self) -> None:
+        self.hub._replay(self, max(self.hub.config.replay_bytes, _MIN_MANUAL_REPLAY_BYTES), manual=True)
+
+    def who(self) -> None:
+        self.sink.send_notice(self.hub.who_notice())
+
+    def detach(self) -> None:
+        """The client left (or the transport closed).  Idempotent."""
+        self.hub._detach(self)
+
+
+class PortHub(DeviceListener):
+    """State and policy of one port.  See the module docstring for the invariants."""
+
+    def __init__(
+        self,
+        config: PortConfig,
+        link_factory: Callable[[PortHub], DeviceLink] | None,
+        *,
+        access: AccessPolicy | None = None,
+        audit: AuditFn = _no_audit,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.ring = RingBuffer(config.scrollback_bytes)
+        self.lease = WriterLease(config.takeover)
+        self.access: AccessPolicy = access or AllowAll()
+        self._audit = audit
+        self._clock = clock
+        self._link_factory = link_factory
+        self.link: DeviceLink | None = None
+        self.sessions: dict[int, Session] = {}
+        self._ids = itertools.count(1)
+        self.state = PortState.CONNECTING if config.enabled else PortState.DISABLED
+        self.state_reason = "" if config.enabled else "disabled in the configuration"
+        self.state_since = time.time()
+        self._device_paused = False
+        self._input_paused_session: Session | None = None
+        # Paced input (input_rate_bps > 0): bytes waiting for tokens, and the timer that sends them.
+        self._pending_input = bytearray()
+        self._bucket: TokenBucket | None = None
+        self._pacing_timer: asyncio.TimerHandle | None = None
+        # Counters for the API/metrics issues.
+        self.bytes_from_device = 0
+        self.bytes_to_device = 0
+        self.bytes_missed = 0
+        self.takeovers = 0
+        self.device_reconnects = 0
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.state is PortState.DISABLED or self._link_factory is None:
+            return
+        self.link = self._link_factory(self)
+        self.link.start()
+
+    async def close(self, reason: str = "serialmuxd is shutting down") -> None:
+        for session in list(self.sessions.values()):
+            self._close_session(session, reason)
+        if self._pacing_timer is not None:
+            self._pacing_timer.cancel()
+            self._pacing_timer = None
+        if self.link is not None:
+            await self.link.close()
+
+    # -- device side (DeviceListener) ------------------------------------------------------------
+    def device_data_received(self, data: bytes) -> None:
+        self.ring.append(data)
+        self.bytes_from_device += len(data)
+        end = self.ring.end
+        # A tuple copy: a sink may close its session while we iterate (slow_reader = "close").
+        for session in tuple(self.sessions.values()):
+            # Cursor first: the sink may call pause_output from inside send_output, and what it was
+            # handed already counts as delivered.
+            if not session.lagging and session.cursor == end - len(data):
+                session.cursor = end
+                session.sink.send_output(data)
+            elif not session.lagging:  # behind for another reason (e.g. mid catch-up): use the ring
+                self._catch_up(session)
+
+    def device_online(self, description: str) -> None:
+        if self.state is not PortState.CONNECTING:
+            self.device_reconnects += 1
+        self._set_state(PortState.ONLINE, description)
+        self._audit("device_online", port=self.name, device=description)
+        self._broadcast(Notice(NoticeKind.ONLINE, f"console {self.name} online ({description})"))
+
+    def device_offline(self, reason: str) -> None:
+        self._set_state(PortState.OFFLINE, reason)
+        self._pending_input.clear()
+        self._audit("device_offline", port=self.name, reason=reason)
+        self._broadcast(
+            Notice(
+                NoticeKind.OFFLINE,
+                f"console {self.name} offline: {reason}; reconnecting, stay attached",
+                {"reason": reason},
+            )
+        )
+
+    def device_write_paused(self) -> None:
+        self._device_paused = True
+        self._sync_writer_input()
+
+    def device_write_resumed(self) -> None:
+        self._device_paused = False
+        self._sync_writer_input()
+        self._flush_pending_input()
+
+    def link_set_window_size(self, cols: int, rows: int) -> None:
+        if self.link is not None:
+            self.link.set_window_size(cols, rows)
+
+    # -- sessions ---------------------------------------------------------------------------------
+    def attach(self, sink: SessionSink, identity: Identity, mode: AttachMode) -> Session | None:
+        """Attach a client.  Returns None (after closing the sink with a reason) if it may not attach."""
+        if not self.access.allows(identity, Verb.VIEW, self.name):
+            sink.close_session(f"access to console {self.name} denied")
+            return None
+        if self.state is PortState.DISABLED:
+            sink.close_session(f"console {self.name} is disabled: {self.state_reason}")
+            return None
+        session = Session(self, next(self._ids), identity, sink)
+        self.sessions[session.id] = session
+        self._audit("attach", port=self.name, session=session.id, peer=str(identity), mode=str(mode))
+        sink.send_notice(
+            Notice(
+                NoticeKind.ATTACHED,
+                f"attached to console {self.name} ({self.state}"
+                + (f": {self.state_reason}" if self.state is PortState.OFFLINE else "")
+                + ")",
+                {"port": self.name, "state": str(self.state), "session": session.id},
+            )
+        )
+        self._replay(session, self.config.replay_bytes, manual=False)
+        if mode is AttachMode.INTERACTIVE:
+            self._request_write(session, LeaseInput.ATTACH)
+        else:
+            holder = self.lease.holder
+            sink.send_notice(
+                Notice(
+                    NoticeKind.READ_ONLY,
+                    "read-only: your input is not sent to the guest"
+                    + (f"; {holder.who} is writing" if holder else ""),
+                )
+            )
+        return session
+
+    def who_notice(self) -> Notice:
+        holder = self.lease.holder
+        viewers = [s for s in self.sessions.values() if s.role is Role.VIEWER]
+        writer = f"{holder.who} since {_clock_text(holder.since)}" if holder else "nobody"
+        text = f"{self.name}: writer: {writer}; viewers: {len(viewers)}"
+        if viewers:
+            text += " (" + ", ".join(str(s.identity) for s in viewers[:10])
+            text += ", …)" if len(viewers) > 10 else ")"
+        return Notice(
+            NoticeKind.INFO,
+            text,
+            {"writer": holder.who if holder else None, "viewers": [str(s.identity) for s in viewers]},
+        )
+
+    # -- internals --------------------------------------------------------------------------------
+    def _set_state(self, state: PortState, reason: str) -> None:
+        self.state = state
+        self.state_reason = reason
+        self.state_since = time.time()
+
+    def _broadcast(self, notice: Notice) -> None:
+        for session in list(self.sessions.values()):
+            session.sink.send_notice(notice)
+
+    def _replay(self, session: Session, max_bytes: int, *, manual: bool) -> None:
+        if max_bytes <= 0 or len(self.ring) == 0:
+            if manual:
+                session.sink.send_notice(Notice(NoticeKind.INFO, "scrollback is empty"))
+            return
+        if self.config.replay_lines > 0 and not manual:
+            window = self.ring.tail_lines(self.config.replay_lines, max_bytes)
+        else:
+            window = self.ring.replay_window(max_bytes)
+        if not window.data:
+            return
+        session.sink.send_notice(
+            Notice(
+                NoticeKind.REPLAY_START,
+                f"replaying {len(window.data)} bytes of scrollback",
+                {"offset": window.offset, "bytes": len(window.data)},
+            )
+        )
+        session.sink.send_output(window.data)
+        session.sink.send_notice(
+            Notice(NoticeKind.REPLAY_END, "end of replay; live from here", {"offset": self.ring.end})
+        )
+        # Replay counts as delivery up to window's end, which is the ring's end.
+        session.cursor = self.ring.end
+
+    def _catch_up(self, session: Session) -> None:
+        """Send a session what it has not received yet, from its cursor, until done or it pauses again."""
+        while not session.lagging and not session.closed and session.cursor < self.ring.end:
+            result: ReadResult = self.ring.read(session.cursor, _CATCH_UP_CHUNK_BYTES)
+            if result.missed:
+                self.bytes_missed += result.missed
+                session.missed_bytes += result.missed
+                self._audit(
+                    "reader_missed", port=self.name, session=session.id, missed=result.missed,
+                    policy=str(self.config.slow_reader),
+                )
+                if self.config.slow_reader is SlowReaderPolicy.CLOSE:
+                    self._close_session(
+                        session,
+                        f"fell behind: {result.missed} bytes were overwritten before they could be sent; "
+                        f"last offset received {session.cursor}",
+                    )
+                    return
+                session.sink.send_notice(
+                    Notice(
+                        NoticeKind.MISSED,
+                        f"your connection fell behind: {result.missed} bytes of console output skipped",
+                        {"missed": result.missed, "offset": result.offset},
+                    )
+                )
+            session.cursor = result.offset + len(result.data)
+            session.sink.send_output(result.data)
+
+    def _request_write(self, session: Session, kind: LeaseInput) -> None:
+        if session.closed:  # a detached session's late command must not take the lease
+            return
+        verb = Verb.WRITE if kind is LeaseInput.ATTACH else Verb.TAKE_OVER
+        if not self.access.allows(session.identity, verb, self.name):
+            session.sink.send_notice(Notice(NoticeKind.REFUSED, "write access denied; you are read-only"))
+            return
+        holder_before = self.lease.holder
+        if (
+            holder_before is not None
+            and holder_before.session_id != session.id
+            and not self.access.allows(session.identity, Verb.TAKE_OVER, self.name)
+        ):
+            session.sink.send_notice(
+                Notice(NoticeKind.REFUSED, f"{holder_before.who} is writing; you may not take over")
+            )
+            return
+        decision = self.lease.request(kind, session.id, str(session.identity), time.time())
+        if decision.outcome is Outcome.ALREADY_HELD:
+            session.sink.send_notice(Notice(NoticeKind.INFO, "you already have write access"))
+            return
+        if decision.outcome is Outcome.REFUSED:
+            assert decision.holder is not None
+            self._audit("takeover_refused", port=self.name, session=session.id, holder=decision.holder.who)
+            session.sink.send_notice(
+                Notice(
+                    NoticeKind.REFUSED,
+                    f"console {self.name} is in use by {decision.holder.who} since "
+                    f"{_clock_text(decision.holder.since)}; you are attached read-only "
+                    "(takeover policy: refuse)",
+                    {"holder": decision.holder.who},
+                )
+            )
+            return
+        session.role = Role.WRITER
+        self._pending_input.clear()  # nothing typed by a previous writer may follow the handover
+        displaced = decision.displaced
+        if displaced is None:
+            self._audit("write_granted", port=self.name, session=session.id, peer=str(session.identity))
+            session.sink.send_notice(Notice(NoticeKind.WRITE_GRANTED, "you have write access"))
+        else:
+            self.takeovers += 1
+            old = self.sessions.get(displaced.session_id)
+            evicting = decision.outcome is Outcome.GRANTED_EVICTING
+            self._audit(
+                "takeover", port=self.name, session=session.id, peer=str(session.identity),
+                displaced=displaced.who, action="evict" if evicting else "demote",
+            )
+            when = _clock_text(time.time())
+            if old is not None:
+                old.role = Role.VIEWER
+                detail = {"by": str(session.identity), "at": when}
+                if evicting:
+                    old.sink.send_notice(
+                        Notice(
+                            NoticeKind.EVICTED,
+                            f"write access to {self.name} was taken over by {session.identity} at {when}; "
+                            "you are detached. The guest session was not logged out.",
+                            detail,
+                        )
+                    )
+                    self._close_session(old, f"taken over by {session.identity}")
+                else:
+                    old.sink.send_notice(
+                        Notice(
+                            NoticeKind.DEMOTED,
+                            f"write access to {self.name} was taken over by {session.identity} at {when}; "
+                            "you are now read-only. The guest session was not logged out.",
+                            detail,
+                        )
+                    )
+            session.sink.send_notice(
+                Notice(
+                    NoticeKind.TOOK_OVER,
+                    f"you took over write access from {displaced.who} (writing since "
+                    f"{_clock_text(displaced.since)}); the guest may still be logged in as their user",
+                    {"displaced": displaced.who},
+                )
+            )
+        self._sync_writer_input()
+
+    def _become_viewer(self, session: Session) -> None:
+        if session.closed:
+            return
+        if self.lease.release(session.id):
+            self._audit("write_released", port=self.name, session=session.id)
+        session.role = Role.VIEWER
+        self._pending_input.clear()
+        self._sync_writer_input()
+        session.sink.send_notice(Notice(NoticeKind.READ_ONLY, "you are now read-only"))
+
+    def _detach(self, session: Session) -> None:
+        if session.closed:
+            return
+        session.closed = True
+        self.sessions.pop(session.id, None)
+        if self.lease.release(session.id):
+            self._pending_input.clear()
+        if self._input_paused_session is session:
+            self._input_paused_session = None
+        self._audit("detach", port=self.name, session=session.id, peer=str(session.identity),
+                    missed=session.missed_bytes)
+
+    def _close_session(self, session: Session, reason: str) -> None:
+        if session.closed:
+            return
+        self._detach(session)
+        session.sink.close_session(reason)
+
+    def _input_from(self, session: Session, data: bytes) -> None:
+        if session.closed or not data:
+            return
+        if not self.lease.holds(session.id):
+            now = self._clock()
+            if now - session._last_read_only_notice >= _READ_ONLY_REMINDER_S:
+                session._last_read_only_notice = now
+                session.sink.send_notice(
+                    Notice(NoticeKind.READ_ONLY, "read-only: input not sent (escape + c f takes over)")
+                )
+            return
+        if self.link is None or self.link.state is not LinkState.ONLINE:
+            session.sink.send_notice(
+                Notice(
+                    NoticeKind.INPUT_DISCARDED,
+                    f"console {self.name} is offline; {len(data)} bytes of input discarded",
+                    {"discarded": len(data)},
+                )
+            )
+            return
+        if self.config.input_rate_bps > 0:
+            self._pending_input += data
+            self._flush_pending_input()
+            return
+        self._write_device(session, data)
+
+    def _write_device(self, session: Session | None, data: bytes) -> None:
+        assert self.link is not None
+        if self.link.write(data):
+            self.bytes_to_device += len(data)
+        elif session is not None:
+            session.sink.send_notice(
+                Notice(NoticeKind.INPUT_DISCARDED, f"device not accepting input; {len(data)} bytes discarded")
+            )
+
+    def _flush_pending_input(self) -> None:
+        """Send paced input as tokens allow; schedule the rest.  Over the buffer limit, pause the writer."""
+        if not self._pending_input or self.link is None or self._device_paused:
+            return
+        if self._pacing_timer is not None:
+            return  # a flush is already scheduled
+        now = self._clock()
+        if self._bucket is None:
+            rate = self.config.input_rate_bps
+            self._bucket = TokenBucket(rate, max(1, min(rate // 10, 4096)), now)
+        n = self._bucket.take(len(self._pending_input), now)
+        if n:
+            chunk = bytes(self._pending_input[:n])
+            del self._pending_input[:n]
+            self._write_device(None, chunk)
+        if self._pending_input:
+            delay = max(0.001, self._bucket.seconds_until(len(self._pending_input), self._clock()))
+            self._pacing_timer = asyncio.get_running_loop().call_later(delay, self._pacing_tick)
+        self._sync_writer_input()
+
+    def _pacing_tick(self) -> None:
+        self._pacing_timer = None
+        self._flush_pending_input()
+
+    def _sync_writer_input(self) -> None:
+        """Pause the writer's reading iff the device (or the pacing queue) is full; resume anyone else."""
+        holder = self.lease.holder
+        writer = self.sessions.get(holder.session_id) if holder else None
+        full = self._device_paused or len(self._pending_input) >= self.config.device_buffer_bytes
+        want = writer if full else None
+        current = self._input_paused_session
+        if current is want:
+            return
+        if current is not None and not current.closed:
+            current.sink.resume_input()
+        self._input_paused_session = want
+        if want is not None:
+            want.sink.pause_input()
+
+    def _send_break(self, session: Session) -> None:
+        if session.closed:
+            return
+        if not self.lease.holds(session.id) or not self.access.allows(session.identity, Verb.BREAK, self.name):
+            session.sink.send_notice(Notice(NoticeKind.READ_ONLY, "only the writer may send BREAK"))
+            return
+        if self.link is None or not self.link.send_break():
+            device = self.link.description if self.link else self.config.device.raw
+            session.sink.send_notice(Notice(NoticeKind.INFO, f"BREAK not sent: not supported or offline ({device})"))
+            return
+        self._audit("break", port=self.name, session=session.id, peer=str(session.identity))
+        session.sink.send_notice(Notice(NoticeKind.INFO, "BREAK sent"))
+
+    def holder(self) -> Holder | None:
+        return self.lease.holder

@@ -1,0 +1,194 @@
+"""Test helpers that drive real programs and sockets: a PTY-attached child (for the real ``telnet`` client),
+a TCP client with ``expect``, and a guest side on a PTY master.  No sleeps to synchronise: everything waits
+for the bytes it expects, with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import termios
+import tty
+from collections.abc import Sequence
+
+DEFAULT_TIMEOUT_S = 10.0
+
+
+class Expecter:
+    """Accumulates bytes from a source and waits for patterns in them."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.eof = False
+        self._changed = asyncio.Event()
+
+    def feed(self, data: bytes) -> None:
+        self.buffer += data
+        self._changed.set()
+
+    def feed_eof(self) -> None:
+        self.eof = True
+        self._changed.set()
+
+    async def expect(self, pattern: bytes | re.Pattern[bytes], timeout: float = DEFAULT_TIMEOUT_S,
+                     start: int = 0) -> re.Match[bytes]:
+        """Wait until ``pattern`` occurs at or after ``start``; returns the match."""
+        regex = pattern if isinstance(pattern, re.Pattern) else re.compile(re.escape(pattern))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            match = regex.search(self.buffer, start)
+            if match:
+                return match
+            if self.eof:
+                raise AssertionError(f"EOF before {regex.pattern!r}; got {bytes(self.buffer[-2000:])!r}")
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(f"timeout waiting for {regex.pattern!r}; got {bytes(self.buffer[-2000:])!r}")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    async def wait_eof(self, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.eof:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError("timeout waiting for EOF")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    async def wait_bytes(self, n: int, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self.buffer) < n:
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self.eof:
+                raise AssertionError(f"wanted {n} bytes, have {len(self.buffer)} (eof={self.eof})")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+
+class FdReader(Expecter):
+    """Reads a non-blocking fd on the loop into an Expecter."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.fd = fd
+        os.set_blocking(fd, False)
+        asyncio.get_running_loop().add_reader(fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self.feed(data)
+        else:
+            asyncio.get_running_loop().remove_reader(self.fd)
+            self.feed_eof()
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self.fd, view)
+            except BlockingIOError:
+                import select
+
+                select.select([], [self.fd], [], 1.0)
+                continue
+            view = view[n:]
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(self.fd)
+
+
+class PtyChild(FdReader):
+    """A real program (e.g. Debian's ``telnet``) on a PTY, as a person at a terminal would run it."""
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        master, slave = os.openpty()
+        termios_attrs = termios.tcgetattr(slave)
+        termios_attrs[3] &= ~termios.ECHO  # our keystrokes should not be echoed by the local tty
+        termios.tcsetattr(slave, termios.TCSANOW, termios_attrs)
+        self.proc = subprocess.Popen(
+            list(argv), stdin=slave, stdout=slave, stderr=slave, start_new_session=True, close_fds=True,
+            env={**os.environ, "TERM": "xterm"},
+        )
+        os.close(slave)
+        super().__init__(master)
+
+    def close(self) -> None:
+        self.stop()
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=5)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+class GuestPty(FdReader):
+    """The guest's side of a serial line: the PTY master; the daemon opens the slave path as ``tty:``."""
+
+    def __init__(self) -> None:
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        self.slave_fd = slave  # kept open so the line stays up while the daemon reconnects
+        self.path = os.ttyname(slave)
+        super().__init__(master)
+
+    def close(self) -> None:
+        self.stop()
+        for fd in (self.fd, self.slave_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class TcpClient(Expecter):
+    """A plain TCP client (what ``nc`` would be) with expect; for telnet mode, un-escape IAC IAC yourself."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        super().__init__()
+        self.reader = reader
+        self.writer = writer
+        self._task = asyncio.get_running_loop().create_task(self._pump())
+
+    @classmethod
+    async def connect(cls, host: str, port: int) -> TcpClient:
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer)
+
+    async def _pump(self) -> None:
+        while True:
+            try:
+                data = await self.reader.read(65536)
+            except (ConnectionError, OSError):
+                data = b""
+            if not data:
+                self.feed_eof()
+                return
+            self.feed(data)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
