@@ -117,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="serialmuxd",
         description=(
             "Serial-console multiplexer: owns the COM1 ports of the machines on this host (ttys, PTYs, QEMU "
-            "chardev sockets, programs such as ipmitool SOL) and lets people attach over telnet/raw TCP — one "
-            "writer at a time with takeover, read-only viewers, scrollback replayed on attach."
+            "chardev sockets, programs such as ipmitool SOL) and lets people attach over telnet/raw TCP: "
+            "one writer at a time with takeover, read-only viewers, scrollback replayed on attach."
         ),
         epilog="Exit codes: 0 ok, 1 start-up failure (e.g. busy listen address), 2 invalid configuration.",
     )
@@ -126,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the daemon with a configuration file")
-    run.add_argument("--config", "-c", required=True, metavar="FILE", help="TOML file (see config.example.toml)")
+    run.add_argument(
+        "--config", "-c", required=True, metavar="FILE", help="TOML file (see config.example.toml)"
+    )
     run.set_defaults(func=_cmd_run)
 
     check = sub.add_parser(
@@ -139,7 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="run with an embedded demo console (a shell on a PTY) to try serialmuxd out"
     )
     demo.add_argument(
-        "--telnet-port", type=int, default=7001, metavar="PORT",
+        "--telnet-port",
+        type=int,
+        default=7001,
+        metavar="PORT",
         help="interactive telnet port on 127.0.0.1 (read-only viewers get PORT+100; default 7001)",
     )
     demo.set_defaults(func=_cmd_demo)

@@ -83,7 +83,9 @@ class Daemon:
             hub.start()
         sd_notify(f"READY=1\nSTATUS=serving {len(self.hubs)} console ports")
 
-    async def _listen(self, hub: PortHub, address: ListenAddress | None, *, raw: bool, mode: AttachMode) -> None:
+    async def _listen(
+        self, hub: PortHub, address: ListenAddress | None, *, raw: bool, mode: AttachMode
+    ) -> None:
         if address is None:
             return
         server = await start_listener(hub, address, raw=raw, mode=mode)

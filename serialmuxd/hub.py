@@ -385,7 +385,10 @@ class PortHub(DeviceListener):
                 self.bytes_missed += result.missed
                 session.missed_bytes += result.missed
                 self._audit(
-                    "reader_missed", port=self.name, session=session.id, missed=result.missed,
+                    "reader_missed",
+                    port=self.name,
+                    session=session.id,
+                    missed=result.missed,
                     policy=str(self.config.slow_reader),
                 )
                 if self.config.slow_reader is SlowReaderPolicy.CLOSE:
@@ -450,8 +453,12 @@ class PortHub(DeviceListener):
             old = self.sessions.get(displaced.session_id)
             evicting = decision.outcome is Outcome.GRANTED_EVICTING
             self._audit(
-                "takeover", port=self.name, session=session.id, peer=str(session.identity),
-                displaced=displaced.who, action="evict" if evicting else "demote",
+                "takeover",
+                port=self.name,
+                session=session.id,
+                peer=str(session.identity),
+                displaced=displaced.who,
+                action="evict" if evicting else "demote",
             )
             when = _clock_text(time.time())
             if old is not None:
@@ -505,8 +512,13 @@ class PortHub(DeviceListener):
             self._pending_input.clear()
         if self._input_paused_session is session:
             self._input_paused_session = None
-        self._audit("detach", port=self.name, session=session.id, peer=str(session.identity),
-                    missed=session.missed_bytes)
+        self._audit(
+            "detach",
+            port=self.name,
+            session=session.id,
+            peer=str(session.identity),
+            missed=session.missed_bytes,
+        )
 
     def _close_session(self, session: Session, reason: str) -> None:
         if session.closed:
@@ -591,12 +603,16 @@ class PortHub(DeviceListener):
     def _send_break(self, session: Session) -> None:
         if session.closed:
             return
-        if not self.lease.holds(session.id) or not self.access.allows(session.identity, Verb.BREAK, self.name):
+        if not self.lease.holds(session.id) or not self.access.allows(
+            session.identity, Verb.BREAK, self.name
+        ):
             session.sink.send_notice(Notice(NoticeKind.READ_ONLY, "only the writer may send BREAK"))
             return
         if self.link is None or not self.link.send_break():
             device = self.link.description if self.link else self.config.device.raw
-            session.sink.send_notice(Notice(NoticeKind.INFO, f"BREAK not sent: not supported or offline ({device})"))
+            session.sink.send_notice(
+                Notice(NoticeKind.INFO, f"BREAK not sent: not supported or offline ({device})")
+            )
             return
         self._audit("break", port=self.name, session=session.id, peer=str(session.identity))
         session.sink.send_notice(Notice(NoticeKind.INFO, "BREAK sent"))

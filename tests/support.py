@@ -12,7 +12,7 @@ import signal
 import subprocess
 import termios
 import tty
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 DEFAULT_TIMEOUT_S = 10.0
 
@@ -33,12 +33,13 @@ class Expecter:
         self.eof = True
         self._changed.set()
 
-    async def expect(self, pattern: bytes | re.Pattern[bytes], timeout: float = DEFAULT_TIMEOUT_S,
-                     start: int = 0) -> re.Match[bytes]:
+    async def expect(
+        self, pattern: bytes | re.Pattern[bytes], timeout_s: float = DEFAULT_TIMEOUT_S, start: int = 0
+    ) -> re.Match[bytes]:
         """Wait until ``pattern`` occurs at or after ``start``; returns the match."""
         regex = pattern if isinstance(pattern, re.Pattern) else re.compile(re.escape(pattern))
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + timeout_s
         while True:
             match = regex.search(self.buffer, start)
             if match:
@@ -47,14 +48,16 @@ class Expecter:
                 raise AssertionError(f"EOF before {regex.pattern!r}; got {bytes(self.buffer[-2000:])!r}")
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise AssertionError(f"timeout waiting for {regex.pattern!r}; got {bytes(self.buffer[-2000:])!r}")
+                raise AssertionError(
+                    f"timeout waiting for {regex.pattern!r}; got {bytes(self.buffer[-2000:])!r}"
+                )
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
-    async def wait_eof(self, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    async def wait_eof(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + timeout_s
         while not self.eof:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -63,9 +66,9 @@ class Expecter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
-    async def wait_bytes(self, n: int, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    async def wait_bytes(self, n: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + timeout_s
         while len(self.buffer) < n:
             remaining = deadline - loop.time()
             if remaining <= 0 or self.eof:
@@ -98,16 +101,26 @@ class FdReader(Expecter):
             self.feed_eof()
 
     def write(self, data: bytes) -> None:
+        """Write a few bytes (keystrokes); fails rather than blocking the loop the daemon shares."""
+        written = os.write(self.fd, data)
+        assert written == len(data), f"short write {written}/{len(data)}: use send() for bulk data"
+
+    async def send(self, data: bytes) -> None:
+        """Write bulk data, waiting on the loop for the fd to become writable (never blocks the loop)."""
+        loop = asyncio.get_running_loop()
         view = memoryview(data)
         while view:
             try:
-                n = os.write(self.fd, view)
-            except BlockingIOError:
-                import select
-
-                select.select([], [self.fd], [], 1.0)
+                view = view[os.write(self.fd, view) :]
                 continue
-            view = view[n:]
+            except BlockingIOError:
+                pass
+            ready: asyncio.Future[None] = loop.create_future()
+            loop.add_writer(self.fd, lambda: ready.done() or ready.set_result(None))
+            try:
+                await ready
+            finally:
+                loop.remove_writer(self.fd)
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
@@ -123,7 +136,12 @@ class PtyChild(FdReader):
         termios_attrs[3] &= ~termios.ECHO  # our keystrokes should not be echoed by the local tty
         termios.tcsetattr(slave, termios.TCSANOW, termios_attrs)
         self.proc = subprocess.Popen(
-            list(argv), stdin=slave, stdout=slave, stderr=slave, start_new_session=True, close_fds=True,
+            list(argv),
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+            close_fds=True,
             env={**os.environ, "TERM": "xterm"},
         )
         os.close(slave)
@@ -192,3 +210,15 @@ class TcpClient(Expecter):
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+
+
+async def eventually(predicate: Callable[[], bool], what: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """Wait for daemon-internal state that has no event of its own (e.g. a hub's byte counter)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    for _ in iter(int, 1):
+        if predicate():
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timeout waiting for {what}")
+        await asyncio.sleep(0.005)

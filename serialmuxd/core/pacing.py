@@ -1,4 +1,4 @@
-"""Token bucket for input to a device: paste at line rate instead of truncating (Azure cuts at 2,048 chars)."""
+"""Token bucket for input to a device: paste at line rate instead of truncating (Azure cuts at 2,048)."""
 
 from __future__ import annotations
 

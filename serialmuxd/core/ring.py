@@ -8,9 +8,12 @@ so on.  Offsets are plain Python ints kept within 64 bits (``append`` raises ``O
 go past ``2**64``) and they never go back, so a reader can hold a cursor across any number of wraparounds
 and is always told exactly how many bytes it has lost.
 
-The ring keeps the newest ``capacity`` bytes in a preallocated ``bytearray``.  The byte at offset ``o`` lives
-at index ``o % capacity``; because offsets only grow, a slot is reused exactly when its old byte falls out of
-``[start, end)``.
+The ring keeps the newest ``capacity`` bytes in a ``bytearray``.  The byte at offset ``o`` lives at index
+``(o - start_offset) % capacity``; because offsets only grow, a slot is reused exactly when its old byte falls
+out of ``[start, end)``.  Memory is committed lazily: until ``capacity`` bytes have been appended the buffer
+simply grows (amortised O(len) per append), so an idle port costs only what its guest has written;
+``bytearray(1 MiB)`` up front would make the whole MiB resident at once (measured: 1,000 idle ports would
+hold 1 GiB).  From then on the buffer is a fixed block written in place.
 
 Invariants (hold after every public call):
 
@@ -71,8 +74,10 @@ class RingBuffer:
         if not 0 <= start_offset <= _OFFSET_LIMIT:
             raise ValueError(f"start_offset must be in [0, 2**64), got {start_offset}")
         self._capacity = capacity
-        self._buf = bytearray(capacity)
-        self._view = memoryview(self._buf)
+        # Grows until it holds ``capacity`` bytes; only then is ``_view`` taken (a bytearray with an exported
+        # memoryview cannot be resized), and the buffer never changes size again.
+        self._buf = bytearray()
+        self._view: memoryview | None = None
         self._origin = start_offset  # offset of the first byte this ring ever held
         self._start = start_offset
         self._end = start_offset
@@ -113,12 +118,20 @@ class RingBuffer:
         cap = self._capacity
         if n > cap:
             src = src[n - cap :]
+        view = self._view
+        if view is None:
+            if len(self._buf) + n < cap:  # still growing: nothing is dropped and the bytes go at the end
+                self._buf += src
+                self._end = new_end
+                return
+            self._buf.extend(bytes(cap - len(self._buf)))  # full size now; the slots are written just below
+            view = self._view = memoryview(self._buf)
         # The first kept byte has offset new_end - len(src); it goes to that offset's slot, wrapping once.
-        pos = (new_end - len(src)) % cap
+        pos = (new_end - len(src) - self._origin) % cap
         first = min(len(src), cap - pos)
-        self._view[pos : pos + first] = src[:first]
+        view[pos : pos + first] = src[:first]
         if first < len(src):
-            self._view[: len(src) - first] = src[first:]
+            view[: len(src) - first] = src[first:]
         self._end = new_end
         if new_end - self._start > cap:
             self._start = new_end - cap
@@ -191,15 +204,16 @@ class RingBuffer:
     # -- internals ---------------------------------------------------------------------------------------
 
     def _byte_at(self, offset: int) -> int:
-        return self._buf[offset % self._capacity]
+        return self._buf[(offset - self._origin) % self._capacity]
 
     def _copy(self, begin: int, count: int) -> bytes:
         """Copy ``count`` retained bytes starting at absolute offset ``begin`` (caller checked the range)."""
         if count <= 0:
             return b""
         cap = self._capacity
-        pos = begin % cap
+        pos = (begin - self._origin) % cap
         stop = pos + count
-        if stop <= cap:
-            return self._view[pos:stop].tobytes()
-        return b"".join((self._view[pos:], self._view[: stop - cap]))
+        with memoryview(self._buf) as view:  # released at once: a growing bytearray must not stay exported
+            if stop <= cap:
+                return view[pos:stop].tobytes()
+            return b"".join((view[pos:], view[: stop - cap]))

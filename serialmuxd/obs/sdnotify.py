@@ -1,4 +1,4 @@
-"""systemd readiness/status notifications over ``$NOTIFY_SOCKET`` (sd_notify(3)), ~10 lines instead of a dependency."""
+"""systemd notifications over ``$NOTIFY_SOCKET`` (sd_notify(3)): ten lines instead of a dependency."""
 
 from __future__ import annotations
 

@@ -1,0 +1,149 @@
+"""The command line as users run it: real subprocesses, real signals, sd_notify over a real socket, and the
+README's quick-start demo command."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from serialmuxd import __version__
+
+from .support import TcpClient
+
+ROOT = Path(__file__).resolve().parent.parent
+SERIALMUXD = [sys.executable, "-m", "serialmuxd"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SERIALMUXD, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_version_and_help() -> None:
+    out = run("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"serialmuxd {__version__}"
+    helped = run("--help")
+    assert helped.returncode == 0
+    for word in ("run", "check-config", "demo", "Exit codes"):
+        assert word in helped.stdout
+    run_help = run("run", "--help")
+    assert "--config" in run_help.stdout
+
+
+def test_check_config_accepts_the_example() -> None:
+    out = run("check-config", "config.example.toml")
+    assert out.returncode == 0, out.stderr
+    assert "OK" in out.stdout
+
+
+def test_check_config_reports_every_problem_with_file_and_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[[ports]]\nname = "a"\ndevice = "exec:/bin/cat"\ntakeover = "steal"\nenabel = true\n'
+        '[[ports]]\nname = "a"\ndevice = "floppy:/dev/fd0"\n'
+    )
+    out = run("check-config", str(bad))
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert any(line.startswith(f"{bad}: ports[0].takeover:") for line in lines), lines
+    assert any(line.startswith(f"{bad}: ports[0].enabel:") and "enabled" in line for line in lines), lines
+    assert any(line.startswith(f"{bad}: ports[1].name:") for line in lines), lines
+    assert any(line.startswith(f"{bad}: ports[1].device:") for line in lines), lines
+
+
+def test_run_with_missing_config_exits_2_naming_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    out = run("run", "--config", str(missing))
+    assert out.returncode == 2
+    assert str(missing) in out.stderr and "No such file" in out.stderr
+
+
+def test_run_on_busy_address_exits_1_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f'[[ports]]\nname = "vm1"\ndevice = "exec:/bin/cat"\ntelnet = "127.0.0.1:{port}"\n')
+        out = run("run", "--config", str(cfg))
+    assert out.returncode == 1
+    errors = [line for line in out.stderr.splitlines() if line.startswith("serialmuxd:")]
+    assert len(errors) == 1
+    assert f"127.0.0.1:{port}" in errors[0] and "vm1" in errors[0] and "in use" in errors[0]
+
+
+def test_run_notifies_ready_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[[ports]]\nname = "vm1"\ndevice = "exec:/bin/cat"\ntelnet = "127.0.0.1:{port}"\n')
+    notify_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(notify_path))
+        notify.settimeout(20)
+        proc = subprocess.Popen(
+            [*SERIALMUXD, "run", "--config", str(cfg)],
+            env={**os.environ, "NOTIFY_SOCKET": str(notify_path)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            message = notify.recv(4096).decode()
+            assert "READY=1" in message and "1 console ports" in message
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+                assert client.recv(4096)  # telnet negotiation or the attach notice
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
+            assert "STOPPING=1" in notify.recv(4096).decode()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.communicate()
+
+
+@pytest.mark.asyncio
+async def test_readme_demo_command_gives_a_working_console() -> None:
+    """The README's first quick-start command, as written (./dev demo), with a free port."""
+    readme = (ROOT / "README.md").read_text()
+    assert "./dev demo" in readme
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        str(ROOT / "dev"),
+        "demo",
+        "--telnet-port",
+        str(port),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stderr is not None
+        banner = b""
+        while f"telnet 127.0.0.1 {port}".encode() not in banner:
+            line = await asyncio.wait_for(proc.stderr.readline(), 120)
+            assert line, f"demo exited early: {banner!r}"
+            banner += line
+        client = await TcpClient.connect("127.0.0.1", port)
+        await client.expect(b"you have write access")
+        await client.send(b"echo demo-$((40+2))\r\n")  # Enter as a telnet client sends it
+        await client.expect(re.compile(rb"demo-42"))
+        await client.close()
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
