@@ -110,6 +110,7 @@ class PortConfig:
     device_buffer_bytes: int = 64 * 1024  # input queued for the device before the writer's reads pause
     reconnect_initial_s: float = 0.1
     reconnect_max_s: float = 5.0
+    key_profile: str = "xterm"  # how named keys (F1-F12) are sent: xterm (Linux) | vt100+ (Windows EMS/SAC)
     serial: SerialSettings = field(default_factory=SerialSettings)
 
 
@@ -127,6 +128,9 @@ class DaemonSettings:
 @dataclass(frozen=True, slots=True)
 class HttpSettings:
     listen: ListenAddress | None = None
+    max_body_bytes: int = 64 * 1024  # larger request bodies get 413
+    ws_max_message_bytes: int = 64 * 1024  # larger WebSocket messages close that session with 1009
+    ws_heartbeat_s: float = 20.0  # ping idle WebSockets so proxies and load balancers keep them open
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +187,7 @@ GIB = 1024 * MIB
 SCROLLBACK_BYTES_RANGE = (4 * KIB, GIB)
 REPLAY_BYTES_RANGE = (0, GIB)  # and never above the port's scrollback_bytes
 REPLAY_LINES_RANGE = (0, 100_000)
+HTTP_BODY_BYTES_RANGE = (1024, 16 * 1024 * 1024)
 CLIENT_BUFFER_BYTES_RANGE = (4 * KIB, 64 * MIB)
 DEVICE_BUFFER_BYTES_RANGE = (KIB, 64 * MIB)
 INPUT_RATE_BPS_RANGE = (0, 1_000_000_000)
@@ -195,6 +200,7 @@ UNIX_PATH_MAX_BYTES = 108  # sizeof(sun_path) on Linux; a longer socket path can
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("console", "json")
 PARITIES = ("none", "even", "odd", "mark", "space")
+KEY_PROFILES = ("xterm", "vt100+")
 FLOW_CONTROLS = ("none", "rtscts", "xonxoff")
 STOP_BITS = (1, 1.5, 2)
 
@@ -511,7 +517,12 @@ _DAEMON_CHECKS: dict[str, _Check] = {
     "allow_remote_unauthenticated": _boolean,
 }
 
-_HTTP_CHECKS: dict[str, _Check] = {"listen": _listen}
+_HTTP_CHECKS: dict[str, _Check] = {
+    "listen": _listen,
+    "max_body_bytes": _integer(*HTTP_BODY_BYTES_RANGE, size=True),
+    "ws_max_message_bytes": _integer(*HTTP_BODY_BYTES_RANGE, size=True),
+    "ws_heartbeat_s": _seconds(3600),
+}
 
 _SERIAL_CHECKS: dict[str, _Check] = {
     "baud": _integer(*BAUD_RANGE),
@@ -537,6 +548,7 @@ _INHERITABLE_CHECKS: dict[str, _Check] = {
     "device_buffer_bytes": _integer(*DEVICE_BUFFER_BYTES_RANGE, size=True),
     "reconnect_initial_s": _seconds(RECONNECT_MAX_S),
     "reconnect_max_s": _seconds(RECONNECT_MAX_S),
+    "key_profile": _choice(KEY_PROFILES),
 }
 
 # Per-port keys that identify one port, so inheriting them could only produce a conflict.
@@ -651,11 +663,11 @@ def _parse_http(raw: object, claims: _Claims, problems: _Problems) -> HttpSettin
     if table is None:
         return HttpSettings()
     layer = _check_table(table, "http", _HTTP_CHECKS, problems)
-    listen = layer.get("listen", (None, None))[0]
-    if listen is None:
-        return HttpSettings()  # no [http] listen: no HTTP server
-    _claim_listener(listen, "http.listen", "type into the console", claims, problems)
-    return HttpSettings(listen=listen)
+    values = _values(_valid_only(layer))
+    listen = values.get("listen")
+    if listen is not None:
+        _claim_listener(listen, "http.listen", "type into the console", claims, problems)
+    return HttpSettings(**values)  # no [http] listen: no HTTP server
 
 
 def _parse_defaults(raw: object, problems: _Problems) -> tuple[_Layer, _Layer]:

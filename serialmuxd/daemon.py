@@ -9,6 +9,7 @@ may attach to an offline port and are told so in-band.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,10 +22,16 @@ from .devices import open_link
 from .devices.base import DeviceLink
 from .errors import StartupError
 from .frontends.telnet import start_listener
-from .hub import AttachMode, PortHub
+from .hub import AttachMode, PortHub, PortState
 from .obs.sdnotify import sd_notify
+from .state import DaemonState, PortSwitch, StateStore
 
 log = structlog.get_logger("serialmuxd")
+
+# Offsets never go back, even after a crash: the state file always holds a floor at least this far ahead of
+# every port's stream end, raised (and saved) before a port's end can reach it.
+_OFFSET_RESERVE = 1 << 32
+_OFFSET_CHECK_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,26 +69,123 @@ class Daemon:
         link_factory: Callable[[PortHub], DeviceLink] = _default_link_factory,
     ) -> None:
         self.config = config
-        self.hubs: dict[str, PortHub] = {
-            p.name: PortHub(p, link_factory, audit=_audit_to_log) for p in config.ports
-        }
+        self._store = StateStore(config.daemon.state_dir)
+        self.state = DaemonState()
+        self._link_factory = link_factory
+        self.hubs: dict[str, PortHub] = {}
         self.listeners: list[BoundListener] = []
+        self.http_address: tuple[str, int] | None = None
         self._servers: list[asyncio.Server] = []
+        self._http_runner: Any = None
+        self._offset_task: asyncio.Task[None] | None = None
         self.stop_requested = asyncio.Event()
 
+    def _build_hubs(self) -> None:
+        for port in self.config.ports:
+            hub = PortHub(
+                port,
+                self._link_factory,
+                audit=_audit_to_log,
+                start_offset=self.state.offsets.get(port.name, 0),
+            )
+            switch = self.state.ports.get(port.name)
+            enabled = (switch.enabled if switch else port.enabled) and self.state.console_enabled
+            if not enabled:
+                hub._set_state(PortState.DISABLED, self._disabled_reason(port.name))
+            self.hubs[port.name] = hub
+
+    def _disabled_reason(self, name: str) -> str:
+        if not self.state.console_enabled:
+            return self.state.console_reason or "the serial console is disabled for this host"
+        switch = self.state.ports.get(name)
+        if switch is not None and not switch.enabled:
+            return switch.reason or "disabled through the API"
+        return "disabled in the configuration"
+
     async def start(self) -> None:
-        """Bind every listener, then open devices.  On a listener error nothing stays open."""
+        """Load state, bind every listener, then open devices.  On a listener error nothing stays open."""
+        self.state = self._store.load()
+        self._build_hubs()
+        self._raise_offset_floors(force=True)
         try:
             for port in self.config.ports:
                 hub = self.hubs[port.name]
                 await self._listen(hub, port.telnet, raw=port.raw, mode=AttachMode.INTERACTIVE)
                 await self._listen(hub, port.telnet_readonly, raw=port.raw, mode=AttachMode.VIEWER)
+            await self._start_http()
         except StartupError:
             await self._close_servers()
             raise
         for hub in self.hubs.values():
             hub.start()
+        self._offset_task = asyncio.get_running_loop().create_task(self._watch_offsets())
         sd_notify(f"READY=1\nSTATUS=serving {len(self.hubs)} console ports")
+
+    async def _start_http(self) -> None:
+        address = self.config.http.listen
+        if address is None:
+            return
+        from aiohttp import web
+
+        from .frontends.http import build_app
+
+        runner = web.AppRunner(
+            build_app(self), shutdown_timeout=self.config.daemon.shutdown_timeout_s, access_log=None
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise StartupError(f"cannot listen on {address} (HTTP): {exc.strerror or exc}") from exc
+        self._http_runner = runner
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        if sockets:
+            host, port = sockets[0].getsockname()[:2]
+            self.http_address = (host, port)
+
+    # -- enable / disable (API) ---------------------------------------------------------------------------
+    async def set_port_enabled(self, name: str, enabled: bool, reason: str) -> None:
+        self.state.ports[name] = PortSwitch(enabled, reason)
+        self._save_state()
+        await self._apply_switch(name)
+
+    async def set_console_enabled(self, enabled: bool, reason: str) -> None:
+        self.state.console_enabled = enabled
+        self.state.console_reason = reason
+        self._save_state()
+        for name in self.hubs:
+            await self._apply_switch(name)
+
+    async def _apply_switch(self, name: str) -> None:
+        switch = self.state.ports.get(name)
+        port_enabled = switch.enabled if switch else self.hubs[name].config.enabled
+        enabled = port_enabled and self.state.console_enabled
+        await self.hubs[name].set_enabled(enabled, "" if enabled else self._disabled_reason(name))
+
+    # -- offsets that survive restarts --------------------------------------------------------------------
+    def _raise_offset_floors(self, *, force: bool = False) -> None:
+        changed = force
+        for name, hub in self.hubs.items():
+            floor = self.state.offsets.get(name, 0)
+            if hub.ring.end + _OFFSET_RESERVE // 2 > floor:
+                self.state.offsets[name] = hub.ring.end + _OFFSET_RESERVE
+                changed = True
+        if changed:
+            self._save_state()
+
+    async def _watch_offsets(self) -> None:
+        while True:
+            await asyncio.sleep(_OFFSET_CHECK_S)
+            self._raise_offset_floors()
+
+    def _save_state(self) -> None:
+        try:
+            self._store.save(self.state)
+        except OSError as exc:
+            log.error("state_save_failed", path=str(self._store.path), error=exc.strerror or str(exc))
 
     async def _listen(
         self, hub: PortHub, address: ListenAddress | None, *, raw: bool, mode: AttachMode
@@ -110,13 +214,24 @@ class Daemon:
 
     async def stop(self) -> None:
         sd_notify("STOPPING=1")
+        if self._offset_task is not None:
+            self._offset_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._offset_task
         await self._close_servers()
+        if self._http_runner is not None:
+            await self._http_runner.cleanup()  # on_shutdown closes WebSockets first
+            self._http_runner = None
         timeout = self.config.daemon.shutdown_timeout_s
         closing = [hub.close() for hub in self.hubs.values()]
         try:
             await asyncio.wait_for(asyncio.gather(*closing), timeout)
         except TimeoutError:
             log.warning("shutdown_timeout", seconds=timeout)
+        # A clean stop knows the exact ends: the next run continues right after them.
+        for name, hub in self.hubs.items():
+            self.state.offsets[name] = hub.ring.end
+        self._save_state()
 
     async def run_until_stopped(self) -> None:
         """Serve until SIGTERM/SIGINT (or ``stop_requested`` is set), then shut down gracefully."""

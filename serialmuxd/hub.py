@@ -62,6 +62,17 @@ class AttachMode(enum.StrEnum):
     VIEWER = "viewer"  # watches only
 
 
+class EndReason(enum.StrEnum):
+    """Why the daemon ended a session; WebSocket maps each to a documented close code."""
+
+    EVICTED = "evicted"  # another session took over (policy evict)
+    DISABLED = "disabled"  # the port or the whole console was disabled
+    FELL_BEHIND = "fell_behind"  # slow_reader = "close"
+    DENIED = "denied"  # access check refused
+    SHUTDOWN = "shutdown"  # the daemon is stopping
+    PROTOCOL = "protocol"  # the client broke its protocol (set by front ends)
+
+
 class NoticeKind(enum.StrEnum):
     """Every in-band message a session can receive; WebSocket sends ``kind`` as a JSON event name."""
 
@@ -98,7 +109,7 @@ class SessionSink(Protocol):
     def send_notice(self, notice: Notice) -> None:
         """An in-band message for the client."""
 
-    def close_session(self, reason: str) -> None:
+    def close_session(self, reason: str, kind: EndReason) -> None:
         """The hub ended the session (after sending any notice); close the transport."""
 
     def pause_input(self) -> None:
@@ -202,10 +213,12 @@ class PortHub(DeviceListener):
         access: AccessPolicy | None = None,
         audit: AuditFn = _no_audit,
         clock: Callable[[], float] = time.monotonic,
+        start_offset: int = 0,
     ) -> None:
         self.config = config
         self.name = config.name
-        self.ring = RingBuffer(config.scrollback_bytes)
+        # Offsets continue from the previous run (see state.py), so they are never reused.
+        self.ring = RingBuffer(config.scrollback_bytes, start_offset)
         self.lease = WriterLease(config.takeover)
         self.access: AccessPolicy = access or AllowAll()
         self._audit = audit
@@ -232,19 +245,39 @@ class PortHub(DeviceListener):
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
-        if self.state is PortState.DISABLED or self._link_factory is None:
+        if self.state is PortState.DISABLED or self._link_factory is None or self.link is not None:
             return
         self.link = self._link_factory(self)
         self.link.start()
 
     async def close(self, reason: str = "serialmuxd is shutting down") -> None:
         for session in list(self.sessions.values()):
-            self._close_session(session, reason)
+            self._close_session(session, reason, EndReason.SHUTDOWN)
         if self._pacing_timer is not None:
             self._pacing_timer.cancel()
             self._pacing_timer = None
         if self.link is not None:
             await self.link.close()
+
+    async def set_enabled(self, enabled: bool, reason: str) -> None:
+        """Enable or disable the port at run time.  Disabling closes every session with ``reason`` and
+        releases the device (so another tool may use it); enabling reopens it."""
+        if enabled == (self.state is not PortState.DISABLED):
+            return
+        if not enabled:
+            self._set_state(PortState.DISABLED, reason)
+            self._audit("port_disabled", port=self.name, reason=reason)
+            for session in list(self.sessions.values()):
+                self._close_session(
+                    session, f"console {self.name} was disabled: {reason}", EndReason.DISABLED
+                )
+            if self.link is not None:
+                link, self.link = self.link, None
+                await link.close()
+            return
+        self._set_state(PortState.CONNECTING, "")
+        self._audit("port_enabled", port=self.name)
+        self.start()
 
     # -- device side (DeviceListener) ------------------------------------------------------------
     def device_data_received(self, data: bytes) -> None:
@@ -294,13 +327,20 @@ class PortHub(DeviceListener):
             self.link.set_window_size(cols, rows)
 
     # -- sessions ---------------------------------------------------------------------------------
-    def attach(self, sink: SessionSink, identity: Identity, mode: AttachMode) -> Session | None:
-        """Attach a client.  Returns None (after closing the sink with a reason) if it may not attach."""
+    def attach(
+        self, sink: SessionSink, identity: Identity, mode: AttachMode, *, from_offset: int | None = None
+    ) -> Session | None:
+        """Attach a client.  Returns None (after closing the sink with a reason) if it may not attach.
+
+        ``from_offset`` resumes a client that was attached before (WebSocket ``?from=``): instead of the
+        replay window it gets everything since that offset that is still in the ring, and is told how
+        many bytes were overwritten in between.  It must not be beyond ``ring.end`` (checked by callers).
+        """
         if not self.access.allows(identity, Verb.VIEW, self.name):
-            sink.close_session(f"access to console {self.name} denied")
+            sink.close_session(f"access to console {self.name} denied", EndReason.DENIED)
             return None
         if self.state is PortState.DISABLED:
-            sink.close_session(f"console {self.name} is disabled: {self.state_reason}")
+            sink.close_session(f"console {self.name} is disabled: {self.state_reason}", EndReason.DISABLED)
             return None
         session = Session(self, next(self._ids), identity, sink)
         self.sessions[session.id] = session
@@ -314,7 +354,11 @@ class PortHub(DeviceListener):
                 {"port": self.name, "state": str(self.state), "session": session.id},
             )
         )
-        self._replay(session, self.config.replay_bytes, manual=False)
+        if from_offset is None:
+            self._replay(session, self.config.replay_bytes, manual=False)
+        else:
+            session.cursor = min(from_offset, self.ring.end)
+            self._catch_up(session)
         if mode is AttachMode.INTERACTIVE:
             self._request_write(session, LeaseInput.ATTACH)
         else:
@@ -396,6 +440,7 @@ class PortHub(DeviceListener):
                         session,
                         f"fell behind: {result.missed} bytes were overwritten before they could be sent; "
                         f"last offset received {session.cursor}",
+                        EndReason.FELL_BEHIND,
                     )
                     return
                 session.sink.send_notice(
@@ -473,7 +518,7 @@ class PortHub(DeviceListener):
                             detail,
                         )
                     )
-                    self._close_session(old, f"taken over by {session.identity}")
+                    self._close_session(old, f"taken over by {session.identity}", EndReason.EVICTED)
                 else:
                     old.sink.send_notice(
                         Notice(
@@ -520,11 +565,11 @@ class PortHub(DeviceListener):
             missed=session.missed_bytes,
         )
 
-    def _close_session(self, session: Session, reason: str) -> None:
+    def _close_session(self, session: Session, reason: str, kind: EndReason) -> None:
         if session.closed:
             return
         self._detach(session)
-        session.sink.close_session(reason)
+        session.sink.close_session(reason, kind)
 
     def _input_from(self, session: Session, data: bytes) -> None:
         if session.closed or not data:

@@ -116,7 +116,12 @@ class FdReader(Expecter):
             except BlockingIOError:
                 pass
             ready: asyncio.Future[None] = loop.create_future()
-            loop.add_writer(self.fd, lambda: ready.done() or ready.set_result(None))
+
+            def writable(ready: asyncio.Future[None] = ready) -> None:
+                if not ready.done():
+                    ready.set_result(None)
+
+            loop.add_writer(self.fd, writable)
             try:
                 await ready
             finally:

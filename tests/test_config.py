@@ -201,7 +201,7 @@ def test_unknown_key_with_hint(text: str, key: str, hint: str) -> None:
 
 
 def test_unknown_key_without_close_match_lists_the_known_keys() -> None:
-    assert_problem(PORT + "[http]\nzzz = 1\n", "http.zzz", "unknown key (known keys: listen)")
+    assert_problem(PORT + "[http]\nzzz = 1\n", "http.zzz", "unknown key (known keys: listen, max_body_bytes")
 
 
 def test_odd_key_names_are_quoted_in_the_path() -> None:

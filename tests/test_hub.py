@@ -12,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from serialmuxd.config import DeviceKind, DeviceSpec, PortConfig, SlowReaderPolicy, TakeoverPolicy
 from serialmuxd.core.access import Identity
 from serialmuxd.devices.base import DeviceLink, LinkState
-from serialmuxd.hub import AttachMode, Notice, NoticeKind, PortHub, PortState, Role, Session
+from serialmuxd.hub import AttachMode, EndReason, Notice, NoticeKind, PortHub, PortState, Role, Session
 
 
 class FakeLink(DeviceLink):
@@ -58,6 +58,7 @@ class Sink:
         self.output = bytearray()
         self.notices: list[Notice] = []
         self.closed_reason: str | None = None
+        self.end_reason: EndReason | None = None
         self.input_paused = False
         self.capacity = capacity
         self.buffered = 0
@@ -77,7 +78,8 @@ class Sink:
     def send_notice(self, notice: Notice) -> None:
         self.notices.append(notice)
 
-    def close_session(self, reason: str) -> None:
+    def close_session(self, reason: str, kind: EndReason) -> None:
+        self.end_reason = kind
         self.closed_reason = reason
 
     def pause_input(self) -> None:
@@ -142,6 +144,7 @@ def test_evict_policy_detaches_old_writer_with_names_and_drops_its_later_bytes()
     evicted = [n for n in osink.notices if n.kind is NoticeKind.EVICTED]
     assert evicted and "10.0.0.2:2222" in evicted[0].text and "not logged out" in evicted[0].text
     assert osink.closed_reason is not None and "10.0.0.2:2222" in osink.closed_reason
+    assert osink.end_reason is EndReason.EVICTED
     took = [n for n in nsink.notices if n.kind is NoticeKind.TOOK_OVER]
     assert took and "10.0.0.1:1111" in took[0].text
     old.input(b"late bytes")

@@ -19,7 +19,7 @@ import structlog
 from ..config import ListenAddress
 from ..core.access import Identity
 from ..errors import StartupError
-from ..hub import AttachMode, Notice, NoticeKind, PortHub, Session
+from ..hub import AttachMode, EndReason, Notice, NoticeKind, PortHub, Session
 from ..proto import escape as esc
 from ..proto import telnet as tn
 
@@ -118,7 +118,7 @@ class TelnetConnection(asyncio.Protocol):
     def send_notice(self, notice: Notice) -> None:
         self._write_line(notice.text)
 
-    def close_session(self, reason: str) -> None:
+    def close_session(self, reason: str, kind: EndReason = EndReason.PROTOCOL) -> None:
         if self._closing:
             return
         self._write_line(f"disconnected: {reason}")

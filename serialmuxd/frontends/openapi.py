@@ -1,0 +1,203 @@
+"""The OpenAPI 3.1 document served at ``/api/v1/openapi.json``.  A test checks that it lists exactly the
+routes the app serves, so the two cannot drift apart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import __version__
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {
+        str(s): {"description": "error", "content": {"application/json": {"schema": _ERROR}}}
+        for s in statuses
+    }
+
+
+def _op(
+    summary: str,
+    *,
+    ok: str = "OK",
+    errors: tuple[int, ...] = (404,),
+    body: Any = None,
+    params: list[dict[str, Any]] | None = None,
+    ok_content: Any = None,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {"200": {"description": ok}, **_errors(*errors)}}
+    if ok_content is not None:
+        op["responses"]["200"]["content"] = ok_content
+    if body is not None:
+        op["requestBody"] = {"required": False, "content": {"application/json": {"schema": body}}}
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _q(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+_NAME = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
+}
+_PORT = {"$ref": "#/components/schemas/Port"}
+_JSON_PORT = {"application/json": {"schema": _PORT}}
+
+
+def openapi_document() -> dict[str, Any]:
+    port_paths: dict[str, Any] = {
+        "/api/v1/ports/{name}": {"get": _op("State of one console", ok_content=_JSON_PORT)},
+        "/api/v1/ports/{name}/scrollback": {
+            "get": _op(
+                "Scrollback bytes from an absolute offset (headers X-Scrollback-Start/End/Offset/Next)",
+                errors=(400, 404, 416),
+                params=[
+                    _q("from", {"type": "integer", "minimum": 0}, "absolute offset; default: oldest kept"),
+                    _q("limit", {"type": "integer", "minimum": 1, "maximum": 16777216}, "max bytes"),
+                    _q("format", {"enum": ["raw", "text"]}, "raw bytes, or text with control chars escaped"),
+                    _q("download", {"enum": ["1"]}, "send as an attachment"),
+                ],
+                ok_content={"application/octet-stream": {}, "text/plain": {}},
+            )
+        },
+        "/api/v1/ports/{name}/ws": {
+            "get": _op(
+                "WebSocket console. Binary frames: console bytes both ways. Text frames: JSON control "
+                "messages (client: resize, break, take_over, read_only, key, sysrq, who, ping) and events "
+                "(server: hello, notice{kind}, closing, pong). Close codes: 4000 evicted, 4001 disabled, "
+                "4002 bad message, 4003 fell behind, 4005 denied, 1001 shutdown, 1009 message too big.",
+                ok="101 Switching Protocols",
+                errors=(400, 404, 503),
+                params=[
+                    _q("mode", {"enum": ["rw", "ro"]}, "rw asks for the writer lease; ro watches"),
+                    _q(
+                        "from", {"type": "integer", "minimum": 0}, "resume from this offset instead of replay"
+                    ),
+                ],
+            )
+        },
+        "/api/v1/ports/{name}/break": {
+            "post": _op(
+                "Send a serial BREAK (only while nobody holds the writer lease)", errors=(404, 409, 415, 503)
+            )
+        },
+        "/api/v1/ports/{name}/sysrq": {
+            "post": _op(
+                "Linux magic SysRq: BREAK then the key",
+                errors=(400, 404, 409, 415, 503),
+                body={
+                    "type": "object",
+                    "properties": {"key": {"type": "string", "maxLength": 1}},
+                    "required": ["key"],
+                },
+            )
+        },
+        "/api/v1/ports/{name}/keys": {
+            "post": _op(
+                "Send named keys (F1-F12, arrows, ...) per the port's key profile",
+                errors=(400, 404, 409, 415, 503),
+                body={
+                    "type": "object",
+                    "properties": {"keys": {"type": "array", "maxItems": 64, "items": {"type": "string"}}},
+                    "required": ["keys"],
+                },
+            )
+        },
+        "/api/v1/ports/{name}/enable": {"post": _op("Enable the console (persists)", ok_content=_JSON_PORT)},
+        "/api/v1/ports/{name}/disable": {
+            "post": _op(
+                "Disable the console: closes its sessions and releases the device (persists)",
+                ok_content=_JSON_PORT,
+                body={"type": "object", "properties": {"reason": {"type": "string"}}},
+            )
+        },
+    }
+    for item in port_paths.values():
+        for op in item.values():
+            op.setdefault("parameters", []).insert(0, _NAME)
+    console_state = {
+        "type": "object",
+        "properties": {"enabled": {"type": "boolean"}, "reason": {"type": "string"}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "serialmuxd", "version": __version__},
+        "paths": {
+            "/healthz": {"get": _op("Liveness and port states", errors=())},
+            "/api/v1/openapi.json": {"get": _op("This document", errors=())},
+            "/api/v1/ports": {
+                "get": _op(
+                    "All consoles",
+                    errors=(),
+                    ok_content={
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"ports": {"type": "array", "items": _PORT}},
+                            }
+                        }
+                    },
+                )
+            },
+            **port_paths,
+            "/api/v1/console": {
+                "get": _op(
+                    "Global console switch",
+                    errors=(),
+                    ok_content={"application/json": {"schema": console_state}},
+                ),
+                "post": _op(
+                    "Enable or disable every console (persists)", errors=(400, 415), body=console_state
+                ),
+            },
+        },
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {
+                        "code": {
+                            "enum": [
+                                "bad_request",
+                                "unknown_port",
+                                "not_found",
+                                "method_not_allowed",
+                                "console_in_use",
+                                "not_supported",
+                                "payload_too_large",
+                                "unsupported_media_type",
+                                "offset_unavailable",
+                                "console_disabled",
+                                "console_offline",
+                            ]
+                        },
+                        "message": {"type": "string"},
+                    },
+                },
+                "Port": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "state": {"enum": ["connecting", "online", "offline", "disabled"]},
+                        "state_reason": {"type": "string"},
+                        "device": {"type": "string"},
+                        "writer": {"type": ["object", "null"]},
+                        "viewers": {"type": "integer"},
+                        "sessions": {"type": "integer"},
+                        "scrollback": {"type": "object"},
+                        "bytes_from_device": {"type": "integer"},
+                        "bytes_to_device": {"type": "integer"},
+                        "key_profile": {"enum": ["xterm", "vt100+"]},
+                        "hypervisor": {"type": ["object", "null"]},
+                    },
+                },
+            }
+        },
+    }
