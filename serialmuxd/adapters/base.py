@@ -1,0 +1,370 @@
+"""What every hypervisor adapter offers, the errors it raises and the config checks all adapters share.
+
+An adapter acts on the *machine* behind a port (NMI, reset, restart, start, power state); it never touches
+the console bytes.  Four properties hold for every adapter, so callers (in-band escape commands, the HTTP
+API, the console page) need no per-type code:
+
+* **Bounded.**  Every call finishes within the adapter's ``timeout_s`` (plus a small margin for killing a
+  child process).  A hypervisor that does not answer costs the caller one ``AdapterError`` whose message
+  says what was asked, of whom, and how long we waited: ``qmp /run/vm1/qmp.sock: no reply within 5.0 s to
+  inject-nmi``.
+* **Actions raise, state reports.**  ``nmi``/``reset``/``restart``/``start`` raise ``AdapterError`` when the
+  action was not carried out.  ``state``/``state_report`` never raise for an unreachable or failing
+  hypervisor: "QEMU is gone" *is* the answer (``stopped``), and the reason says why, which is what the
+  console shows ("vm1 is stopped; start it and try again").
+* **Change reports.**  ``on_state_change`` listeners hear every change of ``VmState``.  Event-driven
+  adapters (QMP) report changes as they happen; polling ones (command, ipmi) report what their ``state``
+  calls observe.
+* **Errors are ours, not the client's.**  ``AdapterError`` is a ``LocalError``: its message may name paths
+  and hosts and goes to the operator's log and audit trail.  Front ends show clients only ``kind`` (a short,
+  fixed vocabulary), never the message.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+import structlog
+
+from ..errors import LocalError
+
+log = structlog.get_logger("serialmuxd.adapters")
+
+DEFAULT_TIMEOUT_S = 5.0
+MAX_TIMEOUT_S = 300.0
+UNIX_PATH_MAX_BYTES = 107  # sun_path is 108 bytes including the terminating NUL
+
+
+class VmState(enum.StrEnum):
+    """The machine's power state as far as the hypervisor can tell."""
+
+    RUNNING = "running"
+    PAUSED = "paused"  # vCPUs stopped by the hypervisor (QMP stop, -S, prelaunch, migration, I/O error)
+    SHUTDOWN = "shutdown"  # the guest powered off but the VM process is still there (QEMU -no-shutdown)
+    STOPPED = "stopped"  # no VM process: QEMU not running, domain shut off, chassis power off
+    CRASHED = (
+        "crashed"  # the hypervisor saw the guest panic (pvpanic, libvirt "crashed", QEMU internal-error)
+    )
+    UNKNOWN = "unknown"  # the hypervisor did not answer, or answered something we cannot map
+
+
+class Action(enum.StrEnum):
+    """The verbs an adapter may offer; ``HypervisorAdapter.actions`` says which ones it does."""
+
+    NMI = "nmi"
+    RESET = "reset"
+    RESTART = "restart"
+    START = "start"
+    STATE = "state"
+
+
+class AdapterErrorKind(enum.StrEnum):
+    """Why an action failed, in words a front end may show a client (the message itself stays local)."""
+
+    TIMEOUT = "timeout"  # the hypervisor did not answer in time
+    UNAVAILABLE = "unavailable"  # cannot reach the hypervisor (VM stopped, socket missing, no BMC)
+    REFUSED = "refused"  # the hypervisor answered with an error
+    UNSUPPORTED = "unsupported"  # this adapter (or its configuration) does not offer the action
+    FAILED = "failed"  # anything else: the helper program failed, the reply made no sense
+
+
+class AdapterError(LocalError):
+    """An action on a VM was not carried out.  ``str()`` is ``"<adapter description>: <detail>"``."""
+
+    def __init__(
+        self, description: str, detail: str, kind: AdapterErrorKind = AdapterErrorKind.FAILED
+    ) -> None:
+        self.description = description
+        self.detail = detail
+        self.kind = kind
+        super().__init__(f"{description}: {detail}")
+
+
+@dataclass(frozen=True, slots=True)
+class StateReport:
+    """A state and the reason, for people: ``stopped`` / ``no QMP socket at /run/vm1/qmp.sock``."""
+
+    state: VmState
+    reason: str
+
+
+StateListener = Callable[[StateReport], None]
+
+
+class HypervisorAdapter(abc.ABC):
+    """One VM's power and NMI controls.  Subclasses implement the ``_do_*`` hooks they support.
+
+    Theory of operation: the public methods are the contract (bounded, clear errors, state reports); the
+    hooks do the talking.  ``_set_state`` is the single place that records a state and tells listeners, and
+    only when the state changes, so a VM that stays stopped for an hour costs listeners one report.
+    """
+
+    #: ``type`` as written in the config (``qmp``, ``command``, ...).
+    kind: ClassVar[str] = ""
+
+    def __init__(self, description: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self._description = description
+        self.timeout_s = timeout_s
+        self._listeners: list[StateListener] = []
+        self._current = StateReport(VmState.UNKNOWN, "not asked yet")
+
+    # -- facts ------------------------------------------------------------------------------------------
+
+    @property
+    def description(self) -> str:
+        """Who we talk to, for messages and logs: ``qmp /run/vm1/qmp.sock``, ``ipmi bmc1.example:623``."""
+        return self._description
+
+    @property
+    @abc.abstractmethod
+    def actions(self) -> frozenset[Action]:
+        """The actions this adapter can perform as configured (front ends hide the others)."""
+
+    @property
+    def current(self) -> StateReport:
+        """The last state seen, without asking the hypervisor (event-driven adapters keep it fresh)."""
+        return self._current
+
+    # -- actions ----------------------------------------------------------------------------------------
+
+    async def nmi(self) -> None:
+        """Inject a non-maskable interrupt: the guest kernel logs it, or panics/crash-dumps if set up to."""
+        await self._do_action(Action.NMI)
+
+    async def reset(self) -> None:
+        """Hard reset, like the reset button: the guest gets no chance to shut down."""
+        await self._do_action(Action.RESET)
+
+    async def restart(self) -> None:
+        """Graceful restart: ask the guest to shut down or reboot (ACPI power button, BMC soft off)."""
+        await self._do_action(Action.RESTART)
+
+    async def start(self) -> None:
+        """Power on / resume a paused VM, where the hypervisor offers it."""
+        await self._do_action(Action.START)
+
+    async def state(self) -> VmState:
+        """Ask the hypervisor for the power state now (bounded; never raises, see ``state_report``)."""
+        return (await self.state_report()).state
+
+    async def state_report(self) -> StateReport:
+        """Ask the hypervisor for the power state now, with the reason.  Also updates ``current``."""
+        report = await self._query_state()
+        self._set_state(report)
+        return report
+
+    async def open(self) -> None:  # noqa: B027 - optional hook: most adapters hold nothing open
+        """Start background work now (QMP's connection and event stream); actions also start it lazily."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook: most adapters hold nothing open
+        """Release connections and background tasks; the adapter is unusable afterwards."""
+
+    # -- state change listeners -------------------------------------------------------------------------
+
+    def on_state_change(self, listener: StateListener) -> Callable[[], None]:
+        """Call ``listener(report)`` on every change of state; returns a function that unregisters it."""
+        self._listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return remove
+
+    def _set_state(self, report: StateReport) -> None:
+        previous = self._current
+        self._current = report
+        if report.state == previous.state:
+            return
+        log.info("vm state changed", adapter=self._description, state=str(report.state), reason=report.reason)
+        for listener in list(self._listeners):
+            try:
+                listener(report)
+            except Exception:
+                # A broken listener must not stop the others or the adapter's own bookkeeping.
+                log.exception("state listener failed", adapter=self._description, state=str(report.state))
+
+    # -- hooks ------------------------------------------------------------------------------------------
+
+    async def _do_action(self, action: Action) -> None:
+        raise self._unsupported(action)
+
+    @abc.abstractmethod
+    async def _query_state(self) -> StateReport:
+        """Return the state now; report trouble as ``UNKNOWN``/``STOPPED`` with a reason, never raise."""
+
+    def _unsupported(self, action: Action) -> AdapterError:
+        return AdapterError(
+            self._description, f"{action} is not available with this adapter", AdapterErrorKind.UNSUPPORTED
+        )
+
+    def _error(self, detail: str, kind: AdapterErrorKind = AdapterErrorKind.FAILED) -> AdapterError:
+        return AdapterError(self._description, detail, kind)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Configuration shared by all adapter types.  The daemon's config.py calls ``parse_hypervisor`` (in the
+# package ``__init__``) for each port's ``[ports.hypervisor]`` table; the checks below collect problems as
+# ``(key path, reason)`` pairs in the format ``serialmuxd check-config`` prints.
+
+
+@dataclass(frozen=True, slots=True)
+class HypervisorConfig:
+    """A validated ``[ports.hypervisor]`` table.  One subclass per ``type``, each adding its own keys."""
+
+    type: ClassVar[str] = ""
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+
+class TableReader:
+    """Reads one TOML table key by key, recording a problem for every bad or unknown key.
+
+    Each ``take_*`` removes the key it reads; ``finish`` reports whatever is left as unknown keys, so a
+    typo (``sokcet``) is named rather than silently ignored.  A check returns ``None`` on a problem, which
+    the caller treats as "no valid config" (``ok`` is False).
+    """
+
+    def __init__(self, table: Mapping[str, object], key: str) -> None:
+        self._left = dict(table)
+        self._key = key
+        self.problems: list[tuple[str, str]] = []
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def path(self, name: str) -> str:
+        return f"{self._key}.{name}"
+
+    def problem(self, name: str | None, reason: str) -> None:
+        self.problems.append((self.path(name) if name else self._key, reason))
+
+    def has(self, name: str) -> bool:
+        """Whether the table (still) holds ``name``."""
+        return name in self._left
+
+    def reject(self, name: str, reason: str) -> None:
+        """Record ``name`` as a problem with a specific reason (better than "unknown key")."""
+        if self._left.pop(name, None) is not None:
+            self.problem(name, reason)
+
+    def _take(self, name: str, required: bool) -> object | None:
+        if name not in self._left:
+            if required:
+                self.problem(name, "missing (required)")
+            return None
+        return self._left.pop(name)
+
+    def take_string(self, name: str, *, required: bool = False, default: str | None = None) -> str | None:
+        value = self._take(name, required)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            self.problem(name, f"expected string, {describe_value(value)}")
+            return None
+        if value == "" or "\0" in value:
+            self.problem(name, f"must be a non-empty string without NUL, got {value!r}")
+            return None
+        return value
+
+    def take_absolute_path(
+        self, name: str, *, required: bool = False, unix_socket: bool = False
+    ) -> str | None:
+        value = self.take_string(name, required=required)
+        if value is None:
+            return None
+        if not os.path.isabs(value):
+            self.problem(name, f"must be an absolute path, got {value!r}")
+            return None
+        if unix_socket and len(os.fsencode(value)) > UNIX_PATH_MAX_BYTES:
+            self.problem(
+                name,
+                f"unix socket paths are limited to {UNIX_PATH_MAX_BYTES} bytes, "
+                f"got {len(os.fsencode(value))}",
+            )
+            return None
+        return value
+
+    def take_integer(self, name: str, low: int, high: int, default: int) -> int:
+        value = self._take(name, False)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.problem(name, f"expected integer, {describe_value(value)}")
+            return default
+        if not low <= value <= high:
+            self.problem(name, f"must be between {low} and {high}, got {value}")
+            return default
+        return value
+
+    def take_seconds(self, name: str, default: float, high: float = MAX_TIMEOUT_S) -> float:
+        value = self._take(name, False)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.problem(name, f"expected number, {describe_value(value)}")
+            return default
+        if not (0 < value <= high):  # written so that nan fails too
+            self.problem(name, f"must be greater than 0 and at most {high:g}, got {value!r}")
+            return default
+        return float(value)
+
+    def take_choice(self, name: str, allowed: Iterable[str], default: str) -> str:
+        allowed = list(allowed)
+        value = self.take_string(name)
+        if value is None:
+            return default
+        if value not in allowed:
+            self.problem(name, f"must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
+            return default
+        return value
+
+    def take_argv(self, name: str) -> tuple[str, ...] | None:
+        """An argv list: a non-empty array of strings, run without a shell (so no quoting rules apply)."""
+        value = self._take(name, False)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            self.problem(
+                name,
+                f"expected an array of strings (argv, run without a shell), got string {value!r}; "
+                f"write it as {value.split()!r}",
+            )
+            return None
+        if not isinstance(value, list) or not value:
+            self.problem(name, f"expected a non-empty array of strings, {describe_value(value)}")
+            return None
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or "\0" in item:
+                self.problem(f"{name}[{index}]", f"expected string without NUL, {describe_value(item)}")
+                return None
+        if value[0] == "":
+            self.problem(f"{name}[0]", "the program name cannot be empty")
+            return None
+        return tuple(value)
+
+    def finish(self) -> None:
+        for name in sorted(self._left):
+            self.problem(name, "unknown key")
+
+
+def describe_value(value: object) -> str:
+    """``got string 'x'`` in TOML's type words, for messages."""
+    kinds: tuple[tuple[type, str], ...] = (
+        (bool, "boolean"),
+        (int, "integer"),
+        (float, "float"),
+        (str, "string"),
+        (dict, "table"),
+        (list, "array"),
+    )
+    for python_type, name in kinds:
+        if isinstance(value, python_type):
+            text = repr(value)
+            return f"got {name} {text if len(text) <= 60 else text[:57] + '...'}"
+    return f"got {type(value).__name__}"
