@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .adapters import HypervisorConfig, parse_hypervisor
 from .errors import ConfigError
 
 
@@ -112,6 +113,7 @@ class PortConfig:
     reconnect_max_s: float = 5.0
     key_profile: str = "xterm"  # how named keys (F1-F12) are sent: xterm (Linux) | vt100+ (Windows EMS/SAC)
     serial: SerialSettings = field(default_factory=SerialSettings)
+    hypervisor: HypervisorConfig | None = None  # [ports.hypervisor]: NMI / reset / restart / VM state
 
 
 @dataclass(frozen=True, slots=True)
@@ -558,8 +560,10 @@ _PORT_ONLY_CHECKS: dict[str, _Check] = {
     "telnet": _listen,
     "telnet_readonly": _listen,
 }
+_HYPERVISOR_TABLE = "hypervisor"  # [ports.hypervisor], validated by serialmuxd.adapters.parse_hypervisor
 _NOT_IN_DEFAULTS = {
-    key: "belongs to one port; set it in each [[ports]] table, not in [defaults]" for key in _PORT_ONLY_CHECKS
+    key: "belongs to one port; set it in each [[ports]] table, not in [defaults]"
+    for key in (*_PORT_ONLY_CHECKS, _HYPERVISOR_TABLE)
 }
 _REQUIRED_PORT_KEYS = ("name", "device")
 _SERIAL_TABLE = "serial"  # the one sub-table of [[ports]] and [defaults]
@@ -712,7 +716,11 @@ def _parse_port(
     if table is None:
         return None
     own = _check_table(
-        table, path, {**_PORT_ONLY_CHECKS, **_INHERITABLE_CHECKS}, problems, sub_tables=[_SERIAL_TABLE]
+        table,
+        path,
+        {**_PORT_ONLY_CHECKS, **_INHERITABLE_CHECKS},
+        problems,
+        sub_tables=[_SERIAL_TABLE, _HYPERVISOR_TABLE],
     )
     for key in _REQUIRED_PORT_KEYS:
         if key not in table:
@@ -733,10 +741,17 @@ def _parse_port(
         if address is not None:
             _claim_listener(address, f"{path}.{key}", capability, claims, problems)
     serial = _parse_port_serial(table, path, device, default_serial, problems)
+    hypervisor = None
+    if _HYPERVISOR_TABLE in table:
+        hypervisor, found = parse_hypervisor(table[_HYPERVISOR_TABLE], f"{path}.{_HYPERVISOR_TABLE}")
+        for key_path, reason in found:
+            problems.add(key_path, reason)
+        if hypervisor is None:
+            return None
 
     if name is None or device is None or serial is None or not _is_valid(effective):
         return None
-    return PortConfig(**_values(effective), serial=serial)
+    return PortConfig(**_values(effective), serial=serial, hypervisor=hypervisor)
 
 
 def _parse_port_serial(

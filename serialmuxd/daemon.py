@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from .adapters import make_adapter
 from .config import Config, ListenAddress
 from .devices import open_link
 from .devices.base import DeviceLink
@@ -32,6 +33,7 @@ log = structlog.get_logger("serialmuxd")
 # every port's stream end, raised (and saved) before a port's end can reach it.
 _OFFSET_RESERVE = 1 << 32
 _OFFSET_CHECK_S = 10.0
+_VM_POLL_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +80,7 @@ class Daemon:
         self._servers: list[asyncio.Server] = []
         self._http_runner: Any = None
         self._offset_task: asyncio.Task[None] | None = None
+        self._poll_task: asyncio.Task[None] | None = None
         self.stop_requested = asyncio.Event()
 
     def _build_hubs(self) -> None:
@@ -88,6 +91,9 @@ class Daemon:
                 audit=_audit_to_log,
                 start_offset=self.state.offsets.get(port.name, 0),
             )
+            if port.hypervisor is not None:
+                hub.adapter = make_adapter(port.hypervisor, port.name)
+                hub.adapter.on_state_change(hub.vm_state_changed)
             switch = self.state.ports.get(port.name)
             enabled = (switch.enabled if switch else port.enabled) and self.state.console_enabled
             if not enabled:
@@ -118,7 +124,13 @@ class Daemon:
             raise
         for hub in self.hubs.values():
             hub.start()
-        self._offset_task = asyncio.get_running_loop().create_task(self._watch_offsets())
+        for hub in self.hubs.values():
+            if hub.adapter is not None:
+                await hub.adapter.open()
+        loop = asyncio.get_running_loop()
+        self._offset_task = loop.create_task(self._watch_offsets())
+        if any(h.adapter is not None and h.adapter.kind != "qmp" for h in self.hubs.values()):
+            self._poll_task = loop.create_task(self._poll_vm_states())
         sd_notify(f"READY=1\nSTATUS=serving {len(self.hubs)} console ports")
 
     async def _start_http(self) -> None:
@@ -181,6 +193,14 @@ class Daemon:
             await asyncio.sleep(_OFFSET_CHECK_S)
             self._raise_offset_floors()
 
+    async def _poll_vm_states(self) -> None:
+        """QMP pushes state changes as events; the other adapters only answer when asked."""
+        while True:
+            for hub in self.hubs.values():
+                if hub.adapter is not None and hub.adapter.kind != "qmp":
+                    await hub.adapter.state()  # notifies hub.vm_state_changed when it changed
+            await asyncio.sleep(_VM_POLL_S)
+
     def _save_state(self) -> None:
         try:
             self._store.save(self.state)
@@ -214,10 +234,11 @@ class Daemon:
 
     async def stop(self) -> None:
         sd_notify("STOPPING=1")
-        if self._offset_task is not None:
-            self._offset_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._offset_task
+        for task in (self._offset_task, self._poll_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._close_servers()
         if self._http_runner is not None:
             await self._http_runner.cleanup()  # on_shutdown closes WebSockets first
@@ -228,6 +249,9 @@ class Daemon:
             await asyncio.wait_for(asyncio.gather(*closing), timeout)
         except TimeoutError:
             log.warning("shutdown_timeout", seconds=timeout)
+        for hub in self.hubs.values():
+            if hub.adapter is not None:
+                await hub.adapter.close()
         # A clean stop knows the exact ends: the next run continues right after them.
         for name, hub in self.hubs.items():
             self.state.offsets[name] = hub.ring.end

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .adapters import Action, AdapterError, AdapterErrorKind, HypervisorAdapter, StateReport, VmState
 from .config import PortConfig, SlowReaderPolicy
 from .core.access import AccessPolicy, AllowAll, Identity, Verb
 from .core.lease import Holder, LeaseInput, Outcome, WriterLease
@@ -90,6 +91,8 @@ class NoticeKind(enum.StrEnum):
     REPLAY_START = "replay_start"
     REPLAY_END = "replay_end"
     INFO = "info"  # answers to who/help and similar
+    VM_STATE = "vm_state"  # the machine behind the port changed state (hypervisor adapter)
+    VM_ACTION = "vm_action"  # someone sent an NMI / reset / restart
     CLOSING = "closing"  # the session is about to be closed by the daemon
 
 
@@ -232,6 +235,8 @@ class PortHub(DeviceListener):
         self.state_since = time.time()
         self._device_paused = False
         self._input_paused_session: Session | None = None
+        # The machine behind the port (set by the daemon when [ports.hypervisor] is configured).
+        self.adapter: HypervisorAdapter | None = None
         # Paced input (input_rate_bps > 0): bytes waiting for tokens, and the timer that sends them.
         self._pending_input = bytearray()
         self._bucket: TokenBucket | None = None
@@ -354,6 +359,9 @@ class PortHub(DeviceListener):
                 {"port": self.name, "state": str(self.state), "session": session.id},
             )
         )
+        vm_notice = self._vm_state_notice()
+        if vm_notice is not None:
+            sink.send_notice(vm_notice)
         if from_offset is None:
             self._replay(session, self.config.replay_bytes, manual=False)
         else:
@@ -371,6 +379,73 @@ class PortHub(DeviceListener):
                 )
             )
         return session
+
+    # -- the machine behind the port --------------------------------------------------------------------
+    def vm_state_changed(self, report: StateReport) -> None:
+        """Adapter callback: tell everyone attached (the console itself comes back on its own when the
+        device reconnects, so sessions simply stay)."""
+        self._audit("vm_state", port=self.name, state=str(report.state), reason=report.reason)
+        notice = self._vm_state_notice() or Notice(
+            NoticeKind.VM_STATE, f"{self.name} is {report.state}", {"state": str(report.state)}
+        )
+        self._broadcast(notice)
+
+    def _vm_state_notice(self) -> Notice | None:
+        if self.adapter is None:
+            return None
+        report = self.adapter.current
+        fields = {"state": str(report.state), "reason": report.reason}
+        if report.state in (VmState.STOPPED, VmState.SHUTDOWN):
+            return Notice(
+                NoticeKind.VM_STATE, f"{self.name} is {report.state}; start it and try again", fields
+            )
+        if report.state is VmState.CRASHED:
+            return Notice(
+                NoticeKind.VM_STATE, f"{self.name} has crashed ({report.reason}); reset or restart it", fields
+            )
+        if report.state is VmState.PAUSED:
+            return Notice(NoticeKind.VM_STATE, f"{self.name} is paused by the hypervisor", fields)
+        if report.state is VmState.RUNNING:
+            return Notice(NoticeKind.VM_STATE, f"{self.name} is running", fields)
+        return None
+
+    async def vm_action(self, action: Action, identity: Identity) -> None:
+        """Run a hypervisor action for ``identity``; audited, and announced to every session on success.
+        Raises ``AdapterError`` (also when no adapter offers the action)."""
+        verb = Verb.NMI if action is Action.NMI else Verb.POWER
+        if not self.access.allows(identity, verb, self.name):
+            raise AdapterError(self.name, f"{action} not allowed for {identity}", AdapterErrorKind.REFUSED)
+        adapter = self.adapter
+        if adapter is None or action not in adapter.actions:
+            raise AdapterError(
+                self.name, f"{action} is not available for this console", AdapterErrorKind.UNSUPPORTED
+            )
+        try:
+            await getattr(adapter, str(action))()
+        except AdapterError as exc:
+            self._audit(
+                "vm_action",
+                port=self.name,
+                action=str(action),
+                peer=str(identity),
+                result="failed",
+                error=str(exc),
+            )
+            raise
+        self._audit("vm_action", port=self.name, action=str(action), peer=str(identity), result="ok")
+        what = {
+            Action.NMI: "NMI sent",
+            Action.RESET: "hard reset",
+            Action.RESTART: "restart requested",
+            Action.START: "start requested",
+        }[action]
+        self._broadcast(
+            Notice(
+                NoticeKind.VM_ACTION,
+                f"{self.name}: {what} by {identity}",
+                {"action": str(action), "by": str(identity)},
+            )
+        )
 
     def who_notice(self) -> Notice:
         holder = self.lease.holder

@@ -94,7 +94,9 @@ def test_example_documents_every_key(settings: type) -> None:
 
 def test_example_shows_the_real_defaults() -> None:
     """Every ``# key = value`` line of the example shows the built-in default of that key."""
-    defaults: dict[str, object] = {}
+    from serialmuxd.adapters.base import DEFAULT_TIMEOUT_S
+
+    defaults: dict[str, object] = {"timeout_s": DEFAULT_TIMEOUT_S}  # [ports.hypervisor]
     for settings in (PortConfig, DaemonSettings, SerialSettings, HttpSettings):
         for item in dataclasses.fields(settings):
             if item.default is not dataclasses.MISSING:
@@ -115,7 +117,9 @@ def test_validator_covers_every_field() -> None:
     assert set(module._DAEMON_CHECKS) == names(DaemonSettings)
     assert set(module._HTTP_CHECKS) == names(HttpSettings)
     assert set(module._SERIAL_CHECKS) == names(SerialSettings)
-    assert {*module._PORT_ONLY_CHECKS, *module._INHERITABLE_CHECKS, "serial"} == names(PortConfig)
+    assert {*module._PORT_ONLY_CHECKS, *module._INHERITABLE_CHECKS, "serial", "hypervisor"} == names(
+        PortConfig
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -815,3 +819,23 @@ telnet = "127.0.0.1:7002"
     with pytest.raises(ConfigError) as info:
         parse_config(text, SOURCE)
     assert str(info.value) == "\n".join(info.value.lines())
+
+
+def test_hypervisor_table_is_validated_with_key_paths() -> None:
+    assert_problem(
+        PORT + '[ports.hypervisor]\ntype = "qmp"\nsokcet = "/run/q.sock"\n',
+        "ports[0].hypervisor.sokcet",
+        "unknown",
+    )
+    assert_problem(
+        PORT + '[ports.hypervisor]\ntype = "vmware"\n', "ports[0].hypervisor.type", "must be one of"
+    )
+    assert_problem(
+        PORT + '[defaults.hypervisor]\ntype = "qmp"\n', "defaults.hypervisor", "belongs to one port"
+    )
+
+
+def test_hypervisor_table_parses() -> None:
+    config = parse_config(PORT + '[ports.hypervisor]\ntype = "qmp"\nsocket = "/run/q.sock"\n', "t.toml")
+    hypervisor = config.ports[0].hypervisor
+    assert hypervisor is not None and hypervisor.type == "qmp"

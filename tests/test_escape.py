@@ -93,6 +93,9 @@ def test_command_table_is_one_key_per_command() -> None:
         "p": Command.REPLAY,
         "b": Command.BREAK,
         "w": Command.WHO,
+        "n": Command.NMI,
+        "x": Command.RESET,
+        "g": Command.RESTART,
         "?": Command.HELP,
     }
 

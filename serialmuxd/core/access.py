@@ -17,6 +17,8 @@ class Verb(enum.StrEnum):
     WRITE = "write"  # hold the writer lease (interactive attach)
     TAKE_OVER = "take_over"  # take the lease from another writer
     BREAK = "break"  # send a serial BREAK
+    NMI = "nmi"  # inject a non-maskable interrupt (hypervisor)
+    POWER = "power"  # reset / restart / start the machine (hypervisor)
 
 
 @dataclass(frozen=True, slots=True)

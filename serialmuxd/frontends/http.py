@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from ..adapters import Action, AdapterError, AdapterErrorKind
 from ..core.access import Identity, Verb
 from ..core.keys import MAX_KEYS_PER_REQUEST, key_bytes
 from ..hub import AttachMode, EndReason, Notice, PortHub, PortState, Session
@@ -64,6 +65,17 @@ ERROR_CODES = {
     "offset_unavailable": 416,
     "console_disabled": 503,
     "console_offline": 503,
+    "hypervisor_unavailable": 503,
+    "hypervisor_refused": 502,
+    "hypervisor_failed": 502,
+    "hypervisor_timeout": 504,
+}
+_ADAPTER_ERROR_CODES = {
+    AdapterErrorKind.TIMEOUT: "hypervisor_timeout",
+    AdapterErrorKind.UNAVAILABLE: "hypervisor_unavailable",
+    AdapterErrorKind.REFUSED: "hypervisor_refused",
+    AdapterErrorKind.UNSUPPORTED: "not_supported",
+    AdapterErrorKind.FAILED: "hypervisor_failed",
 }
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -179,7 +191,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 def port_json(hub: PortHub) -> dict[str, Any]:
     holder = hub.lease.holder
     sessions = list(hub.sessions.values())
-    adapter = getattr(hub, "adapter", None)
+    adapter = hub.adapter
     return {
         "name": hub.name,
         "state": str(hub.state),
@@ -197,7 +209,12 @@ def port_json(hub: PortHub) -> dict[str, Any]:
         "key_profile": hub.config.key_profile,
         "hypervisor": None
         if adapter is None
-        else {"type": adapter.kind, "actions": ["nmi", "reset", "restart"]},
+        else {
+            "type": adapter.kind,
+            "actions": sorted(str(a) for a in adapter.actions),
+            "state": str(adapter.current.state),
+            "state_reason": adapter.current.reason,
+        },
     }
 
 
@@ -345,6 +362,32 @@ async def post_keys(request: web.Request) -> web.Response:
         raise ApiError("console_offline", f"console {hub.name} is not accepting input")
     hub.bytes_to_device += len(payload)
     return web.json_response({"ok": True, "bytes": len(payload)})
+
+
+def _vm_handler(action: Action) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(request: web.Request) -> web.Response:
+        hub = _hub(request)
+        await _json_body(request)
+        identity = _identity(request, "http")
+        try:
+            await hub.vm_action(action, identity)
+        except AdapterError as exc:
+            log.warning("vm_action_failed", port=hub.name, action=str(action), error=str(exc))
+            # The adapter's detail names sockets/hosts: the operator's log has it; the client gets the kind.
+            raise ApiError(
+                _ADAPTER_ERROR_CODES[exc.kind], f"{action} on {hub.name} failed: {exc.kind}"
+            ) from None
+        return web.json_response({"ok": True, "action": str(action)})
+
+    return handler
+
+
+async def vm_state(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    if hub.adapter is None:
+        raise ApiError("not_supported", f"console {hub.name} has no [ports.hypervisor]")
+    report = await hub.adapter.state_report()
+    return web.json_response({"state": str(report.state), "reason": report.reason})
 
 
 async def post_enable(request: web.Request) -> web.Response:
@@ -590,6 +633,10 @@ def build_app(daemon: Daemon) -> web.Application:
     r.add_post("/api/v1/ports/{name}/break", post_break)
     r.add_post("/api/v1/ports/{name}/sysrq", post_sysrq)
     r.add_post("/api/v1/ports/{name}/keys", post_keys)
+    r.add_post("/api/v1/ports/{name}/nmi", _vm_handler(Action.NMI))
+    r.add_post("/api/v1/ports/{name}/reset", _vm_handler(Action.RESET))
+    r.add_post("/api/v1/ports/{name}/restart", _vm_handler(Action.RESTART))
+    r.add_get("/api/v1/ports/{name}/state", vm_state)
     r.add_post("/api/v1/ports/{name}/enable", post_enable)
     r.add_post("/api/v1/ports/{name}/disable", post_disable)
     r.add_get("/api/v1/console", get_console)

@@ -109,6 +109,30 @@ def openapi_document() -> dict[str, Any]:
                 },
             )
         },
+        "/api/v1/ports/{name}/nmi": {
+            "post": _op(
+                "Inject a non-maskable interrupt ([ports.hypervisor]; audited)",
+                errors=(404, 409, 415, 502, 503, 504),
+            )
+        },
+        "/api/v1/ports/{name}/reset": {
+            "post": _op(
+                "Hard-reset the machine ([ports.hypervisor]; audited)", errors=(404, 409, 415, 502, 503, 504)
+            )
+        },
+        "/api/v1/ports/{name}/restart": {
+            "post": _op(
+                "Graceful restart: ACPI power button / guest reboot ([ports.hypervisor]; audited)",
+                errors=(404, 409, 415, 502, 503, 504),
+            )
+        },
+        "/api/v1/ports/{name}/state": {
+            "get": _op(
+                "The machine's state from the hypervisor: running, paused, shutdown, stopped, crashed, "
+                "unknown",
+                errors=(404, 409),
+            )
+        },
         "/api/v1/ports/{name}/enable": {"post": _op("Enable the console (persists)", ok_content=_JSON_PORT)},
         "/api/v1/ports/{name}/disable": {
             "post": _op(

@@ -16,6 +16,7 @@ from typing import cast
 
 import structlog
 
+from ..adapters import Action, AdapterError
 from ..config import ListenAddress
 from ..core.access import Identity
 from ..errors import StartupError
@@ -24,6 +25,17 @@ from ..proto import escape as esc
 from ..proto import telnet as tn
 
 log = structlog.get_logger("serialmuxd.telnet")
+
+_VM_COMMANDS = {
+    esc.Command.NMI: Action.NMI,
+    esc.Command.RESET: Action.RESET,
+    esc.Command.RESTART: Action.RESTART,
+}
+_ACTION_WORDS = {
+    Action.NMI: "send an NMI to",
+    Action.RESET: "hard-reset",
+    Action.RESTART: "restart",
+}
 
 # How long a closing connection may take to flush before it is aborted (a client that stopped reading).
 _CLOSE_FLUSH_TIMEOUT_S = 5.0
@@ -51,6 +63,9 @@ class TelnetConnection(asyncio.Protocol):
         self.session: Session | None = None
         self._closing = False
         self._abort_timer: asyncio.TimerHandle | None = None
+        # A hypervisor action waiting for its "y" (NMI and resets are too costly for one stray keystroke).
+        self._confirming: Action | None = None
+        self._actions: set[asyncio.Task[None]] = set()
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -97,6 +112,7 @@ class TelnetConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._abort_timer is not None:
             self._abort_timer.cancel()
+        # A started hypervisor action is not cancelled: half an IPMI exchange is worse than a finished one.
         self._closing = True
         if self.session is not None:
             self.session.detach()
@@ -137,6 +153,13 @@ class TelnetConnection(asyncio.Protocol):
         session = self.session
         if session is None:
             return
+        if self._confirming is not None and data:
+            action, self._confirming = self._confirming, None
+            if data[:1] in (b"y", b"Y"):
+                self._start_action(session, action)
+            else:
+                self._write_line(f"{action} cancelled")
+            data = data[1:]
         for event in self.escape.feed(data):
             if self._closing:
                 return
@@ -165,8 +188,36 @@ class TelnetConnection(asyncio.Protocol):
             session.send_break()
         elif command is esc.Command.WHO:
             session.who()
+        elif command in _VM_COMMANDS:
+            self._ask_confirmation(session, _VM_COMMANDS[command])
         else:
             self._write_text(self._help())
+
+    def _ask_confirmation(self, session: Session, action: Action) -> None:
+        adapter = self.hub.adapter
+        if adapter is None or action not in adapter.actions:
+            self._write_line(f"{action}: no hypervisor action configured for console {self.hub.name}")
+            return
+        if self.mode is AttachMode.VIEWER or not self.hub.lease.holds(session.id):
+            self._write_line(f"{action}: only the session with write access may do this")
+            return
+        self._confirming = action
+        self._write_line(
+            f"{_ACTION_WORDS[action]} {self.hub.name}? press y to confirm, any other key cancels"
+        )
+
+    def _start_action(self, session: Session, action: Action) -> None:
+        async def run() -> None:
+            try:
+                await self.hub.vm_action(action, session.identity)
+            except AdapterError as exc:
+                log.warning("vm_action_failed", port=self.hub.name, action=str(action), error=str(exc))
+                # The detail names sockets and hosts: it goes to the operator's log, the client gets the kind.
+                self._write_line(f"{action} failed: {exc.kind} (details in the serialmuxd log)")
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._actions.add(task)
+        task.add_done_callback(self._actions.discard)
 
     def _help(self) -> str:
         prefix = esc.parse_escape_key(self.hub.config.escape)

@@ -58,6 +58,9 @@ class Command(enum.Enum):
     REPLAY = "replay"  # replay the scrollback
     BREAK = "break"  # send a serial BREAK to the guest
     WHO = "who"  # list the sessions on this port
+    NMI = "nmi"  # hypervisor: non-maskable interrupt (front end asks to confirm)
+    RESET = "reset"  # hypervisor: hard reset (front end asks to confirm)
+    RESTART = "restart"  # hypervisor: graceful restart (front end asks to confirm)
     HELP = "help"
 
 
@@ -77,6 +80,9 @@ COMMANDS: Final[tuple[CommandKey, ...]] = (
     CommandKey("p", Command.REPLAY, "replay scrollback"),
     CommandKey("b", Command.BREAK, "send BREAK"),
     CommandKey("w", Command.WHO, "who is connected"),
+    CommandKey("n", Command.NMI, "send an NMI to the machine (asks to confirm)"),
+    CommandKey("x", Command.RESET, "hard-reset the machine (asks to confirm)"),
+    CommandKey("g", Command.RESTART, "restart the machine gracefully (asks to confirm)"),
     CommandKey("?", Command.HELP, "this help"),
 )
 

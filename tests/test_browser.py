@@ -1,0 +1,385 @@
+"""The browser console page in a real browser: headless Debian Chromium driven by Playwright, talking to a
+real daemon (HTTP + WebSocket) whose port runs an interactive shell on a PTY.
+
+Chromium comes from apt (``/usr/bin/chromium``), never from ``playwright install``.  The screenshot is kept
+as ``artifacts/browser-console.png`` for people to look at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+try:
+    from playwright.async_api import ConsoleMessage, Dialog, Page, Route, async_playwright
+except ImportError:  # pragma: no cover - depends on the environment
+    pytest.skip("playwright is not installed (it is in the 'test' extra)", allow_module_level=True)
+
+from serialmuxd.config import parse_config
+from serialmuxd.daemon import Daemon
+from serialmuxd.web import missing_vendor_files
+
+CHROMIUM = "/usr/bin/chromium"
+# Debian's Chromium without a sandbox (containers), GPU, or background traffic to Google.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+PORT = "vm1"
+XSS = "<img src=x onerror=alert(1)>"
+TIMEOUT_MS = 10_000
+IN_TERMINAL = "document.activeElement.classList.contains('xterm-helper-textarea')"
+
+if not os.access(CHROMIUM, os.X_OK):
+    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
+
+CONFIG = f"""
+[http]
+listen = "127.0.0.1:0"
+
+[[ports]]
+name = "{PORT}"
+# A plain prompt, so that the screenshot and the assertions do not depend on the user's shell set-up.
+device = "exec:/usr/bin/env 'PS1=guest$ ' /bin/sh -i"
+"""
+
+
+@pytest_asyncio.fixture
+async def base_url() -> AsyncIterator[str]:
+    # Not a skip: without these the page is broken, which is what this test is for.
+    missing = missing_vendor_files()
+    assert not missing, f"serialmuxd/web/vendor lacks {missing}: run `pip install -e .` (needs npm)"
+    daemon = Daemon(parse_config(CONFIG, "<test_browser>"))
+    await daemon.start()
+    try:
+        assert daemon.http_address is not None
+        host, port = daemon.http_address
+        url = f"http://{host}:{port}"
+        await _wait_online(url)
+        yield url
+    finally:
+        await daemon.stop()
+
+
+async def _wait_online(url: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(200):
+            async with http.get(f"{url}/api/v1/ports/{PORT}") as response:
+                if (await response.json())["state"] == "online":
+                    return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"{PORT} did not come online")
+
+
+async def _scrollback_text(url: str) -> str:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{url}/api/v1/ports/{PORT}/scrollback", params={"from": "0", "format": "text"}) as r,
+    ):
+        assert r.status == 200, await r.text()
+        return await r.text()
+
+
+# The DOM renderer (xterm's default) draws the screen as text in .xterm-rows; spaces may be U+00A0.
+_SCREEN_HAS = """(needle) => {
+  const rows = document.querySelector('.xterm-rows');
+  return rows !== null && rows.textContent.replace(/\\u00a0/g, ' ').includes(needle);
+}"""
+
+
+async def _screen_text(page: Page) -> str:
+    text = await page.eval_on_selector(".xterm-rows", "e => e.textContent")
+    return str(text).replace("\u00a0", " ")
+
+
+async def _wait_screen(page: Page, needle: str) -> None:
+    await page.wait_for_function(_SCREEN_HAS, arg=needle, timeout=TIMEOUT_MS)
+
+
+async def _type_line(page: Page, line: str) -> None:
+    await page.keyboard.type(line)
+    await page.keyboard.press("Enter")
+
+
+async def _active_id(page: Page) -> str:
+    return str(await page.evaluate("document.activeElement ? document.activeElement.id : ''"))
+
+
+async def test_console_page_in_chromium(base_url: str) -> None:
+    problems: list[str] = []
+    dialogs: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type in ("error", "warning"):
+            problems.append(f"console {message.type}: {message.text}")
+
+    async def on_dialog(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        await dialog.dismiss()
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            context = await browser.new_context(
+                viewport={"width": 1100, "height": 640}, permissions=["clipboard-read", "clipboard-write"]
+            )
+            page = await context.new_page()
+            page.on("console", on_console)
+            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+            page.on("dialog", on_dialog)
+
+            # -- the console list links to the console view
+            await page.goto(f"{base_url}/")
+            link = page.get_by_role("link", name=PORT, exact=True)
+            await link.wait_for(timeout=TIMEOUT_MS)
+            row = page.locator("#port-rows tr", has=link)
+            await page.wait_for_function(
+                "() => document.querySelector('#port-rows tr td')?.textContent.startsWith('online')",
+                timeout=TIMEOUT_MS,
+            )
+            assert "exec:" in (await row.inner_text())
+            await link.click()
+            await page.wait_for_url(f"{base_url}/console/{PORT}")
+
+            # -- type a command, see the guest's answer
+            await page.wait_for_function(
+                "() => document.getElementById('st-conn').textContent.includes('you are typing')",
+                timeout=TIMEOUT_MS,
+            )
+            await _wait_screen(page, "guest$")
+            await page.locator("#terminal").click()
+            await _type_line(page, "echo hi-$((6*7))")
+            await _wait_screen(page, "hi-42")
+
+            # -- guest text that looks like HTML stays text
+            await _type_line(page, f"echo '{XSS}'")
+            await page.wait_for_function(
+                """(needle) => {
+                  const rows = [...document.querySelectorAll('.xterm-rows > div')];
+                  return rows.some(r => r.textContent.replace(/\\u00a0/g, ' ').trim() === needle);
+                }""",
+                arg=XSS,
+                timeout=TIMEOUT_MS,
+            )
+            assert await page.locator("img").count() == 0
+            assert XSS in await _screen_text(page)
+
+            # -- Ctrl+Shift+C copies the terminal's selection, Ctrl+Shift+V pastes into the guest
+            answer = page.locator(".xterm-rows > div", has_text=re.compile(r"^hi-42\s*$"))
+            box = await answer.bounding_box()
+            assert box is not None
+            await page.mouse.dblclick(box["x"] + 4, box["y"] + box["height"] / 2)  # selects the word
+            await page.keyboard.press("Control+Shift+C")
+            await _wait_status(page, "st-note", "Copied")
+            assert await page.evaluate("navigator.clipboard.readText()") == "hi-42"
+            await page.evaluate("navigator.clipboard.writeText('echo pasted-$((3*3))')")
+            await page.keyboard.press("Control+Shift+V")
+            await _wait_screen(page, "echo pasted-$((3*3))")
+            await page.keyboard.press("Enter")
+            await _wait_screen(page, "pasted-9")
+            assert (await _screen_text(page)).count("echo pasted-") == 1  # pasted once, not twice
+
+            # -- read-only: keystrokes no longer reach the guest, and the status says so
+            await page.locator("#btn-write").click()  # labelled "Read-only" while we write
+            await page.wait_for_function(
+                "() => document.getElementById('st-conn').textContent.includes('read-only')",
+                timeout=TIMEOUT_MS,
+            )
+            assert await page.locator("#btn-write").inner_text() == "Take over"
+            await page.locator("#terminal").click()
+            await _type_line(page, "echo ro-$((1+1))")
+            await page.wait_for_function(
+                "() => document.getElementById('st-note').textContent.includes('read-only')",
+                timeout=TIMEOUT_MS,
+            )
+
+            # -- take over again; whatever was typed read-only would have been echoed before this
+            await page.locator("#btn-write").click()
+            await page.wait_for_function(
+                "() => document.getElementById('st-conn').textContent.includes('you are typing')",
+                timeout=TIMEOUT_MS,
+            )
+            await page.locator("#terminal").click()
+            await _type_line(page, "echo back-$((2+3))")
+            await _wait_screen(page, "back-5")
+            assert "ro-" not in await _screen_text(page)
+            scrollback = await _scrollback_text(base_url)
+            assert "back-5" in scrollback
+            assert "ro-" not in scrollback
+
+            # -- keyboard only: Ctrl+F6 leaves the terminal, Tab reaches every command-bar control
+            await page.locator("#terminal").click()
+            assert await page.evaluate(IN_TERMINAL)
+            await page.keyboard.press("Control+F6")
+            assert await _active_id(page) == "btn-write"
+            controls = await page.eval_on_selector_all(
+                "#commandbar :is(button, select, input, a[href])",
+                "els => els.filter(e => e.offsetParent !== null).map(e => e.id)",
+            )
+            assert {"btn-write", "btn-break", "btn-sysrq", "fkey", "btn-key", "download"} <= set(controls)
+            assert {"btn-reconnect", "sr-mode"} <= set(controls)
+            reached = [await _active_id(page)]
+            for _ in controls[1:]:
+                await page.keyboard.press("Tab")
+                reached.append(await _active_id(page))
+            assert reached == controls
+            # The last control is the screen reader switch: Space turns on xterm's accessibility tree.
+            assert reached[-1] == "sr-mode"
+            await page.keyboard.press("Space")
+            await page.locator(".xterm-accessibility-tree").wait_for(state="attached", timeout=TIMEOUT_MS)
+            await page.keyboard.press("Space")
+            await page.locator(".xterm-accessibility-tree").wait_for(state="detached", timeout=TIMEOUT_MS)
+            # The terminal comes right after the command bar; from there Ctrl+F6 leaves it again, and
+            # Ctrl+F6 in the command bar goes back into the terminal.
+            await page.keyboard.press("Tab")
+            assert await page.evaluate(IN_TERMINAL)
+            await page.keyboard.press("Control+F6")
+            assert await _active_id(page) == "btn-write"
+            await page.keyboard.press("Control+F6")
+            assert await page.evaluate(IN_TERMINAL)
+
+            # -- the SysRq dialog opens from the keyboard, is labelled, and Escape closes it
+            await page.keyboard.press("Control+F6")
+            await page.keyboard.press("Tab")
+            await page.keyboard.press("Tab")
+            assert await _active_id(page) == "btn-sysrq"
+            await page.keyboard.press("Enter")
+            assert await _active_id(page) == "sysrq-key"
+            assert await page.get_by_label("SysRq key").is_visible()
+            await page.keyboard.press("Escape")
+            assert not await page.locator("#sysrq-dialog").is_visible()
+
+            # -- screenshot, after a last visible command
+            await page.locator("#terminal").click()
+            await _type_line(page, "uname -s")
+            await _wait_screen(page, "Linux")
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "browser-console.png"))
+
+            assert dialogs == []
+            assert problems == []
+            status = await page.locator("#status").inner_text()
+            assert re.search(r"Port online", status), status
+        finally:
+            await browser.close()
+
+
+async def _wait_status(page: Page, element_id: str, needle: str) -> None:
+    await page.wait_for_function(
+        "([id, needle]) => document.getElementById(id).textContent.includes(needle)",
+        arg=[element_id, needle],
+        timeout=TIMEOUT_MS,
+    )
+
+
+async def test_takeover_resume_and_disable_in_chromium(base_url: str) -> None:
+    """Another browser takes over: the first page says why and does not reconnect by itself; taking over
+    again resumes from its last offset, so output produced meanwhile is not lost; disabling the port
+    closes the page's session with a reason."""
+    console_url = f"{base_url}/console/{PORT}"
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            first = await (await browser.new_context()).new_page()
+            await first.goto(console_url)
+            await _wait_status(first, "st-conn", "you are typing")
+            await first.locator("#terminal").click()
+            await _type_line(first, "echo one-$((0+1))")
+            await _wait_screen(first, "one-1")
+
+            # Reconnect resumes at the last offset: nothing is replayed twice.
+            await first.locator("#btn-reconnect").click()
+            await _wait_status(first, "st-conn", "you are typing")
+            assert (await _screen_text(first)).count("one-1") == 1
+
+            second = await (await browser.new_context()).new_page()
+            await second.goto(console_url)
+            await _wait_status(second, "st-conn", "you are typing")
+            await _wait_status(first, "st-conn", "another user took over this console")
+            assert await first.locator("#btn-write").inner_text() == "Take over"
+            await second.locator("#terminal").click()
+            await _type_line(second, "echo two-$((1+1))")
+            await _wait_screen(second, "two-2")
+            assert "Reconnecting" not in await first.locator("#st-conn").inner_text()
+            assert "two-2" not in await _screen_text(first)
+
+            await first.locator("#btn-write").click()  # Take over: reconnect from the last offset
+            await _wait_status(first, "st-conn", "you are typing")
+            await _wait_screen(first, "two-2")  # produced while this page was disconnected
+            await _wait_status(second, "st-conn", "another user took over this console")
+            assert (await _screen_text(first)).count("one-1") == 1
+
+            async with aiohttp.ClientSession() as http:
+                async with http.post(f"{base_url}/api/v1/ports/{PORT}/disable") as response:
+                    assert response.status == 200, await response.text()
+                await _wait_status(first, "st-conn", "console access is disabled")
+                async with http.post(f"{base_url}/api/v1/ports/{PORT}/enable") as response:
+                    assert response.status == 200, await response.text()
+        finally:
+            await browser.close()
+
+
+async def test_hypervisor_buttons_in_chromium(base_url: str) -> None:
+    """NMI / Reset / Restart appear only for ports with a hypervisor and ask before acting.  The page is
+    shown a port with a hypervisor by rewriting the daemon's answer in the browser (the test daemon has
+    none), and the action requests are answered there too, so nothing is sent to a real hypervisor."""
+    posted: list[str] = []
+
+    async def add_hypervisor(route: Route) -> None:
+        response = await route.fetch()
+        port = await response.json()
+        port["hypervisor"] = {"type": "test", "actions": ["nmi", "reset"]}
+        await route.fulfill(response=response, json=port)
+
+    async def record_action(route: Route) -> None:
+        posted.append(f"{route.request.method} {route.request.url.rsplit('/', 1)[-1]}")
+        await route.fulfill(status=200, json={})
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            await page.route(f"{base_url}/api/v1/ports/{PORT}", add_hypervisor)
+            await page.route(re.compile(r".*/api/v1/ports/[^/]+/(nmi|reset|restart)$"), record_action)
+            await page.goto(f"{base_url}/console/{PORT}")
+            await _wait_status(page, "st-conn", "you are typing")
+            nmi = page.get_by_role("button", name="NMI…")
+            await nmi.wait_for(timeout=TIMEOUT_MS)
+            assert await page.get_by_role("button", name="Reset…").is_visible()
+            assert not await page.locator("#btn-restart").is_visible()  # not in this port's actions
+
+            # Keyboard: the buttons are in the Tab order of the command bar, right after "Send key".
+            await page.locator("#btn-key").focus()
+            await page.keyboard.press("Tab")
+            assert await _active_id(page) == "btn-nmi"
+
+            await page.keyboard.press("Enter")
+            dialog = page.get_by_role("dialog")
+            await dialog.wait_for(timeout=TIMEOUT_MS)
+            assert "non-maskable interrupt" in await dialog.inner_text()
+            assert await page.evaluate("document.activeElement.textContent") == "Cancel"  # the safe default
+            await page.keyboard.press("Enter")  # Cancel
+            await dialog.wait_for(state="hidden", timeout=TIMEOUT_MS)
+            assert posted == []
+
+            await nmi.click()
+            await page.get_by_role("button", name="Send NMI").click()
+            await _wait_status(page, "st-note", "NMI sent")
+            assert posted == ["POST nmi"]
+        finally:
+            await browser.close()
