@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 import tty
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -26,7 +27,7 @@ from serialmuxd.devices import DeviceLink, LinkState, open_link
 from serialmuxd.devices.base import Backoff, Channel, ReconnectingLink, os_error_text
 from serialmuxd.devices.program import ExecLink
 from serialmuxd.devices.sockets import UnixLink
-from serialmuxd.devices.tty import TtyChannel
+from serialmuxd.devices.tty import TtyChannel, TtyLink
 
 TIMEOUT_S = 10.0
 ALL_BYTES = bytes(range(256))
@@ -913,12 +914,63 @@ async def test_close_leaks_no_fd_task_or_child(kind: str, tmp_path: Path) -> Non
 
 
 @pytest.mark.asyncio
-async def test_close_while_a_tty_open_is_in_flight(pty_device: PtyDevice) -> None:
+async def test_close_while_a_tty_open_is_in_flight(
+    pty_device: PtyDevice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() lands while pyserial's open runs in the executor: it waits for it and closes its fd."""
+    loop = asyncio.get_running_loop()
+    started = asyncio.Event()
+    release = threading.Event()
+    recorder = Recorder()
     fds_before = open_fds()
-    link = open_link("vm1", tty_spec(pty_device.path), Recorder())
-    await asyncio.sleep(0)  # let the task start the open in the executor, then close at once
-    await link.close()
+    link = open_link("vm1", tty_spec(pty_device.path), recorder)
+    assert isinstance(link, TtyLink)
+    real_open = link._open_blocking
+
+    def slow_open() -> tuple[int, str, bool]:
+        result = real_open()
+        loop.call_soon_threadsafe(started.set)
+        release.wait(TIMEOUT_S)
+        return result
+
+    monkeypatch.setattr(link, "_open_blocking", slow_open)
+    async with asyncio.timeout(TIMEOUT_S):
+        await started.wait()
+    closer = asyncio.create_task(link.close())
+    await asyncio.sleep(0)  # one yield: the closer runs up to awaiting the link's task
+    assert link.state is LinkState.CLOSED
+    assert not closer.done(), "close() waits for the open in flight"
+    release.set()
+    await closer
     assert open_fds() == fds_before
+    assert recorder.events == []
+
+
+@pytest.mark.asyncio
+async def test_tty_exclusive_lock_keeps_a_second_opener_out(pty_device: PtyDevice) -> None:
+    first, second = Recorder(), Recorder()
+    async with closing(open_link("a", tty_spec(pty_device.path), first)):
+        await first.wait_for("online")
+        async with closing(open_link("b", tty_spec(pty_device.path), second)):
+            reason = await second.wait_for("offline")
+            assert reason == f"{pty_device.path}: in use by another program (locked)"
+
+
+@pytest.mark.asyncio
+async def test_exec_child_reaped_by_someone_else() -> None:
+    recorder = Recorder()
+    async with closing(
+        open_link("vm1", exec_spec("/bin/sh", "-c", "echo ready; exec cat"), recorder)
+    ) as link:
+        assert isinstance(link, ExecLink)
+        await recorder.wait_data(b"ready")
+        pid = link.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        # Reap it before the loop runs again, as a stray waitpid(-1) elsewhere in the daemon could.
+        os.waitpid(pid, 0)  # noqa: ASYNC222 - deliberately synchronous, see above
+        assert await recorder.wait_for("offline") == "program exited (status unknown)"
+        await recorder.wait_for("online", 2)
 
 
 @pytest.mark.asyncio

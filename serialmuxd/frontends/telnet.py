@@ -153,22 +153,30 @@ class TelnetConnection(asyncio.Protocol):
         session = self.session
         if session is None:
             return
-        if self._confirming is not None and data:
-            action, self._confirming = self._confirming, None
-            if data[:1] in (b"y", b"Y"):
-                self._start_action(session, action)
-            else:
-                self._write_line(f"{action} cancelled")
-            data = data[1:]
         for event in self.escape.feed(data):
             if self._closing:
                 return
             if isinstance(event, esc.PassThrough):
-                session.input(event.data)
+                payload = event.data
+                if self._confirming is not None:
+                    # The first key after a hypervisor prompt answers it, even within the same chunk.
+                    self._answer_confirmation(session, payload[:1])
+                    payload = payload[1:]
+                if payload:
+                    session.input(payload)
             elif isinstance(event, esc.EscapeCommand):
+                self._confirming = None
                 self._command(session, event.command)
             else:
                 self._write_text(self._help())
+
+    def _answer_confirmation(self, session: Session, key: bytes) -> None:
+        assert self._confirming is not None
+        action, self._confirming = self._confirming, None
+        if key in (b"y", b"Y"):
+            self._start_action(session, action)
+        else:
+            self._write_line(f"{action} cancelled")
 
     def _command(self, session: Session, command: esc.Command) -> None:
         if command is esc.Command.DETACH:
