@@ -11,12 +11,16 @@ import asyncio
 import os
 import shlex
 import sys
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import Config, load_config, parse_config
 from .errors import ConfigError, StartupError
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+    from .guest import GuestVM
 
 EXIT_OK = 0
 EXIT_STARTUP = 1
@@ -25,19 +29,34 @@ EXIT_CONFIG = 2
 _DEMO_SHELL = "/bin/bash --noprofile --norc -i" if os.path.exists("/bin/bash") else "/bin/sh -i"
 
 
-def demo_config_text(telnet_port: int, readonly_port: int, shell: str = _DEMO_SHELL) -> str:
-    """The embedded default: one console, a shell on a PTY through the exec backend."""
+def demo_config_text(
+    telnet_port: int, http_port: int, shell: str = _DEMO_SHELL, *, qemu: GuestVM | None = None
+) -> str:
+    """The embedded default: one console on loopback, with the browser page.
+
+    Without ``qemu`` the console is a shell on a PTY (exec backend); with it, COM1 of a real QEMU guest plus
+    its QMP socket, so NMI, reset and restart can be tried too.
+    """
+    if qemu is None:
+        device = "exec:" + shell
+        hypervisor = ""
+    else:
+        device = f"unix:{qemu.serial_socket}"
+        hypervisor = f'\n[ports.hypervisor]\ntype = "qmp"\nsocket = {_toml_str(str(qemu.qmp_socket))}\n'
     return f"""
 [daemon]
 log_level = "info"
 
+[http]
+listen = "127.0.0.1:{http_port}"
+
 [[ports]]
 name = "demo"
-device = {_toml_str("exec:" + shell)}
+device = {_toml_str(device)}
 telnet = "127.0.0.1:{telnet_port}"
-telnet_readonly = "127.0.0.1:{readonly_port}"
+telnet_readonly = "127.0.0.1:{telnet_port + 100}"
 replay_bytes = 4096
-"""
+{hypervisor}"""
 
 
 def _toml_str(value: str) -> str:
@@ -56,7 +75,7 @@ def _run_loop(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
         return runner.run(main())
 
 
-async def _serve(config: Config, banner: Callable[[Any], None] | None = None) -> int:
+async def _serve(config: Config, started: Callable[[Daemon], Awaitable[None]] | None = None) -> int:
     from .daemon import Daemon
     from .obs.logging import configure_logging
 
@@ -67,8 +86,8 @@ async def _serve(config: Config, banner: Callable[[Any], None] | None = None) ->
     except StartupError as exc:
         print(f"serialmuxd: {exc}", file=sys.stderr)
         return EXIT_STARTUP
-    if banner is not None:
-        banner(daemon)
+    if started is not None:
+        await started(daemon)
     await daemon.run_until_stopped()
     return EXIT_OK
 
@@ -93,23 +112,56 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    config = parse_config(demo_config_text(args.telnet_port, args.telnet_port + 100), "<embedded demo>")
+    return _run_loop(lambda: _demo(args))
 
-    def banner(daemon: Any) -> None:
-        rw = daemon.listener("demo", "telnet")
-        ro = daemon.listener("demo", "telnet-readonly")
+
+async def _demo(args: argparse.Namespace) -> int:
+    vm: GuestVM | None = None
+    if args.qemu:
+        from .guest import GuestError, GuestVM, ensure_guest
+
         print(
-            "\nserialmuxd demo: console 'demo' is a shell on a PTY (exec backend: "
-            f"{shlex.quote(_DEMO_SHELL)})\n"
-            f"  attach (read-write):  telnet {rw.host} {rw.tcp_port}\n"
-            f"  watch (read-only):    telnet {ro.host} {ro.tcp_port}\n"
-            "  in the console:       Ctrl-E c ?  help,  Ctrl-E c .  detach\n"
-            f"  stop the daemon:      Ctrl-C here, or kill -TERM {os.getpid()}\n",
+            "serialmuxd demo: preparing the QEMU guest (first run downloads a Debian kernel)...",
             file=sys.stderr,
             flush=True,
         )
+        try:
+            vm = GuestVM(await ensure_guest())
+            # Paused until serialmuxd holds COM1, so the boot messages land in the scrollback.
+            await vm.start(paused=True)
+        except GuestError as exc:
+            print(f"serialmuxd: cannot start the demo guest: {exc}", file=sys.stderr)
+            return EXIT_STARTUP
+    try:
+        text = demo_config_text(args.telnet_port, args.http_port, qemu=vm)
+        config = parse_config(text, "<embedded demo>")
 
-    return _run_loop(lambda: _serve(config, banner))
+        async def started(daemon: Daemon) -> None:
+            if vm is not None:
+                await vm.cont()
+            rw = daemon.listener("demo", "telnet")
+            ro = daemon.listener("demo", "telnet-readonly")
+            assert daemon.http_address is not None
+            what = (
+                "COM1 of a QEMU guest (log in as root/root); Ctrl-E c n sends an NMI, c x resets"
+                if vm is not None
+                else f"a shell on a PTY (exec backend: {shlex.quote(_DEMO_SHELL)}), running as you"
+            )
+            print(
+                f"\nserialmuxd demo: console 'demo' is {what}\n"
+                f"  attach (read-write):  telnet {rw.host} {rw.tcp_port}\n"
+                f"  watch (read-only):    telnet {ro.host} {ro.tcp_port}\n"
+                f"  in a browser:         http://{daemon.http_address[0]}:{daemon.http_address[1]}/\n"
+                "  in the console:       Ctrl-E c ?  help,  Ctrl-E c .  detach\n"
+                f"  stop the daemon:      Ctrl-C here, or kill -TERM {os.getpid()}\n",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        return await _serve(config, started)
+    finally:
+        if vm is not None:
+            await vm.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_check)
 
     demo = sub.add_parser(
-        "demo", help="run with an embedded demo console (a shell on a PTY) to try serialmuxd out"
+        "demo", help="run with an embedded demo console (a shell on a PTY, or a QEMU guest) to try it out"
     )
     demo.add_argument(
         "--telnet-port",
@@ -146,6 +198,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=7001,
         metavar="PORT",
         help="interactive telnet port on 127.0.0.1 (read-only viewers get PORT+100; default 7001)",
+    )
+    demo.add_argument(
+        "--http-port",
+        type=int,
+        default=8480,
+        metavar="PORT",
+        help="HTTP port on 127.0.0.1 for the browser console and the API (default 8480)",
+    )
+    demo.add_argument(
+        "--qemu",
+        action="store_true",
+        help="use a real QEMU guest (Debian kernel + busybox, built and cached on first use) with NMI/reset",
     )
     demo.set_defaults(func=_cmd_demo)
     return parser

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -121,12 +122,14 @@ async def test_readme_demo_command_gives_a_working_console() -> None:
     """The README's first quick-start command, as written (./dev demo), with a free port."""
     readme = (ROOT / "README.md").read_text()
     assert "./dev demo" in readme
-    port = free_port()
+    port, http_port = free_port(), free_port()
     proc = await asyncio.create_subprocess_exec(
         str(ROOT / "dev"),
         "demo",
         "--telnet-port",
         str(port),
+        "--http-port",
+        str(http_port),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
@@ -134,16 +137,65 @@ async def test_readme_demo_command_gives_a_working_console() -> None:
     try:
         assert proc.stderr is not None
         banner = b""
-        while f"telnet 127.0.0.1 {port}".encode() not in banner:
+        while b"stop the daemon" not in banner:
             line = await asyncio.wait_for(proc.stderr.readline(), 120)
             assert line, f"demo exited early: {banner!r}"
             banner += line
+        assert f"telnet 127.0.0.1 {port}".encode() in banner
         client = await TcpClient.connect("127.0.0.1", port)
         await client.expect(b"you have write access")
         await client.send(b"echo demo-$((40+2))\r\n")  # Enter as a telnet client sends it
         await client.expect(re.compile(rb"demo-42"))
         await client.close()
+        assert f"http://127.0.0.1:{http_port}/".encode() in banner
+        page = await asyncio.to_thread(_http_get, f"http://127.0.0.1:{http_port}/")
+        assert b"<html" in page.lower()
     finally:
         if proc.returncode is None:
             os.killpg(proc.pid, signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
+
+
+def _http_get(url: str, data: bytes | None = None) -> bytes:
+    import urllib.request
+
+    with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=10) as resp:
+        body: bytes = resp.read()
+        return body
+
+
+@pytest.mark.asyncio
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 not installed")
+async def test_demo_qemu_boots_a_real_guest_with_nmi() -> None:
+    port, http_port = free_port(), free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *SERIALMUXD,
+        "demo",
+        "--qemu",
+        "--telnet-port",
+        str(port),
+        "--http-port",
+        str(http_port),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stderr is not None
+        banner = b""
+        while b"stop the daemon" not in banner:
+            line = await asyncio.wait_for(proc.stderr.readline(), 300)
+            assert line, f"demo exited early: {banner!r}"
+            banner += line
+        assert b"QEMU guest" in banner
+        client = await TcpClient.connect("127.0.0.1", port)
+        await client.expect(b"sertest login: ", 60)
+        mark = len(client.buffer)
+        reply = await asyncio.to_thread(_http_get, f"http://127.0.0.1:{http_port}/api/v1/ports/demo/nmi", b"")
+        assert b'"ok": true' in reply
+        await client.expect(re.compile(rb"NMI received for unknown reason"), 20, mark)
+        await client.close()
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0

@@ -245,8 +245,16 @@ fi
 
 # daemon mode: QEMU forks, the parent returns once the devices are set up
 : > "$RUN_DIR/qemu.log"
-"${QEMU[@]}" -daemonize >>"$RUN_DIR/qemu.log" 2>&1 </dev/null ||
-    { cat "$RUN_DIR/qemu.log" >&2; die "qemu failed to start"; }
+# The daemonized QEMU must hold none of our caller's descriptors: an inherited pipe (uvloop's spawn leaves
+# one open) would keep the caller waiting for EOF for as long as the VM runs.  Close every fd above 2 in a
+# subshell (bash keeps reading this script from 255 in the parent) before exec'ing QEMU.
+(
+    for fd_path in /proc/self/fd/*; do
+        fd=${fd_path##*/}
+        [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-" 2>/dev/null
+    done
+    exec "${QEMU[@]}" -daemonize >>"$RUN_DIR/qemu.log" 2>&1 </dev/null
+) || { cat "$RUN_DIR/qemu.log" >&2; die "qemu failed to start"; }
 # "char device redirected to /dev/pts/3 (label s0)"
 PTY0=$(sed -n 's/^char device redirected to \(\/dev\/pts\/[0-9]*\) (label s0)$/\1/p' "$RUN_DIR/qemu.log")
 PTY1=$(sed -n 's/^char device redirected to \(\/dev\/pts\/[0-9]*\) (label s1)$/\1/p' "$RUN_DIR/qemu.log")
