@@ -483,6 +483,7 @@ class WsConnection:
         self.close_code = _END_CODES[kind]
         self.close_reason = reason
         self._wakeup.set()
+        self._input_allowed.set()  # a receive loop parked on device back-pressure must see the close
 
     def pause_input(self) -> None:
         self._input_allowed.clear()
