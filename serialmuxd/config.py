@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from .adapters import HypervisorConfig, parse_hypervisor
 from .errors import ConfigError
+from .proto.escape import parse_escape_key
 
 
 class TakeoverPolicy(enum.StrEnum):
@@ -64,7 +65,7 @@ class SerialSettings:
     parity: str = "none"  # none | even | odd | mark | space
     stopbits: float = 1  # 1 | 1.5 | 2
     flow: str = "none"  # none | rtscts | xonxoff
-    exclusive: bool = True  # TIOCEXCL: no second opener
+    exclusive: bool = True  # advisory lock (flock): a second serialmuxd or pyserial user is refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +134,7 @@ class HttpSettings:
     max_body_bytes: int = 64 * 1024  # larger request bodies get 413
     ws_max_message_bytes: int = 64 * 1024  # larger WebSocket messages close that session with 1009
     ws_heartbeat_s: float = 20.0  # ping idle WebSockets so proxies and load balancers keep them open
+    allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides the listen address and localhost
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +211,7 @@ STOP_BITS = (1, 1.5, 2)
 _SHOW_MAX = 60  # a bad value is echoed in the message, but a 10 KiB string must not flood the terminal
 
 # Port names appear in URLs, file names and metric labels: ASCII, no separators, no leading dot or dash.
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+PORT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Caret notation ^A .. ^_ (bytes 0x01 .. 0x1f); ^@ is listed too so it gets its specific reason below.
 _ESCAPE_RE = re.compile(r"\^[@A-Z\[\\\]^_]")
 _ESCAPE_UNUSABLE = {
@@ -326,6 +328,18 @@ def _string(value: object) -> str:
     return value
 
 
+def _host_names(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _Invalid(f"expected an array of host names, {_got(value)}")
+    names = []
+    for item in value:
+        if not isinstance(item, str):
+            raise _Invalid(f"expected host names (strings), {_got(item)}")
+        _check_host(item.strip("[]"), item)
+        names.append(item.lower().strip("[]"))
+    return tuple(names)
+
+
 def _size_text(number: int) -> str:
     for unit, name in ((GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")):
         if number >= unit and number % unit == 0:
@@ -400,7 +414,7 @@ def _state_dir(value: object) -> Path:
 
 def _name(value: object) -> str:
     text = _string(value)
-    if not _NAME_RE.fullmatch(text):
+    if not PORT_NAME_RE.fullmatch(text):
         raise _Invalid(
             "must be 1-64 characters from A-Z a-z 0-9 . _ - starting with a letter or digit "
             f"(names appear in URLs, file names and metric labels), got {_show(text)}"
@@ -419,6 +433,10 @@ def _escape(value: object) -> str:
         )
     if text in _ESCAPE_UNUSABLE:
         raise _Invalid(f"{text!r} cannot be the escape key: {_ESCAPE_UNUSABLE[text]}")
+    try:
+        parse_escape_key(text)  # the front ends' parser has the last word: no key passes here and fails there
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
     return text  # kept as written: front ends show it in help texts
 
 
@@ -524,6 +542,7 @@ _HTTP_CHECKS: dict[str, _Check] = {
     "max_body_bytes": _integer(*HTTP_BODY_BYTES_RANGE, size=True),
     "ws_max_message_bytes": _integer(*HTTP_BODY_BYTES_RANGE, size=True),
     "ws_heartbeat_s": _seconds(3600),
+    "allowed_hosts": _host_names,
 }
 
 _SERIAL_CHECKS: dict[str, _Check] = {

@@ -21,6 +21,7 @@ from .adapters import make_adapter
 from .config import Config, ListenAddress
 from .devices import open_link
 from .devices.base import DeviceLink
+from .devices.program import hide_from_programs
 from .errors import StartupError
 from .frontends.telnet import start_listener
 from .hub import AttachMode, PortHub, PortState
@@ -84,6 +85,10 @@ class Daemon:
         self.stop_requested = asyncio.Event()
 
     def _build_hubs(self) -> None:
+        # Secrets meant for adapters (an IPMI password in the environment) must not reach exec: consoles.
+        hide_from_programs(
+            name for port in self.config.ports if (name := getattr(port.hypervisor, "password_env", None))
+        )
         for port in self.config.ports:
             hub = PortHub(
                 port,
@@ -251,7 +256,10 @@ class Daemon:
             log.warning("shutdown_timeout", seconds=timeout)
         for hub in self.hubs.values():
             if hub.adapter is not None:
-                await hub.adapter.close()
+                try:
+                    await hub.adapter.close()
+                except Exception as exc:  # one stuck adapter must not keep the state from being saved
+                    log.error("adapter_close_failed", port=hub.name, error=str(exc))
         # A clean stop knows the exact ends: the next run continues right after them.
         for name, hub in self.hubs.items():
             self.state.offsets[name] = hub.ring.end

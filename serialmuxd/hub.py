@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import itertools
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from typing import Any, Protocol
 from .adapters import Action, AdapterError, AdapterErrorKind, HypervisorAdapter, StateReport, VmState
 from .config import PortConfig, SlowReaderPolicy
 from .core.access import AccessPolicy, AllowAll, Identity, Verb
-from .core.lease import Holder, LeaseInput, Outcome, WriterLease
+from .core.lease import LeaseInput, Outcome, WriterLease
 from .core.pacing import TokenBucket
 from .core.ring import ReadResult, RingBuffer
 from .devices.base import DeviceLink, DeviceListener, LinkState
@@ -44,6 +45,15 @@ _CATCH_UP_CHUNK_BYTES = 64 * 1024
 _READ_ONLY_REMINDER_S = 5.0
 # Scrollback replayed by the escape command when the port replays nothing on attach.
 _MIN_MANUAL_REPLAY_BYTES = 4096
+
+
+class InputRefused(Exception):
+    """An API call may not put bytes on the line now; ``code`` is the HTTP API's error code."""
+
+    def __init__(self, code: str, message: str, writer: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.writer = writer
 
 
 class PortState(enum.StrEnum):
@@ -93,7 +103,6 @@ class NoticeKind(enum.StrEnum):
     INFO = "info"  # answers to who/help and similar
     VM_STATE = "vm_state"  # the machine behind the port changed state (hypervisor adapter)
     VM_ACTION = "vm_action"  # someone sent an NMI / reset / restart
-    CLOSING = "closing"  # the session is about to be closed by the daemon
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +114,10 @@ class Notice:
 
 class SessionSink(Protocol):
     """The transport side of a session (telnet, raw TCP, WebSocket).  All calls are synchronous."""
+
+    def session_started(self, session: Session) -> None:
+        """The hub created the session; called before any output, so that the sink can already call
+        ``pause_output`` while the replay (or a ``from_offset`` catch-up) is being sent."""
 
     def send_output(self, data: bytes) -> None:
         """Guest bytes (live or replay).  Must not block; call ``Session.pause_output`` when full."""
@@ -181,8 +194,9 @@ class Session:
             self.lagging = False
             self.hub._catch_up(self)
 
-    def send_break(self) -> None:
-        self.hub._send_break(self)
+    def send_break(self) -> bool:
+        """True if a BREAK went out (the session is told either way)."""
+        return self.hub._send_break(self)
 
     def window_size_changed(self, cols: int, rows: int) -> None:
         if self.role is Role.WRITER:
@@ -276,6 +290,8 @@ class PortHub(DeviceListener):
                 self._close_session(
                     session, f"console {self.name} was disabled: {reason}", EndReason.DISABLED
                 )
+            self._reset_input_queue()
+            self._device_paused = False  # the closed link will not report a resume
             if self.link is not None:
                 link, self.link = self.link, None
                 await link.close()
@@ -308,7 +324,7 @@ class PortHub(DeviceListener):
 
     def device_offline(self, reason: str) -> None:
         self._set_state(PortState.OFFLINE, reason)
-        self._pending_input.clear()
+        self._reset_input_queue()  # the link discarded its own buffer too, and resumed the writer
         self._audit("device_offline", port=self.name, reason=reason)
         self._broadcast(
             Notice(
@@ -317,6 +333,14 @@ class PortHub(DeviceListener):
                 {"reason": reason},
             )
         )
+
+    def _reset_input_queue(self) -> None:
+        """Drop paced input that has not reached the device, and let the writer read again."""
+        self._pending_input.clear()
+        if self._pacing_timer is not None:
+            self._pacing_timer.cancel()
+            self._pacing_timer = None
+        self._sync_writer_input()
 
     def device_write_paused(self) -> None:
         self._device_paused = True
@@ -349,6 +373,7 @@ class PortHub(DeviceListener):
             return None
         session = Session(self, next(self._ids), identity, sink)
         self.sessions[session.id] = session
+        sink.session_started(session)
         self._audit("attach", port=self.name, session=session.id, peer=str(identity), mode=str(mode))
         sink.send_notice(
             Notice(
@@ -472,6 +497,12 @@ class PortHub(DeviceListener):
             session.sink.send_notice(notice)
 
     def _replay(self, session: Session, max_bytes: int, *, manual: bool) -> None:
+        if session.lagging or session.cursor != self.ring.end:
+            # Jumping the cursor to the end would skip bytes it has not had, without telling it.
+            session.sink.send_notice(
+                Notice(NoticeKind.INFO, "replay not available while output is catching up")
+            )
+            return
         if max_bytes <= 0 or len(self.ring) == 0:
             if manual:
                 session.sink.send_notice(Notice(NoticeKind.INFO, "scrollback is empty"))
@@ -618,9 +649,8 @@ class PortHub(DeviceListener):
             return
         if self.lease.release(session.id):
             self._audit("write_released", port=self.name, session=session.id)
+            self._reset_input_queue()
         session.role = Role.VIEWER
-        self._pending_input.clear()
-        self._sync_writer_input()
         session.sink.send_notice(Notice(NoticeKind.READ_ONLY, "you are now read-only"))
 
     def _detach(self, session: Session) -> None:
@@ -628,10 +658,11 @@ class PortHub(DeviceListener):
             return
         session.closed = True
         self.sessions.pop(session.id, None)
-        if self.lease.release(session.id):
-            self._pending_input.clear()
         if self._input_paused_session is session:
             self._input_paused_session = None
+            session.sink.resume_input()  # e.g. a WebSocket loop parked on back-pressure must see its close
+        if self.lease.release(session.id):
+            self._reset_input_queue()
         self._audit(
             "detach",
             port=self.name,
@@ -669,6 +700,7 @@ class PortHub(DeviceListener):
         if self.config.input_rate_bps > 0:
             self._pending_input += data
             self._flush_pending_input()
+            self._sync_writer_input()  # over device_buffer_bytes queued: stop reading from the writer
             return
         self._write_device(session, data)
 
@@ -720,22 +752,63 @@ class PortHub(DeviceListener):
         if want is not None:
             want.sink.pause_input()
 
-    def _send_break(self, session: Session) -> None:
+    def _send_break(self, session: Session) -> bool:
         if session.closed:
-            return
+            return False
         if not self.lease.holds(session.id) or not self.access.allows(
             session.identity, Verb.BREAK, self.name
         ):
             session.sink.send_notice(Notice(NoticeKind.READ_ONLY, "only the writer may send BREAK"))
-            return
+            return False
         if self.link is None or not self.link.send_break():
-            device = self.link.description if self.link else self.config.device.raw
             session.sink.send_notice(
-                Notice(NoticeKind.INFO, f"BREAK not sent: not supported or offline ({device})")
+                Notice(NoticeKind.INFO, f"BREAK not sent: not supported by {self.device_text} or offline")
             )
-            return
+            return False
         self._audit("break", port=self.name, session=session.id, peer=str(session.identity))
         session.sink.send_notice(Notice(NoticeKind.INFO, "BREAK sent"))
+        return True
 
-    def holder(self) -> Holder | None:
-        return self.lease.holder
+    @property
+    def device_text(self) -> str:
+        """The device for people: an exec command shows only its program, never its arguments (secrets)."""
+        spec = self.config.device
+        if spec.argv:
+            return f"exec:{os.path.basename(spec.argv[0])}"
+        return spec.raw
+
+    def _refuse_api_line_use(self, identity: Identity, verb: Verb, what: str) -> None:
+        """API calls without a session may use the line only while nobody holds the writer lease (the
+        one-writer rule) and the device is online.  Raises ``InputRefused``."""
+        holder = self.lease.holder
+        if holder is not None:
+            raise InputRefused(
+                "console_in_use",
+                f"{self.name} has a writer ({holder.who}); {what} from its session, or take over first",
+                holder.who,
+            )
+        if not self.access.allows(identity, verb, self.name):
+            raise InputRefused("forbidden", f"{what}: not allowed")
+        if self.state is PortState.DISABLED:
+            raise InputRefused("console_disabled", f"console {self.name} is disabled: {self.state_reason}")
+        if self.link is None or self.link.state is not LinkState.ONLINE:
+            raise InputRefused("console_offline", f"console {self.name} is {self.state}: {self.state_reason}")
+
+    def api_input(self, identity: Identity, data: bytes, what: str) -> None:
+        """Bytes from an API call (HTTP /keys, /sysrq), paced like typed input; audited by size only (input
+        may be a secret)."""
+        self._refuse_api_line_use(identity, Verb.WRITE, what)
+        self._audit("api_input", port=self.name, peer=str(identity), what=what, bytes=len(data))
+        if self.config.input_rate_bps > 0:
+            self._pending_input += data
+            self._flush_pending_input()
+        else:
+            self._write_device(None, data)
+
+    def api_break(self, identity: Identity) -> None:
+        """A serial BREAK from an API call; same rules as ``api_input``."""
+        self._refuse_api_line_use(identity, Verb.BREAK, "send BREAK")
+        assert self.link is not None
+        if not self.link.send_break():
+            raise InputRefused("not_supported", f"{self.device_text} cannot send a serial BREAK")
+        self._audit("break", port=self.name, peer=str(identity))

@@ -993,3 +993,22 @@ async def test_a_failing_listener_does_not_kill_the_link(tmp_path: Path) -> None
     finally:
         device.close()
     assert [str(e["exception"]) for e in errors] == ["listener bug"]
+
+
+@pytest.mark.asyncio
+async def test_exec_program_gets_no_service_plumbing_or_adapter_secrets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from serialmuxd.devices.program import hide_from_programs
+
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+    monkeypatch.setenv("SMX_TEST_BMC_PASSWORD", "hunter2")
+    monkeypatch.setenv("SMX_TEST_VISIBLE", "fine")
+    hide_from_programs(["SMX_TEST_BMC_PASSWORD"])
+    recorder = Recorder()
+    spec = exec_spec(
+        "/bin/sh", "-c", 'echo "[$NOTIFY_SOCKET|$SMX_TEST_BMC_PASSWORD|$SMX_TEST_VISIBLE|$TERM]"'
+    )
+    async with closing(open_link("vm1", spec, recorder)):
+        await recorder.wait_data(b"]")
+    assert b"[||fine|xterm-256color]" in recorder.data

@@ -461,3 +461,45 @@ async def test_openapi_lists_exactly_the_served_routes(env: Env) -> None:
         ):
             served.add(str(path))
     assert served == set(doc["paths"])
+
+
+async def test_cross_site_requests_and_foreign_hosts_are_refused(env: Env) -> None:
+    evil = {"Origin": "http://evil.example"}
+    async with env.http.post(env.url("/api/v1/ports/vm1/disable"), headers=evil) as resp:
+        assert resp.status == 403 and (await resp.json())["code"] == "forbidden"
+    assert env.daemon.hubs["vm1"].state is PortState.ONLINE
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await env.http.ws_connect(env.url("/api/v1/ports/vm1/ws"), headers=evil)
+    assert refused.value.status == 403
+    assert not env.daemon.hubs["vm1"].sessions
+    # DNS rebinding: the right address under a foreign name.
+    async with env.http.get(env.url("/api/v1/ports"), headers={"Host": "evil.example"}) as resp:
+        assert resp.status == 421
+    # The page's own origin, and tools that send no Origin, are served.
+    same = {"Origin": env.base}
+    async with env.http.post(env.url("/api/v1/ports/vm1/keys"), json={"keys": ["F1"]}, headers=same) as resp:
+        assert resp.status == 200
+    ws = await env.http.ws_connect(env.url("/api/v1/ports/vm1/ws?mode=ro"), headers=same)
+    await ws.close()
+
+
+async def test_ws_sysrq_without_break_support_types_nothing(env: Env) -> None:
+    ws = await ws_connect(env)
+    await ws.wait_kind("write_granted")
+    await ws.ws.send_str(json.dumps({"type": "sysrq", "key": "b"}))
+    info = await ws.wait_kind("info")
+    assert "BREAK not sent" in info["text"]
+    await ws.ws.send_bytes(b"MARK")
+    await env.guest.expect(b"MARK")
+    assert bytes(env.guest.buffer) == b"MARK"  # the SysRq key was not typed into the guest
+    await ws.ws.close()
+
+
+async def test_disable_reason_reaches_telnet_clients_escaped(env: Env) -> None:
+    tcp = await TcpClient.connect("127.0.0.1", env.daemon.listener("vm1", "raw").tcp_port)
+    await tcp.expect(b"attached")
+    await env.post_json("/api/v1/ports/vm1/disable", {"reason": "maint\x1b]0;pwn\x07"})
+    await tcp.expect(b"maint\\x1b]0;pwn\\x07")
+    assert b"\x1b]0;pwn" not in tcp.buffer
+    await tcp.wait_eof()
+    await tcp.close()

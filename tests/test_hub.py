@@ -3,6 +3,7 @@ policy; the real-path tests are in test_e2e_telnet.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 from hypothesis import settings
@@ -64,6 +65,9 @@ class Sink:
         self.buffered = 0
         self.session: Session | None = None
 
+    def session_started(self, session: Session) -> None:
+        self.session = session
+
     def send_output(self, data: bytes) -> None:
         self.output += data
         self.buffered += len(data)
@@ -111,8 +115,7 @@ def attach(
 ) -> tuple[Session, Sink]:
     sink = Sink(capacity)
     session = hub.attach(sink, Identity("telnet", who), mode)
-    assert session is not None
-    sink.session = session
+    assert session is not None and sink.session is session
     return session, sink
 
 
@@ -350,3 +353,76 @@ class LeaseMachine(RuleBasedStateMachine):
 
 TestLeaseMachine = LeaseMachine.TestCase
 TestLeaseMachine.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
+
+
+def test_evicted_writer_paused_by_device_is_resumed_so_its_transport_can_close() -> None:
+    hub, _ = make_hub()
+    _, old = attach(hub)
+    hub.device_write_paused()
+    assert old.input_paused
+    attach(hub)  # evicts
+    assert not old.input_paused
+
+
+def test_paced_input_queue_is_bounded_by_pausing_the_writer() -> None:
+    async def scenario() -> None:
+        hub, link = make_hub(input_rate_bps=100, device_buffer_bytes=1024)
+        writer, sink = attach(hub)
+        writer.input(b"x" * 5000)
+        assert sink.input_paused  # no more is read from this client until the queue drains
+        assert len(link.written) <= 100
+        await hub.close()
+
+    asyncio.run(scenario())
+
+
+def test_viewer_going_read_only_keeps_the_writers_queued_input() -> None:
+    async def scenario() -> None:
+        hub, _ = make_hub(input_rate_bps=100)
+        writer, _wsink = attach(hub)
+        viewer, _vsink = attach(hub, AttachMode.VIEWER)
+        writer.input(b"y" * 500)
+        queued = len(hub._pending_input)
+        assert queued > 0
+        viewer.become_viewer()
+        assert len(hub._pending_input) == queued
+        await hub.close()
+
+    asyncio.run(scenario())
+
+
+def test_manual_replay_while_behind_does_not_skip_bytes_silently() -> None:
+    hub, _ = make_hub(scrollback_bytes=1 << 16)
+    session, slow = attach(hub, AttachMode.VIEWER, capacity=10)
+    stream = bytes(range(256)) * 20
+    hub.device_data_received(stream[:1000])
+    hub.device_data_received(stream[1000:])
+    assert session.lagging
+    session.replay()
+    assert any("catching up" in n.text for n in slow.notices)
+    slow.drain()
+    assert bytes(slow.output) == stream  # nothing skipped, nothing doubled
+
+
+def test_attach_replay_counts_against_the_session_buffer() -> None:
+    hub, _ = make_hub(replay_bytes=4096)
+    hub.device_data_received(b"z" * 4096)
+    session, sink = attach(hub, AttachMode.VIEWER, capacity=100)
+    assert session.lagging  # the sink could pause during the replay itself
+    hub.device_data_received(b"live")
+    assert not bytes(sink.output).endswith(b"live")
+    sink.drain()
+    assert bytes(sink.output).endswith(b"live") and NoticeKind.MISSED not in sink.kinds()
+
+
+def test_disable_while_device_paused_then_enable_does_not_leave_writers_paused() -> None:
+    async def scenario() -> None:
+        hub, _ = make_hub()
+        hub.device_write_paused()
+        await hub.set_enabled(False, "maintenance")
+        await hub.set_enabled(True, "")
+        _, sink = attach(hub)
+        assert not sink.input_paused
+        await hub.close()
+
+    asyncio.run(scenario())

@@ -72,15 +72,6 @@ class LeaseDecision:
     holder: Holder | None  # the holder after the decision
     displaced: Holder | None = None  # the previous holder, when it lost the lease
 
-    @property
-    def granted(self) -> bool:
-        return self.outcome in (
-            Outcome.GRANTED,
-            Outcome.GRANTED_EVICTING,
-            Outcome.GRANTED_DEMOTING,
-            Outcome.ALREADY_HELD,
-        )
-
 
 class WriterLease:
     """One port's writer lease; see the module docstring for the rules."""

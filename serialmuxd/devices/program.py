@@ -48,7 +48,7 @@ import os
 import signal
 import struct
 import termios
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Unpack
 
 from ._fd import READ_SIZE, FdChannel
@@ -267,6 +267,28 @@ class ProgramChannel(FdChannel):
         return self._reaped
 
 
+# The daemon's own service plumbing is none of a console program's business: systemd's notify socket (a
+# program could claim READY or STOPPING for us), socket activation and watchdog variables.
+_DAEMON_ONLY_ENV = frozenset(
+    {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}
+)
+# Variables that hold secrets for other parts of the daemon (an IPMI adapter's password_env); the daemon
+# registers them at start-up so that a shell on an exec: console cannot read them.
+_hidden_env: set[str] = set()
+
+
+def hide_from_programs(names: Iterable[str]) -> None:
+    """Keep these environment variables away from every program an exec: link starts."""
+    _hidden_env.update(names)
+
+
+def program_environment() -> dict[str, str]:
+    """The environment of a console program: the daemon's, minus service plumbing and secrets, plus TERM."""
+    env = {k: v for k, v in os.environ.items() if k not in _DAEMON_ONLY_ENV and k not in _hidden_env}
+    env["TERM"] = "xterm-256color"
+    return env
+
+
 class ExecLink(ReconnectingLink):
     """``exec:COMMAND ARGS…``: runs the program on a fresh PTY; restarts it (with backoff) when it exits."""
 
@@ -313,7 +335,7 @@ class ExecLink(ReconnectingLink):
         try:
             os.set_blocking(master, False)
             set_winsize(master, self._cols, self._rows)
-            env = dict(os.environ, TERM="xterm-256color")
+            env = program_environment()
             pid = spawn_on_pty(self.argv, os.ttyname(slave), env)
         except BaseException:
             close_fd_quietly(master)

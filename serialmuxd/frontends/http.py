@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -24,12 +23,16 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
+from yarl import URL
 
 from ..adapters import Action, AdapterError, AdapterErrorKind
-from ..core.access import Identity, Verb
+from ..config import PORT_NAME_RE
+from ..core.access import Identity
 from ..core.keys import MAX_KEYS_PER_REQUEST, key_bytes
-from ..hub import AttachMode, EndReason, Notice, PortHub, PortState, Session
+from ..hub import AttachMode, EndReason, InputRefused, Notice, PortHub, PortState, Session
+from ..web import CONSOLE_PAGE, INDEX_PAGE, MISSING_VENDOR_HINT, STATIC_DIR, VENDOR_DIR, missing_vendor_files
 from .openapi import openapi_document
+from .telnet import peer_text
 
 if TYPE_CHECKING:
     from ..daemon import Daemon
@@ -55,6 +58,8 @@ _END_CODES: dict[EndReason, int] = {
 
 ERROR_CODES = {
     "bad_request": 400,
+    "forbidden": 403,
+    "misdirected": 421,
     "unknown_port": 404,
     "not_found": 404,
     "method_not_allowed": 405,
@@ -78,7 +83,6 @@ _ADAPTER_ERROR_CODES = {
     AdapterErrorKind.FAILED: "hypervisor_failed",
 }
 
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MAX_SCROLLBACK_LIMIT = 16 * 1024 * 1024
 _WS_FRAME_BYTES = 64 * 1024
 _SYSRQ_KEY_DELAY_S = 0.3  # Linux accepts the SysRq key within 5 s after BREAK; leave the UART time to settle
@@ -115,11 +119,49 @@ def _error_for(exc: web.HTTPException) -> web.Response:
     return web.json_response({"code": code, "message": exc.reason}, status=status, headers=headers)
 
 
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _browser_guard(request: web.Request) -> None:
+    """Keep web pages the operator happens to visit away from the consoles.
+
+    * DNS rebinding: a page on evil.example re-pointed to 127.0.0.1 sends ``Host: evil.example``; only
+      the listen address, loopback names and ``http.allowed_hosts`` are served (when the daemon listens on a
+      specific address; a wildcard listener is meant to be reached under any name).
+    * Cross-site requests: a browser adds ``Origin`` to POSTs and WebSocket upgrades; one from another
+      origin could otherwise take over a console or reset a VM through a plain HTML form.  Tools such as
+      curl or websocat send no Origin and are not affected.
+    """
+    settings = _daemon(request).config.http
+    host_header = request.host.lower()
+    host_name = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
+    host_name = host_name.strip("[]")
+    listen = settings.listen
+    wildcard = listen is not None and listen.host in ("0.0.0.0", "::", "")
+    allowed = _LOOPBACK_NAMES | set(settings.allowed_hosts) | ({listen.host.lower()} if listen else set())
+    if not wildcard and host_name not in allowed:
+        raise ApiError("misdirected", f"this server does not serve host {host_name[:64]!r}")
+    upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+    origin = request.headers.get("Origin")
+    if origin is None or (request.method in _SAFE_METHODS and not upgrade):
+        return
+    parsed = URL(origin)
+    default_port = 443 if parsed.scheme == "https" else 80
+    own_port = request.url.port or default_port
+    if parsed.host is None or (parsed.host.lower(), parsed.port or default_port) != (
+        request.url.host.lower() if request.url.host else "",
+        own_port,
+    ):
+        raise ApiError("forbidden", f"cross-origin request from {origin[:80]!r} refused")
+
+
 @web.middleware
 async def _errors_and_headers(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     try:
+        _browser_guard(request)
         response = await handler(request)
     except ApiError as exc:
         response = exc.response()
@@ -140,7 +182,7 @@ def _daemon(request: web.Request) -> Daemon:
 
 def _hub(request: web.Request) -> PortHub:
     name = request.match_info["name"]
-    hub = _daemon(request).hubs.get(name) if _NAME_RE.fullmatch(name) else None
+    hub = _daemon(request).hubs.get(name) if PORT_NAME_RE.fullmatch(name) else None
     if hub is None:
         raise ApiError("unknown_port", f"no console named {name[:64]!r}")
     return hub
@@ -148,12 +190,7 @@ def _hub(request: web.Request) -> PortHub:
 
 def _identity(request: web.Request, transport: str) -> Identity:
     peer = request.transport.get_extra_info("peername") if request.transport else None
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host, port = peer[0], peer[1]
-        address = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    else:
-        address = str(request.remote)
-    return Identity(transport, address)
+    return Identity(transport, peer_text(peer) if peer else str(request.remote))
 
 
 def _int_param(request: web.Request, name: str, default: int | None, low: int, high: int) -> int | None:
@@ -197,7 +234,7 @@ def port_json(hub: PortHub) -> dict[str, Any]:
         "state": str(hub.state),
         "state_reason": hub.state_reason,
         "state_since": hub.state_since,
-        "device": hub.config.device.raw,
+        "device": hub.device_text,
         "writer": None if holder is None else {"who": holder.who, "since": holder.since},
         "viewers": sum(1 for s in sessions if not hub.lease.holds(s.id)),
         "sessions": len(sessions),
@@ -233,24 +270,6 @@ def _sanitize(data: bytes) -> str:
     return "".join(out)
 
 
-def _require_free_lease(hub: PortHub, what: str) -> None:
-    """API actions that put bytes on the line are refused while someone else is the writer."""
-    holder = hub.lease.holder
-    if holder is not None:
-        raise ApiError(
-            "console_in_use",
-            f"{hub.name} has a writer ({holder.who}); {what} from its session, or take over first",
-            writer=holder.who,
-        )
-
-
-def _require_online(hub: PortHub) -> None:
-    if hub.state is PortState.DISABLED:
-        raise ApiError("console_disabled", f"console {hub.name} is disabled: {hub.state_reason}")
-    if hub.state is not PortState.ONLINE or hub.link is None:
-        raise ApiError("console_offline", f"console {hub.name} is {hub.state}: {hub.state_reason}")
-
-
 # -- handlers: API ---------------------------------------------------------------------------------------
 async def healthz(request: web.Request) -> web.Response:
     daemon = _daemon(request)
@@ -272,7 +291,7 @@ async def scrollback(request: web.Request) -> web.StreamResponse:
     hub = _hub(request)
     ring = hub.ring
     start = _int_param(request, "from", ring.start, 0, 2**63)
-    limit = _int_param(request, "limit", ring.capacity, 1, _MAX_SCROLLBACK_LIMIT)
+    limit = _int_param(request, "limit", min(ring.capacity, _MAX_SCROLLBACK_LIMIT), 1, _MAX_SCROLLBACK_LIMIT)
     assert start is not None and limit is not None
     if start > ring.end:
         raise ApiError(
@@ -307,18 +326,20 @@ async def scrollback(request: web.Request) -> web.StreamResponse:
     return web.Response(body=result.data, content_type="application/octet-stream", headers=headers)
 
 
+def _use_line(hub: PortHub, call: Callable[[], None]) -> None:
+    """Run a hub call that puts bytes on the line; its refusal becomes the matching API error."""
+    try:
+        call()
+    except InputRefused as exc:
+        extra = {"writer": exc.writer} if exc.writer else {}
+        raise ApiError(exc.code, str(exc), **extra) from None
+
+
 async def post_break(request: web.Request) -> web.Response:
     hub = _hub(request)
     await _json_body(request)
-    _require_online(hub)
-    _require_free_lease(hub, "send BREAK")
     identity = _identity(request, "http")
-    if not hub.access.allows(identity, Verb.BREAK, hub.name):
-        raise ApiError("console_in_use", "BREAK not allowed")
-    assert hub.link is not None
-    if not hub.link.send_break():
-        raise ApiError("not_supported", f"{hub.link.description} cannot send a serial BREAK")
-    log.info("break", port=hub.name, peer=str(identity))
+    _use_line(hub, lambda: hub.api_break(identity))
     return web.json_response({"ok": True})
 
 
@@ -328,16 +349,11 @@ async def post_sysrq(request: web.Request) -> web.Response:
     key = body.get("key")
     if not isinstance(key, str) or len(key) != 1 or not key.isascii() or not key.isprintable():
         raise ApiError("bad_request", 'body must be {"key": "<one printable character>"}, e.g. {"key": "s"}')
-    _require_online(hub)
-    _require_free_lease(hub, "send SysRq")
-    assert hub.link is not None
-    if not hub.link.send_break():
-        raise ApiError("not_supported", f"{hub.link.description} cannot send a serial BREAK, so no SysRq")
+    identity = _identity(request, "http")
+    _use_line(hub, lambda: hub.api_break(identity))
     await asyncio.sleep(_SYSRQ_KEY_DELAY_S)
-    if hub.link is None or not hub.link.write(key.encode()):
-        raise ApiError("console_offline", f"console {hub.name} went offline before the SysRq key")
-    hub.bytes_to_device += 1
-    log.info("sysrq", port=hub.name, key=key, peer=str(_identity(request, "http")))
+    # Checked again: a writer may have attached, or the device gone, during the pause.
+    _use_line(hub, lambda: hub.api_input(identity, key.encode(), "send SysRq"))
     return web.json_response({"ok": True})
 
 
@@ -355,12 +371,8 @@ async def post_keys(request: web.Request) -> web.Response:
         raise ApiError(
             "bad_request", f"unknown key {str(exc.args[0])[:20]!r} for key profile {hub.config.key_profile}"
         ) from None
-    _require_online(hub)
-    _require_free_lease(hub, "send keys")
-    assert hub.link is not None
-    if not hub.link.write(payload):
-        raise ApiError("console_offline", f"console {hub.name} is not accepting input")
-    hub.bytes_to_device += len(payload)
+    identity = _identity(request, "http")
+    _use_line(hub, lambda: hub.api_input(identity, payload, "send keys"))
     return web.json_response({"ok": True, "bytes": len(payload)})
 
 
@@ -455,6 +467,9 @@ class WsConnection:
         self._writer = asyncio.get_running_loop().create_task(self._write_loop())
 
     # SessionSink
+    def session_started(self, session: Session) -> None:
+        self.session = session
+
     def send_output(self, data: bytes) -> None:
         if self.close_code is not None:
             return
@@ -565,9 +580,9 @@ async def _control(conn: WsConnection, session: Session, text: str) -> None:
         if not (isinstance(key, str) and len(key) == 1 and key.isascii() and key.isprintable()):
             _bad_message(conn, "sysrq needs one printable character")
             return
-        session.send_break()
-        await asyncio.sleep(_SYSRQ_KEY_DELAY_S)
-        session.input(key.encode())
+        if session.send_break():  # without a BREAK the key would just be typed into the shell
+            await asyncio.sleep(_SYSRQ_KEY_DELAY_S)
+            session.input(key.encode())
     elif kind == "who":
         session.who()
     elif kind == "ping":
@@ -596,7 +611,6 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     identity = _identity(request, "ws")
     conn.send_event({"type": "hello", "port": hub.name, "mode": mode_text, "offset": hub.ring.end})
     session = hub.attach(conn, identity, mode, from_offset=from_offset)
-    conn.session = session
     try:
         if session is not None:
             async for msg in ws:
@@ -648,29 +662,23 @@ def build_app(daemon: Daemon) -> web.Application:
 
 
 def _add_page_routes(app: web.Application) -> None:
-    """The browser console page, when its assets are installed (``serialmuxd.web``)."""
-    try:
-        from ..web import STATIC_DIR, VENDOR_DIR
-    except ImportError:
-        return
-    index = STATIC_DIR / "index.html"
-    console = STATIC_DIR / "console.html"
+    """The browser console page (``serialmuxd.web``): our sources, and xterm.js fetched at install time."""
+    missing = missing_vendor_files()
+    if missing:
+        log.warning("console_page_incomplete", missing=missing, hint=MISSING_VENDOR_HINT)
 
     async def page_index(request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(index, headers={"Cache-Control": "no-cache"})
+        return web.FileResponse(INDEX_PAGE, headers={"Cache-Control": "no-cache"})
 
     async def page_console(request: web.Request) -> web.StreamResponse:
         _hub(request)  # 404 for unknown names, before any page is served
-        return web.FileResponse(console, headers={"Cache-Control": "no-cache"})
+        return web.FileResponse(CONSOLE_PAGE, headers={"Cache-Control": "no-cache"})
 
-    if index.exists():
-        app.router.add_get("/", page_index)
-    if console.exists():
-        app.router.add_get("/console/{name}", page_console)
+    app.router.add_get("/", page_index)
+    app.router.add_get("/console/{name}", page_console)
     if VENDOR_DIR.is_dir():
         app.router.add_static("/static/vendor/", VENDOR_DIR)
-    if STATIC_DIR.is_dir():
-        app.router.add_static("/static/", STATIC_DIR)
+    app.router.add_static("/static/", STATIC_DIR)
 
 
 async def _close_websockets(app: web.Application) -> None:

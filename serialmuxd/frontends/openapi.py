@@ -190,6 +190,8 @@ def openapi_document() -> dict[str, Any]:
                         "code": {
                             "enum": [
                                 "bad_request",
+                                "forbidden",
+                                "misdirected",
                                 "unknown_port",
                                 "not_found",
                                 "method_not_allowed",

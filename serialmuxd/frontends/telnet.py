@@ -42,12 +42,17 @@ _CLOSE_FLUSH_TIMEOUT_S = 5.0
 _NOTICE_PREFIX = b"\r\n[serialmuxd] "
 
 
-def _peer_text(transport: asyncio.BaseTransport) -> str:
-    peer = transport.get_extra_info("peername")
+def peer_text(peer: object) -> str:
+    """A socket's peer address as ``host:port`` (``[v6]:port``), for messages and audit."""
     if isinstance(peer, tuple) and len(peer) >= 2:
         host, port = peer[0], peer[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     return str(peer)
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character (C0, DEL, C1) shown as ``\\xNN``."""
+    return "".join(f"\\x{ord(ch):02x}" if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 else ch for ch in text)
 
 
 class TelnetConnection(asyncio.Protocol):
@@ -78,8 +83,8 @@ class TelnetConnection(asyncio.Protocol):
         if self.codec is not None:
             self.codec.start()
             self._flush_codec()
-        identity = Identity("raw" if self.raw else "telnet", _peer_text(transport))
-        self.session = self.hub.attach(self, identity, self.mode)
+        identity = Identity("raw" if self.raw else "telnet", peer_text(transport.get_extra_info("peername")))
+        self.hub.attach(self, identity, self.mode)  # calls session_started, or closes us with a reason
 
     def data_received(self, data: bytes) -> None:
         if self._closing or self.session is None:
@@ -126,6 +131,9 @@ class TelnetConnection(asyncio.Protocol):
             self.session.resume_output()
 
     # -- SessionSink ------------------------------------------------------------------------------
+    def session_started(self, session: Session) -> None:
+        self.session = session
+
     def send_output(self, data: bytes) -> None:
         if self.transport is None or self._closing:
             return
@@ -173,7 +181,9 @@ class TelnetConnection(asyncio.Protocol):
     def _answer_confirmation(self, session: Session, key: bytes) -> None:
         assert self._confirming is not None
         action, self._confirming = self._confirming, None
-        if key in (b"y", b"Y"):
+        if key in (b"y", b"Y") and not self.hub.lease.holds(session.id):
+            self._write_line(f"{action} not done: you no longer have write access")
+        elif key in (b"y", b"Y"):
             self._start_action(session, action)
         else:
             self._write_line(f"{action} cancelled")
@@ -232,8 +242,9 @@ class TelnetConnection(asyncio.Protocol):
         return esc.help_text(prefix) if prefix is not None else ""
 
     def _write_line(self, text: str) -> None:
-        # Notices are our text, never guest data; still escaped so an odd char cannot break the telnet stream.
-        self._write_raw(_NOTICE_PREFIX + text.encode("utf-8", "replace") + b"\r\n")
+        # Notices may quote text from elsewhere (a disable reason sent to the API): control characters are
+        # shown escaped so that nobody can send escape sequences into other people's terminals.
+        self._write_raw(_NOTICE_PREFIX + escape_controls(text).encode("utf-8", "replace") + b"\r\n")
 
     def _write_text(self, text: str) -> None:
         self._write_raw(b"\r\n" + text.encode("utf-8", "replace"))

@@ -31,8 +31,3 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
-
-
-def audit_logger() -> Any:
-    """The audit trail: one structured event per session/lease/device change (closed set of event names)."""
-    return structlog.get_logger("serialmuxd.audit")
