@@ -18,13 +18,18 @@ import pytest
 import pytest_asyncio
 
 try:
-    from playwright.async_api import ConsoleMessage, Dialog, Page, Route, async_playwright
+    from playwright.async_api import ConsoleMessage, Dialog, Page, async_playwright
 except ImportError:  # pragma: no cover - depends on the environment
     pytest.skip("playwright is not installed (it is in the 'test' extra)", allow_module_level=True)
 
 from serialmuxd.config import parse_config
 from serialmuxd.daemon import Daemon
+from serialmuxd.guest import GuestVM
 from serialmuxd.web import missing_vendor_files
+
+from .guest_support import guest_image, guest_vm
+
+__all__ = ["guest_image", "guest_vm"]  # fixtures, imported for pytest
 
 CHROMIUM = "/usr/bin/chromium"
 # Debian's Chromium without a sandbox (containers), GPU, or background traffic to Google.
@@ -334,52 +339,64 @@ async def test_takeover_resume_and_disable_in_chromium(base_url: str) -> None:
             await browser.close()
 
 
-async def test_hypervisor_buttons_in_chromium(base_url: str) -> None:
-    """NMI / Reset / Restart appear only for ports with a hypervisor and ask before acting.  The page is
-    shown a port with a hypervisor by rewriting the daemon's answer in the browser (the test daemon has
-    none), and the action requests are answered there too, so nothing is sent to a real hypervisor."""
-    posted: list[str] = []
+async def test_nmi_button_on_a_real_qemu_guest(guest_vm: GuestVM) -> None:
+    """NMI / Reset / Restart appear for a port with a hypervisor and ask before acting; confirming the NMI
+    makes the real guest kernel print its NMI line in the page's terminal."""
+    await guest_vm.start(paused=True)
+    config = f"""
+[http]
+listen = "127.0.0.1:0"
 
-    async def add_hypervisor(route: Route) -> None:
-        response = await route.fetch()
-        port = await response.json()
-        port["hypervisor"] = {"type": "test", "actions": ["nmi", "reset"]}
-        await route.fulfill(response=response, json=port)
+[[ports]]
+name = "{PORT}"
+device = "unix:{guest_vm.serial_socket}"
 
-    async def record_action(route: Route) -> None:
-        posted.append(f"{route.request.method} {route.request.url.rsplit('/', 1)[-1]}")
-        await route.fulfill(status=200, json={})
+[ports.hypervisor]
+type = "qmp"
+socket = "{guest_vm.qmp_socket}"
+"""
+    daemon = Daemon(parse_config(config, "<test_browser>"))
+    await daemon.start()
+    try:
+        assert daemon.http_address is not None
+        base_url = "http://{}:{}".format(*daemon.http_address)
+        await _wait_online(base_url)
+        await guest_vm.cont()
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page(viewport={"width": 1100, "height": 640})
+                await page.goto(f"{base_url}/console/{PORT}")
+                await _wait_status(page, "st-conn", "you are typing")
+                await page.wait_for_function(_SCREEN_HAS, arg="sertest login:", timeout=60_000)
+                nmi = page.get_by_role("button", name="NMI…")
+                await nmi.wait_for(timeout=TIMEOUT_MS)
+                assert await page.get_by_role("button", name="Reset…").is_visible()
+                assert await page.get_by_role("button", name="Restart…").is_visible()
 
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = await browser.new_page()
-            await page.route(f"{base_url}/api/v1/ports/{PORT}", add_hypervisor)
-            await page.route(re.compile(r".*/api/v1/ports/[^/]+/(nmi|reset|restart)$"), record_action)
-            await page.goto(f"{base_url}/console/{PORT}")
-            await _wait_status(page, "st-conn", "you are typing")
-            nmi = page.get_by_role("button", name="NMI…")
-            await nmi.wait_for(timeout=TIMEOUT_MS)
-            assert await page.get_by_role("button", name="Reset…").is_visible()
-            assert not await page.locator("#btn-restart").is_visible()  # not in this port's actions
+                # Keyboard: the buttons are in the Tab order of the command bar, right after "Send key".
+                await page.locator("#btn-key").focus()
+                await page.keyboard.press("Tab")
+                assert await _active_id(page) == "btn-nmi"
+                await page.keyboard.press("Enter")
+                dialog = page.get_by_role("dialog")
+                await dialog.wait_for(timeout=TIMEOUT_MS)
+                assert "non-maskable interrupt" in await dialog.inner_text()
+                assert (
+                    await page.evaluate("document.activeElement.textContent") == "Cancel"
+                )  # the safe default
+                await page.keyboard.press("Enter")  # Cancel
+                await dialog.wait_for(state="hidden", timeout=TIMEOUT_MS)
+                assert "NMI received" not in await _screen_text(page)
 
-            # Keyboard: the buttons are in the Tab order of the command bar, right after "Send key".
-            await page.locator("#btn-key").focus()
-            await page.keyboard.press("Tab")
-            assert await _active_id(page) == "btn-nmi"
-
-            await page.keyboard.press("Enter")
-            dialog = page.get_by_role("dialog")
-            await dialog.wait_for(timeout=TIMEOUT_MS)
-            assert "non-maskable interrupt" in await dialog.inner_text()
-            assert await page.evaluate("document.activeElement.textContent") == "Cancel"  # the safe default
-            await page.keyboard.press("Enter")  # Cancel
-            await dialog.wait_for(state="hidden", timeout=TIMEOUT_MS)
-            assert posted == []
-
-            await nmi.click()
-            await page.get_by_role("button", name="Send NMI").click()
-            await _wait_status(page, "st-note", "NMI sent")
-            assert posted == ["POST nmi"]
-        finally:
-            await browser.close()
+                await nmi.click()
+                await page.get_by_role("button", name="Send NMI").click()
+                await page.wait_for_function(
+                    _SCREEN_HAS, arg="NMI received for unknown reason", timeout=20_000
+                )
+                await _wait_status(page, "st-note", "NMI sent")
+                await page.screenshot(path=str(ARTIFACTS / "browser-nmi.png"))
+            finally:
+                await browser.close()
+    finally:
+        await daemon.stop()
