@@ -25,7 +25,7 @@ from .devices.program import hide_from_programs
 from .errors import StartupError
 from .frontends.telnet import start_listener
 from .hub import AttachMode, PortHub, PortState
-from .obs.sdnotify import sd_notify
+from .obs.sdnotify import sd_notify, watchdog_interval_s
 from .state import DaemonState, PortSwitch, StateStore
 
 log = structlog.get_logger("serialmuxd")
@@ -82,6 +82,7 @@ class Daemon:
         self._http_runner: Any = None
         self._offset_task: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
+        self._watchdog_task: asyncio.Task[None] | None = None
         self.stop_requested = asyncio.Event()
 
     def _build_hubs(self) -> None:
@@ -136,6 +137,9 @@ class Daemon:
         self._offset_task = loop.create_task(self._watch_offsets())
         if any(h.adapter is not None and h.adapter.kind != "qmp" for h in self.hubs.values()):
             self._poll_task = loop.create_task(self._poll_vm_states())
+        interval = watchdog_interval_s()
+        if interval is not None:
+            self._watchdog_task = loop.create_task(self._feed_watchdog(interval))
         sd_notify(f"READY=1\nSTATUS=serving {len(self.hubs)} console ports")
 
     async def _start_http(self) -> None:
@@ -198,6 +202,12 @@ class Daemon:
             await asyncio.sleep(_OFFSET_CHECK_S)
             self._raise_offset_floors()
 
+    async def _feed_watchdog(self, interval_s: float) -> None:
+        """Pinged from the event loop itself: if the loop stalls, systemd notices and restarts us."""
+        while True:
+            sd_notify("WATCHDOG=1")
+            await asyncio.sleep(interval_s)
+
     async def _poll_vm_states(self) -> None:
         """QMP pushes state changes as events; the other adapters only answer when asked."""
         while True:
@@ -239,7 +249,7 @@ class Daemon:
 
     async def stop(self) -> None:
         sd_notify("STOPPING=1")
-        for task in (self._offset_task, self._poll_task):
+        for task in (self._offset_task, self._poll_task, self._watchdog_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

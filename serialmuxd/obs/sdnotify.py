@@ -19,3 +19,12 @@ def sd_notify(message: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def watchdog_interval_s() -> float | None:
+    """Half of systemd's ``WatchdogSec`` when the watchdog is on for this process, else None."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) <= 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2_000_000
