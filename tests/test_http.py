@@ -503,3 +503,29 @@ async def test_disable_reason_reaches_telnet_clients_escaped(env: Env) -> None:
     assert b"\x1b]0;pwn" not in tcp.buffer
     await tcp.wait_eof()
     await tcp.close()
+
+
+async def test_ws_heartbeat_keeps_live_clients_and_drops_dead_ones(tmp_path: Path) -> None:
+    guest = GuestPty()
+    text = _toml(guest).replace(
+        "ws_max_message_bytes = 4096", "ws_max_message_bytes = 4096\nws_heartbeat_s = 0.2"
+    )
+    daemon = Daemon(parse_config(text, "<test>"))
+    await daemon.start()
+    try:
+        hub = daemon.hubs["vm1"]
+        await eventually(lambda: hub.state is PortState.ONLINE, "online")
+        url = base_url(daemon) + "/api/v1/ports/vm1/ws?mode=ro"
+        async with aiohttp.ClientSession() as http:
+            alive = WsClient(await http.ws_connect(url))  # answers pings (aiohttp's autoping)
+            dead = WsClient(await http.ws_connect(url, autoping=False))  # a client that stopped answering
+            await eventually(lambda: len(hub.sessions) == 2, "both attached")
+            await asyncio.wait_for(dead.closed.wait(), 5)
+            await eventually(lambda: len(hub.sessions) == 1, "dead client's session gone")
+            assert not alive.closed.is_set()
+            await guest.send(b"still streaming")
+            await alive.wait_for(lambda: b"still streaming" in alive.data, "live client keeps its stream")
+            await alive.ws.close()
+    finally:
+        await daemon.stop()
+        guest.close()
