@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import re
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from serialmuxd.config import parse_config
 from serialmuxd.daemon import Daemon
 from serialmuxd.hub import PortState
 
-from .support import GuestPty, TcpClient, eventually
+from .support import GuestPty, PtyChild, TcpClient, eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -529,3 +530,39 @@ async def test_ws_heartbeat_keeps_live_clients_and_drops_dead_ones(tmp_path: Pat
     finally:
         await daemon.stop()
         guest.close()
+
+
+@pytest.mark.skipif(shutil.which("telnet") is None, reason="Debian telnet client not installed (./dev setup)")
+async def test_real_telnet_client_and_websocket_take_over_from_each_other() -> None:
+    daemon = Daemon(
+        parse_config(
+            '[daemon]\nlog_level = "warning"\n[http]\nlisten = "127.0.0.1:0"\n'
+            '[[ports]]\nname = "vm1"\ndevice = "exec:/bin/sh -i"\ntelnet = "127.0.0.1:0"\n',
+            "<test>",
+        )
+    )
+    await daemon.start()
+    telnet = telnet2 = None
+    try:
+        hub = daemon.hubs["vm1"]
+        await eventually(lambda: hub.state is PortState.ONLINE, "online")
+        port = daemon.listener("vm1", "telnet").tcp_port
+        telnet = PtyChild(["telnet", "127.0.0.1", str(port)])
+        await telnet.expect(b"you have write access")
+        async with aiohttp.ClientSession() as http:
+            ws = WsClient(await http.ws_connect(base_url(daemon) + "/api/v1/ports/vm1/ws"))
+            await ws.wait_kind("took_over")
+            await telnet.expect(re.compile(rb"taken over by ws 127\.0\.0\.1:\d+"))
+            await telnet.expect(b"Connection closed by foreign host")
+            await ws.ws.send_bytes(b"echo ws-$((3*3))\r")
+            await ws.wait_for(lambda: b"ws-9" in ws.data, "shell answer over the WebSocket")
+            telnet2 = PtyChild(["telnet", "127.0.0.1", str(port)])
+            evicted = await ws.wait_kind("evicted")
+            assert evicted["by"].startswith("telnet 127.0.0.1:")
+            assert await ws.wait_closed() == 4000
+            await telnet2.expect(re.compile(rb"you took over write access from ws 127\.0\.0\.1:\d+"))
+    finally:
+        for child in (telnet, telnet2):
+            if child is not None:
+                child.close()
+        await daemon.stop()
