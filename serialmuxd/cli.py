@@ -81,6 +81,7 @@ async def _serve(config: Config, started: Callable[[Daemon], Awaitable[None]] | 
 
     configure_logging(config.daemon.log_level, config.daemon.log_format)
     daemon = Daemon(config)
+    daemon.install_signal_handlers()
     try:
         await daemon.start()
     except StartupError as exc:

@@ -141,6 +141,11 @@ class Daemon:
         if interval is not None:
             self._watchdog_task = loop.create_task(self._feed_watchdog(interval))
         sd_notify(f"READY=1\nSTATUS=serving {len(self.hubs)} console ports")
+        log.info(
+            "ready",
+            ports=len(self.hubs),
+            http=None if self.http_address is None else "{}:{}".format(*self.http_address),
+        )
 
     async def _start_http(self) -> None:
         address = self.config.http.listen
@@ -233,6 +238,7 @@ class Daemon:
         for sock in server.sockets:
             host, tcp_port = sock.getsockname()[:2]
             self.listeners.append(BoundListener(hub.name, kind, host, tcp_port))
+            log.info("listening", port=hub.name, kind=kind, address=f"{host}:{tcp_port}")
 
     def listener(self, port: str, kind: str = "telnet") -> BoundListener:
         """The bound address of one listener (tests, the demo banner)."""
@@ -275,14 +281,24 @@ class Daemon:
             self.state.offsets[name] = hub.ring.end
         self._save_state()
 
-    async def run_until_stopped(self) -> None:
-        """Serve until SIGTERM/SIGINT (or ``stop_requested`` is set), then shut down gracefully."""
+    def _hangup(self) -> None:
+        log.warning("reload_not_supported", hint="restart serialmuxd to apply configuration changes")
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop the daemon gracefully; SIGHUP is logged (it would otherwise end the daemon,
+        and reloading is not implemented yet).  Installed before ``start`` so that no signal that arrives
+        once READY=1 is out can kill the process the default way."""
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop_requested.set)
+        loop.add_signal_handler(signal.SIGHUP, self._hangup)
+
+    async def run_until_stopped(self) -> None:
+        """Serve until SIGTERM/SIGINT (or ``stop_requested`` is set), then shut down gracefully."""
+        loop = asyncio.get_running_loop()
         try:
             await self.stop_requested.wait()
         finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             await self.stop()

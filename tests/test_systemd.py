@@ -73,3 +73,32 @@ def test_daemon_pings_the_watchdog_from_its_loop(tmp_path: Path) -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_sighup_does_not_stop_the_daemon(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[[ports]]\nname = "vm1"\ndevice = "exec:/bin/cat"\n')
+    notify_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(notify_path))
+        notify.settimeout(20)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "serialmuxd", "run", "--config", str(cfg)],
+            env={**os.environ, "NOTIFY_SOCKET": str(notify_path)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert "READY=1" in notify.recv(4096).decode()
+            proc.send_signal(signal.SIGHUP)
+            with pytest.raises(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.5)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=15)
+            assert proc.returncode == 0
+            assert "reload_not_supported" in err
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
