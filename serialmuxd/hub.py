@@ -150,6 +150,8 @@ class Session:
     """One attached client of one port.  Created by ``PortHub.attach``; transport-independent."""
 
     __slots__ = (
+        "_discarded_untold",
+        "_last_discard_notice",
         "_last_read_only_notice",
         "attached_at",
         "closed",
@@ -175,6 +177,10 @@ class Session:
         self.missed_bytes = 0
         self.attached_at = time.time()
         self._last_read_only_notice = -_READ_ONLY_REMINDER_S
+        # Input discarded while the device was away: told at most every few seconds (a client typing into
+        # an offline console must not get a notice per keystroke), and the rest when it comes back.
+        self._discarded_untold = 0
+        self._last_discard_notice = -_READ_ONLY_REMINDER_S
 
     def __repr__(self) -> str:
         return f"<Session {self.id} {self.hub.name} {self.role} {self.identity}>"
@@ -320,6 +326,8 @@ class PortHub(DeviceListener):
             self.device_reconnects += 1
         self._set_state(PortState.ONLINE, description)
         self._audit("device_online", port=self.name, device=description)
+        for session in tuple(self.sessions.values()):
+            self._tell_discarded(session)  # whatever was not told yet while the device was away
         self._broadcast(Notice(NoticeKind.ONLINE, f"console {self.name} online ({description})"))
 
     def device_offline(self, reason: str) -> None:
@@ -689,13 +697,11 @@ class PortHub(DeviceListener):
                 )
             return
         if self.link is None or self.link.state is not LinkState.ONLINE:
-            session.sink.send_notice(
-                Notice(
-                    NoticeKind.INPUT_DISCARDED,
-                    f"console {self.name} is offline; {len(data)} bytes of input discarded",
-                    {"discarded": len(data)},
-                )
-            )
+            session._discarded_untold += len(data)
+            now = self._clock()
+            if now - session._last_discard_notice >= _READ_ONLY_REMINDER_S:
+                session._last_discard_notice = now
+                self._tell_discarded(session)
             return
         if self.config.input_rate_bps > 0:
             self._pending_input += data
@@ -703,6 +709,17 @@ class PortHub(DeviceListener):
             self._sync_writer_input()  # over device_buffer_bytes queued: stop reading from the writer
             return
         self._write_device(session, data)
+
+    def _tell_discarded(self, session: Session) -> None:
+        count, session._discarded_untold = session._discarded_untold, 0
+        if count:
+            session.sink.send_notice(
+                Notice(
+                    NoticeKind.INPUT_DISCARDED,
+                    f"console {self.name} is offline; {count} bytes of input discarded",
+                    {"discarded": count},
+                )
+            )
 
     def _write_device(self, session: Session | None, data: bytes) -> None:
         assert self.link is not None

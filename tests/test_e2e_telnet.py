@@ -4,6 +4,7 @@ as devices, the real Debian ``telnet`` client and plain TCP clients."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -384,3 +385,42 @@ async def test_busy_listen_address_names_it() -> None:
             await daemon.start()
     finally:
         blocker.close()
+
+
+async def test_client_that_never_reads_but_floods_commands_loses_only_its_session(guest: GuestPty) -> None:
+    daemon = await start_daemon(
+        f"""
+[[ports]]
+name = "vm"
+device = "tty:{guest.path}"
+telnet = "127.0.0.1:0"
+telnet_readonly = "127.0.0.1:0"
+raw = true
+client_buffer_bytes = 4096
+"""
+    )
+    try:
+        await wait_online(daemon, "vm")
+        hub = daemon.hubs["vm"]
+        watcher = await TcpClient.connect("127.0.0.1", daemon.listener("vm", "raw-readonly").tcp_port)
+        await watcher.expect(b"read-only")
+        flooder = socket.socket()
+        flooder.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        flooder.connect(("127.0.0.1", daemon.listener("vm", "raw").tcp_port))
+        flooder.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await eventually(lambda: len(hub.sessions) == 2, "flooder attached")
+        # Every "who" command answers with a notice; the flooder never reads any of them.
+        deadline = loop.time() + 20
+        with contextlib.suppress(ConnectionError):
+            while len(hub.sessions) == 2 and loop.time() < deadline:
+                # Kernel socket buffers take a few MB first; then the daemon's own buffer fills up.
+                await loop.sock_sendall(flooder, (CTRL_E + b"cw") * 1000)
+        await eventually(lambda: len(hub.sessions) == 1, "flooder's session cut")
+        flooder.close()
+        assert hub.lease.holder is None  # its write access went with it
+        await guest.send(b"others unaffected\r\n")
+        await watcher.expect(b"others unaffected")
+        await watcher.close()
+    finally:
+        await daemon.stop()

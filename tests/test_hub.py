@@ -426,3 +426,19 @@ def test_disable_while_device_paused_then_enable_does_not_leave_writers_paused()
         await hub.close()
 
     asyncio.run(scenario())
+
+
+def test_typing_into_an_offline_console_is_told_without_a_notice_per_keystroke() -> None:
+    hub, link = make_hub()
+    writer, sink = attach(hub)
+    link._state = LinkState.OFFLINE
+    hub.device_offline("gone")
+    for _ in range(100):
+        writer.input(b"k")
+    told = [n.fields["discarded"] for n in sink.notices if n.kind is NoticeKind.INPUT_DISCARDED]
+    assert told == [1]
+    link._state = LinkState.ONLINE
+    hub.device_online("fake:")
+    told = [n.fields["discarded"] for n in sink.notices if n.kind is NoticeKind.INPUT_DISCARDED]
+    assert told == [1, 99]  # every discarded byte accounted for
+    assert bytes(link.written) == b""

@@ -85,6 +85,8 @@ _ADAPTER_ERROR_CODES = {
 
 _MAX_SCROLLBACK_LIMIT = 16 * 1024 * 1024
 _WS_FRAME_BYTES = 64 * 1024
+_MAX_QUEUED_EVENTS = 1000
+_CLOSE_FLUSH_TIMEOUT_S = 5.0
 _SYSRQ_KEY_DELAY_S = 0.3  # Linux accepts the SysRq key within 5 s after BREAK; leave the UART time to settle
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -450,8 +452,16 @@ class WsConnection:
     is read by the handler's receive loop, which waits on ``_input_allowed`` when the device is full.
     """
 
-    def __init__(self, ws: web.WebSocketResponse, hub: PortHub, mode: AttachMode) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        hub: PortHub,
+        mode: AttachMode,
+        transport: asyncio.BaseTransport | None = None,
+    ) -> None:
         self.ws = ws
+        self._transport = transport
+        self._events_queued = 0
         self.hub = hub
         self.mode = mode
         self.session: Session | None = None
@@ -487,9 +497,16 @@ class WsConnection:
         self.send_event({"type": "notice", "kind": str(notice.kind), "text": notice.text, **notice.fields})
 
     def send_event(self, event: dict[str, Any]) -> None:
-        if self.close_code is None:
-            self._queue.append(_Text(json.dumps(event)))
-            self._wakeup.set()
+        if self.close_code is not None:
+            return
+        if self._events_queued >= _MAX_QUEUED_EVENTS:
+            # Events are not subject to the output pause; a client that reads nothing at all must not
+            # make them pile up without end.
+            self.close_session("not reading: too many unsent events", EndReason.FELL_BEHIND)
+            return
+        self._events_queued += 1
+        self._queue.append(_Text(json.dumps(event)))
+        self._wakeup.set()
 
     def close_session(self, reason: str, kind: EndReason) -> None:
         if self.close_code is not None:
@@ -499,6 +516,14 @@ class WsConnection:
         self.close_reason = reason
         self._wakeup.set()
         self._input_allowed.set()  # a receive loop parked on device back-pressure must see the close
+        # A client that stopped reading never lets the close frame out: cut the connection after a while.
+        asyncio.get_running_loop().call_later(_CLOSE_FLUSH_TIMEOUT_S, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        # Not isinstance(asyncio.Transport): uvloop's transports do not subclass it.
+        abort = getattr(self._transport, "abort", None)
+        if self._transport is not None and abort is not None and not self._transport.is_closing():
+            abort()
 
     def pause_input(self) -> None:
         self._input_allowed.clear()
@@ -516,6 +541,7 @@ class WsConnection:
                         self._queued_bytes -= len(item)
                         await self.ws.send_bytes(item)
                     else:
+                        self._events_queued -= 1
                         await self.ws.send_str(item.payload)
                     if self._paused_output and self._queued_bytes <= self._limit // 4:
                         self._paused_output = False
@@ -533,7 +559,7 @@ class WsConnection:
     async def finish(self) -> None:
         if self.close_code is not None:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._writer), 5.0)
+                await asyncio.wait_for(asyncio.shield(self._writer), _CLOSE_FLUSH_TIMEOUT_S)
         self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
@@ -607,7 +633,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         heartbeat=settings.ws_heartbeat_s, max_msg_size=settings.ws_max_message_bytes, compress=False
     )
     await ws.prepare(request)
-    conn = WsConnection(ws, hub, mode)
+    conn = WsConnection(ws, hub, mode, request.transport)
     identity = _identity(request, "ws")
     conn.send_event({"type": "hello", "port": hub.name, "mode": mode_text, "offset": hub.ring.end})
     session = hub.attach(conn, identity, mode, from_offset=from_offset)

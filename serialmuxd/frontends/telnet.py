@@ -40,6 +40,8 @@ _ACTION_WORDS = {
 # How long a closing connection may take to flush before it is aborted (a client that stopped reading).
 _CLOSE_FLUSH_TIMEOUT_S = 5.0
 _NOTICE_PREFIX = b"\r\n[serialmuxd] "
+# A connection whose unsent output exceeds this many times client_buffer_bytes is cut (it stopped reading).
+_HARD_BUFFER_FACTOR = 4
 
 
 def peer_text(peer: object) -> str:
@@ -253,6 +255,13 @@ class TelnetConnection(asyncio.Protocol):
         if self.transport is None or self._closing:
             return
         self.transport.write(payload if self.codec is None else self.codec.encode(payload))
+        # Notices bypass the output pause; a client that reads nothing at all must not make them pile up.
+        if self.transport.get_write_buffer_size() > _HARD_BUFFER_FACTOR * self.hub.config.client_buffer_bytes:
+            log.info("client_not_reading", port=self.hub.name, session=self.session and self.session.id)
+            self._closing = True
+            if self.session is not None:
+                self.session.detach()
+            self.transport.abort()
 
     def _flush_codec(self) -> None:
         assert self.codec is not None
