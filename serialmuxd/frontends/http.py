@@ -30,6 +30,7 @@ from ..config import PORT_NAME_RE
 from ..core.access import Identity
 from ..core.keys import MAX_KEYS_PER_REQUEST, key_bytes
 from ..hub import AttachMode, EndReason, InputRefused, Notice, PortHub, PortState, Session
+from ..proto import wsmsg
 from ..web import CONSOLE_PAGE, INDEX_PAGE, MISSING_VENDOR_HINT, STATIC_DIR, VENDOR_DIR, missing_vendor_files
 from .openapi import openapi_document
 from .telnet import peer_text
@@ -570,51 +571,38 @@ def _bad_message(conn: WsConnection, reason: str) -> None:
 
 
 async def _control(conn: WsConnection, session: Session, text: str) -> None:
+    """Act on one text frame (see ``proto.wsmsg``); a bad one closes only this session (4002)."""
     try:
-        message = json.loads(text)
-    except (ValueError, RecursionError):
-        _bad_message(conn, "not JSON")
+        message = wsmsg.parse_control(text)
+    except wsmsg.BadMessage as exc:
+        _bad_message(conn, str(exc))
         return
-    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-        _bad_message(conn, 'expected a JSON object with a "type"')
-        return
-    kind = message["type"]
-    if kind == "resize":
-        cols, rows = message.get("cols"), message.get("rows")
-        if not (isinstance(cols, int) and isinstance(rows, int) and 1 <= cols <= 1000 and 1 <= rows <= 1000):
-            _bad_message(conn, "resize needs integer cols and rows in 1..1000")
-            return
-        session.window_size_changed(cols, rows)
-    elif kind == "break":
-        session.send_break()
-    elif kind == "take_over":
-        if conn.mode is AttachMode.VIEWER:
+    match message:
+        case wsmsg.Resize(cols, rows):
+            session.window_size_changed(cols, rows)
+        case wsmsg.Break():
+            session.send_break()
+        case wsmsg.TakeOver() if conn.mode is AttachMode.VIEWER:
             conn.send_event(
                 {"type": "notice", "kind": "refused", "text": "this connection is read-only (mode=ro)"}
             )
-        else:
+        case wsmsg.TakeOver():
             session.take_over()
-    elif kind == "read_only":
-        session.become_viewer()
-    elif kind == "key":
-        try:
-            session.input(key_bytes(conn.hub.config.key_profile, str(message.get("key"))))
-        except KeyError:
-            _bad_message(conn, f"unknown key {str(message.get('key'))[:20]!r}")
-    elif kind == "sysrq":
-        key = message.get("key")
-        if not (isinstance(key, str) and len(key) == 1 and key.isascii() and key.isprintable()):
-            _bad_message(conn, "sysrq needs one printable character")
-            return
-        if session.send_break():  # without a BREAK the key would just be typed into the shell
-            await asyncio.sleep(_SYSRQ_KEY_DELAY_S)
-            session.input(key.encode())
-    elif kind == "who":
-        session.who()
-    elif kind == "ping":
-        conn.send_event({"type": "pong"})
-    else:
-        _bad_message(conn, f"unknown type {kind[:30]!r}")
+        case wsmsg.ReadOnly():
+            session.become_viewer()
+        case wsmsg.Key(name):
+            try:
+                session.input(key_bytes(conn.hub.config.key_profile, name))
+            except KeyError:
+                _bad_message(conn, f"unknown key {name[:20]!r} for key profile {conn.hub.config.key_profile}")
+        case wsmsg.SysRq(key):
+            if session.send_break():  # without a BREAK the key would just be typed into the shell
+                await asyncio.sleep(_SYSRQ_KEY_DELAY_S)
+                session.input(key.encode())
+        case wsmsg.Who():
+            session.who()
+        case wsmsg.Ping():
+            conn.send_event({"type": "pong"})
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
