@@ -4,6 +4,7 @@ README's quick-start demo command."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -11,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -117,43 +119,54 @@ def test_run_notifies_ready_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None
             proc.communicate()
 
 
-@pytest.mark.asyncio
-async def test_readme_demo_command_gives_a_working_console() -> None:
-    """The README's first quick-start command, as written (./dev demo), with a free port."""
-    readme = (ROOT / "README.md").read_text()
-    assert "./dev demo" in readme
+@contextlib.asynccontextmanager
+async def running_demo(argv: list[str], banner_timeout_s: float) -> AsyncIterator[tuple[bytes, int, int]]:
+    """Start a demo command with free ports; yield (banner, telnet port, http port); stop it by SIGTERM and
+    check it exits 0.  Its stderr is drained all along, so the daemon's log can never fill the pipe."""
     port, http_port = free_port(), free_port()
     proc = await asyncio.create_subprocess_exec(
-        str(ROOT / "dev"),
-        "demo",
+        *argv,
         "--telnet-port",
         str(port),
         "--http-port",
         str(http_port),
-        stdout=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
     )
+    drain: asyncio.Task[bytes] | None = None
     try:
         assert proc.stderr is not None
         banner = b""
         while b"stop the daemon" not in banner:
-            line = await asyncio.wait_for(proc.stderr.readline(), 120)
+            line = await asyncio.wait_for(proc.stderr.readline(), banner_timeout_s)
             assert line, f"demo exited early: {banner!r}"
             banner += line
+        drain = asyncio.get_running_loop().create_task(proc.stderr.read())
+        yield banner, port, http_port
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        if drain is not None:
+            await drain
+
+
+@pytest.mark.asyncio
+async def test_readme_demo_command_gives_a_working_console() -> None:
+    """The README's first quick-start command, as written (./dev demo), with free ports."""
+    readme = (ROOT / "README.md").read_text()
+    assert "./dev demo" in readme
+    async with running_demo([str(ROOT / "dev"), "demo"], 120) as (banner, port, http_port):
         assert f"telnet 127.0.0.1 {port}".encode() in banner
+        assert f"http://127.0.0.1:{http_port}/".encode() in banner
         client = await TcpClient.connect("127.0.0.1", port)
         await client.expect(b"you have write access")
         await client.send(b"echo demo-$((40+2))\r\n")  # Enter as a telnet client sends it
         await client.expect(re.compile(rb"demo-42"))
         await client.close()
-        assert f"http://127.0.0.1:{http_port}/".encode() in banner
         page = await asyncio.to_thread(_http_get, f"http://127.0.0.1:{http_port}/")
         assert b"<html" in page.lower()
-    finally:
-        if proc.returncode is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 15) == 0
 
 
 def _http_get(url: str, data: bytes | None = None) -> bytes:
@@ -167,26 +180,7 @@ def _http_get(url: str, data: bytes | None = None) -> bytes:
 @pytest.mark.asyncio
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 not installed")
 async def test_demo_qemu_boots_a_real_guest_with_nmi() -> None:
-    port, http_port = free_port(), free_port()
-    proc = await asyncio.create_subprocess_exec(
-        *SERIALMUXD,
-        "demo",
-        "--qemu",
-        "--telnet-port",
-        str(port),
-        "--http-port",
-        str(http_port),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        assert proc.stderr is not None
-        banner = b""
-        while b"stop the daemon" not in banner:
-            line = await asyncio.wait_for(proc.stderr.readline(), 300)
-            assert line, f"demo exited early: {banner!r}"
-            banner += line
+    async with running_demo([*SERIALMUXD, "demo", "--qemu"], 300) as (banner, port, http_port):
         assert b"QEMU guest" in banner
         client = await TcpClient.connect("127.0.0.1", port)
         await client.expect(b"sertest login: ", 60)
@@ -195,7 +189,3 @@ async def test_demo_qemu_boots_a_real_guest_with_nmi() -> None:
         assert b'"ok": true' in reply
         await client.expect(re.compile(rb"NMI received for unknown reason"), 20, mark)
         await client.close()
-    finally:
-        if proc.returncode is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 20) == 0
