@@ -399,6 +399,11 @@ class PortHub(DeviceListener):
             self._replay(session, self.config.replay_bytes, manual=False)
         else:
             session.cursor = min(from_offset, self.ring.end)
+            if session.cursor < self.ring.start:
+                # A resume is told what it missed whatever slow_reader says: that policy is about keeping up
+                # while attached, not about what happened while the client was away.
+                self._report_missed(session, self.ring.start - session.cursor, self.ring.start)
+                session.cursor = self.ring.start
             self._catch_up(session)
         if mode is AttachMode.INTERACTIVE:
             self._request_write(session, LeaseInput.ATTACH)
@@ -557,15 +562,21 @@ class PortHub(DeviceListener):
                         EndReason.FELL_BEHIND,
                     )
                     return
-                session.sink.send_notice(
-                    Notice(
-                        NoticeKind.MISSED,
-                        f"your connection fell behind: {result.missed} bytes of console output skipped",
-                        {"missed": result.missed, "offset": result.offset},
-                    )
-                )
+                self._report_missed(session, result.missed, result.offset, counted=True)
             session.cursor = result.offset + len(result.data)
             session.sink.send_output(result.data)
+
+    def _report_missed(self, session: Session, missed: int, offset: int, *, counted: bool = False) -> None:
+        if not counted:
+            self.bytes_missed += missed
+            session.missed_bytes += missed
+        session.sink.send_notice(
+            Notice(
+                NoticeKind.MISSED,
+                f"your connection fell behind: {missed} bytes of console output skipped",
+                {"missed": missed, "offset": offset},
+            )
+        )
 
     def _request_write(self, session: Session, kind: LeaseInput) -> None:
         if session.closed:  # a detached session's late command must not take the lease
@@ -810,6 +821,9 @@ class PortHub(DeviceListener):
             raise InputRefused("console_disabled", f"console {self.name} is disabled: {self.state_reason}")
         if self.link is None or self.link.state is not LinkState.ONLINE:
             raise InputRefused("console_offline", f"console {self.name} is {self.state}: {self.state_reason}")
+        if len(self._pending_input) >= self.config.device_buffer_bytes:
+            # No client to pause here: refuse instead of queueing without bound.
+            raise InputRefused("input_queue_full", f"{self.name}: input queue full, try again shortly")
 
     def api_input(self, identity: Identity, data: bytes, what: str) -> None:
         """Bytes from an API call (HTTP /keys, /sysrq), paced like typed input; audited by size only (input

@@ -424,3 +424,35 @@ client_buffer_bytes = 4096
         await watcher.close()
     finally:
         await daemon.stop()
+
+
+async def test_replay_larger_than_the_client_buffer_is_delivered_not_cut(guest: GuestPty) -> None:
+    daemon = await start_daemon(
+        f"""
+[[ports]]
+name = "vm"
+device = "tty:{guest.path}"
+telnet_readonly = "127.0.0.1:0"
+raw = true
+scrollback_bytes = 4194304
+replay_bytes = 2097152
+client_buffer_bytes = 65536
+"""
+    )
+    try:
+        await wait_online(daemon, "vm")
+        hub = daemon.hubs["vm"]
+        history = b"".join(b"line %07d\r\n" % i for i in range(2 * 1024 * 1024 // 14))
+        for i in range(0, len(history), 65536):
+            await guest.send(history[i : i + 65536])
+        await eventually(lambda: hub.ring.end == len(history), "history in the ring")
+        client = await TcpClient.connect("127.0.0.1", daemon.listener("vm", "raw-readonly").tcp_port)
+        start = await client.expect(b"replaying")
+        end = await client.expect(b"end of replay", timeout_s=20)
+        replayed = bytes(client.buffer[start.end() : end.start()])
+        assert history.endswith(replayed.split(b"\r\n", 1)[1].rsplit(b"\r\n[serialmuxd]", 1)[0])
+        assert len(replayed) > 2_000_000
+        assert not client.eof
+        await client.close()
+    finally:
+        await daemon.stop()

@@ -566,3 +566,45 @@ async def test_real_telnet_client_and_websocket_take_over_from_each_other() -> N
             if child is not None:
                 child.close()
         await daemon.stop()
+
+
+async def test_allowed_hosts_admit_a_proxy_origin_and_malformed_hosts_get_400(tmp_path: Path) -> None:
+    guest = GuestPty()
+    text = _toml(guest).replace(
+        "max_body_bytes = 2048", 'max_body_bytes = 2048\nallowed_hosts = ["console.example"]'
+    )
+    daemon = Daemon(parse_config(text, "<test>"))
+    await daemon.start()
+    try:
+        await eventually(lambda: daemon.hubs["vm1"].state is PortState.ONLINE, "online")
+        url = base_url(daemon) + "/api/v1/ports/vm1/keys"
+        async with aiohttp.ClientSession() as http:
+            # A TLS-terminating proxy: the page is https://console.example, the request reaching us is http.
+            proxied = {"Origin": "https://console.example", "Host": "console.example"}
+            async with http.post(url, json={"keys": ["F1"]}, headers=proxied) as resp:
+                assert resp.status == 200, await resp.text()
+            async with http.post(
+                url, json={"keys": ["F1"]}, headers={"Origin": "https://evil.example"}
+            ) as resp:
+                assert resp.status == 403
+            async with http.post(url, json={"keys": ["F1"]}, headers={"Host": "localhost:abc"}) as resp:
+                assert resp.status == 400 and (await resp.json())["code"] == "bad_request"
+    finally:
+        await daemon.stop()
+        guest.close()
+
+
+async def test_ws_client_that_stops_reading_is_closed_not_crashed(env: Env) -> None:
+    """1,000+ unsent events close that one session (code 4003) instead of piling up — or recursing."""
+    from serialmuxd.frontends.http import WsConnection
+
+    hub = env.daemon.hubs["vm1"]
+    ws = await ws_connect(env, "mode=ro")
+    await ws.wait_kind("read_only")
+    (session,) = hub.sessions.values()
+    conn = session.sink
+    assert isinstance(conn, WsConnection)
+    for _ in range(1500):  # synchronously: the writer task gets no chance to send any of them
+        conn.send_event({"type": "pong"})
+    assert conn.close_code == 4003 and session.closed
+    assert await ws.wait_closed() == 4003

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -13,7 +14,17 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from serialmuxd.config import DeviceKind, DeviceSpec, PortConfig, SlowReaderPolicy, TakeoverPolicy
 from serialmuxd.core.access import Identity
 from serialmuxd.devices.base import DeviceLink, LinkState
-from serialmuxd.hub import AttachMode, EndReason, Notice, NoticeKind, PortHub, PortState, Role, Session
+from serialmuxd.hub import (
+    AttachMode,
+    EndReason,
+    InputRefused,
+    Notice,
+    NoticeKind,
+    PortHub,
+    PortState,
+    Role,
+    Session,
+)
 
 
 class FakeLink(DeviceLink):
@@ -442,3 +453,28 @@ def test_typing_into_an_offline_console_is_told_without_a_notice_per_keystroke()
     told = [n.fields["discarded"] for n in sink.notices if n.kind is NoticeKind.INPUT_DISCARDED]
     assert told == [1, 99]  # every discarded byte accounted for
     assert bytes(link.written) == b""
+
+
+def test_api_input_is_refused_once_the_paced_queue_is_full() -> None:
+    async def scenario() -> None:
+        hub, _ = make_hub(input_rate_bps=10, device_buffer_bytes=1024)
+        who = Identity("http", "127.0.0.1:9")
+        with pytest.raises(InputRefused) as refused:
+            for _ in range(100):
+                hub.api_input(who, b"k" * 100, "send keys")
+        assert refused.value.code == "input_queue_full"
+        assert len(hub._pending_input) < 1024 + 100
+        await hub.close()
+
+    asyncio.run(scenario())
+
+
+def test_resume_from_an_overwritten_offset_is_told_even_with_close_policy() -> None:
+    hub, _ = make_hub(scrollback_bytes=4096, slow_reader=SlowReaderPolicy.CLOSE)
+    hub.device_data_received(b"a" * 10000)
+    sink = Sink()
+    session = hub.attach(sink, Identity("ws", "x:1"), AttachMode.VIEWER, from_offset=100)
+    assert session is not None and sink.closed_reason is None
+    missed = [n for n in sink.notices if n.kind is NoticeKind.MISSED]
+    assert missed and missed[0].fields == {"missed": 10000 - 4096 - 100, "offset": 10000 - 4096}
+    assert len(sink.output) == 4096

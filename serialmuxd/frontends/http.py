@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import time
 from collections import deque
@@ -23,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
-from yarl import URL
 
 from ..adapters import Action, AdapterError, AdapterErrorKind
 from ..config import PORT_NAME_RE
@@ -71,6 +71,7 @@ ERROR_CODES = {
     "offset_unavailable": 416,
     "console_disabled": 503,
     "console_offline": 503,
+    "input_queue_full": 503,
     "hypervisor_unavailable": 503,
     "hypervisor_refused": 502,
     "hypervisor_failed": 502,
@@ -126,36 +127,55 @@ _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
+def _host_and_port(authority: str) -> tuple[str, int | None]:
+    """``host[:port]`` / ``[v6][:port]`` -> (lower-case host without brackets, port or None)."""
+    authority = authority.lower()
+    if authority.startswith("["):
+        host, _, rest = authority[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    else:
+        host, _, port_text = authority.partition(":")
+    if port_text and not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
+        raise ApiError("bad_request", f"malformed Host or Origin {authority[:80]!r}")
+    return host, int(port_text) if port_text else None
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _browser_guard(request: web.Request) -> None:
     """Keep web pages the operator happens to visit away from the consoles.
 
-    * DNS rebinding: a page on evil.example re-pointed to 127.0.0.1 sends ``Host: evil.example``; only
-      the listen address, loopback names and ``http.allowed_hosts`` are served (when the daemon listens on a
-      specific address; a wildcard listener is meant to be reached under any name).
+    * DNS rebinding: a page on evil.example re-pointed to 127.0.0.1 sends ``Host: evil.example``.  Served
+      are only: the listen address, loopback names, ``http.allowed_hosts`` (e.g. the name a reverse proxy
+      forwards) and, on a wildcard listener, any IP literal.
     * Cross-site requests: a browser adds ``Origin`` to POSTs and WebSocket upgrades; one from another
-      origin could otherwise take over a console or reset a VM through a plain HTML form.  Tools such as
-      curl or websocat send no Origin and are not affected.
+      origin could otherwise take over a console or reset a VM through a plain HTML form.  Accepted are the
+      request's own origin and origins on ``http.allowed_hosts`` (a TLS-terminating proxy's page is
+      ``https://name`` while the request reaching us is plain http).  Tools such as curl or websocat send no
+      Origin and are not affected.
     """
     settings = _daemon(request).config.http
-    host_header = request.host.lower()
-    host_name = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
-    host_name = host_name.strip("[]")
+    host, port = _host_and_port(request.host)
     listen = settings.listen
     wildcard = listen is not None and listen.host in ("0.0.0.0", "::", "")
-    allowed = _LOOPBACK_NAMES | set(settings.allowed_hosts) | ({listen.host.lower()} if listen else set())
-    if not wildcard and host_name not in allowed:
-        raise ApiError("misdirected", f"this server does not serve host {host_name[:64]!r}")
+    named = _LOOPBACK_NAMES | set(settings.allowed_hosts) | ({listen.host.lower()} if listen else set())
+    if host not in named and not (wildcard and _is_ip_literal(host)):
+        raise ApiError("misdirected", f"this server does not serve host {host[:64]!r}")
     upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
     origin = request.headers.get("Origin")
     if origin is None or (request.method in _SAFE_METHODS and not upgrade):
         return
-    parsed = URL(origin)
-    default_port = 443 if parsed.scheme == "https" else 80
-    own_port = request.url.port or default_port
-    if parsed.host is None or (parsed.host.lower(), parsed.port or default_port) != (
-        request.url.host.lower() if request.url.host else "",
-        own_port,
-    ):
+    scheme, _, authority = origin.partition("://")
+    origin_host, origin_port = _host_and_port(authority)
+    default_port = 443 if scheme == "https" else 80
+    same_origin = (origin_host, origin_port or default_port) == (host, port or 80)
+    if not (same_origin or origin_host in settings.allowed_hosts):
         raise ApiError("forbidden", f"cross-origin request from {origin[:80]!r} refused")
 
 
@@ -512,9 +532,12 @@ class WsConnection:
     def close_session(self, reason: str, kind: EndReason) -> None:
         if self.close_code is not None:
             return
-        self.send_event({"type": "closing", "reason": reason, "code": _END_CODES[kind]})
-        self.close_code = _END_CODES[kind]
+        self.close_code = _END_CODES[kind]  # first: from here on send_event adds nothing (and cannot recurse)
         self.close_reason = reason
+        if self.session is not None:
+            self.session.detach()  # closes we start ourselves (bad message, not reading); no-op for the hub's
+        self._queue.append(_Text(json.dumps({"type": "closing", "reason": reason, "code": self.close_code})))
+        self._events_queued += 1
         self._wakeup.set()
         self._input_allowed.set()  # a receive loop parked on device back-pressure must see the close
         # A client that stopped reading never lets the close frame out: cut the connection after a while.

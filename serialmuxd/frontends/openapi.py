@@ -202,6 +202,7 @@ def openapi_document() -> dict[str, Any]:
                                 "offset_unavailable",
                                 "console_disabled",
                                 "console_offline",
+                                "input_queue_full",
                             ]
                         },
                         "message": {"type": "string"},

@@ -72,6 +72,8 @@ class TelnetConnection(asyncio.Protocol):
         self._abort_timer: asyncio.TimerHandle | None = None
         # A hypervisor action waiting for its "y" (NMI and resets are too costly for one stray keystroke).
         self._confirming: Action | None = None
+        self._paused = False  # the transport's buffer is above its high-water mark
+        self._written_while_paused = 0
         self._actions: set[asyncio.Task[None]] = set()
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
@@ -125,10 +127,13 @@ class TelnetConnection(asyncio.Protocol):
             self.session.detach()
 
     def pause_writing(self) -> None:
+        self._written_while_paused = 0
+        self._paused = True
         if self.session is not None:
             self.session.pause_output()
 
     def resume_writing(self) -> None:
+        self._paused = False
         if self.session is not None and not self._closing:
             self.session.resume_output()
 
@@ -254,9 +259,14 @@ class TelnetConnection(asyncio.Protocol):
     def _write_raw(self, payload: bytes) -> None:
         if self.transport is None or self._closing:
             return
-        self.transport.write(payload if self.codec is None else self.codec.encode(payload))
-        # Notices bypass the output pause; a client that reads nothing at all must not make them pile up.
-        if self.transport.get_write_buffer_size() > _HARD_BUFFER_FACTOR * self.hub.config.client_buffer_bytes:
+        data = payload if self.codec is None else self.codec.encode(payload)
+        self.transport.write(data)
+        # Notices bypass the output pause (guest output does not: the hub stops sending it).  A client that
+        # reads nothing at all must not make them pile up: count what is written while paused.
+        if not self._paused:
+            return
+        self._written_while_paused += len(data)
+        if self._written_while_paused > _HARD_BUFFER_FACTOR * self.hub.config.client_buffer_bytes:
             log.info("client_not_reading", port=self.hub.name, session=self.session and self.session.id)
             self._closing = True
             if self.session is not None:
