@@ -8,6 +8,7 @@ as ``artifacts/browser-console.png`` for people to look at.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ import pytest
 import pytest_asyncio
 
 try:
-    from playwright.async_api import ConsoleMessage, Dialog, Page, async_playwright
+    from playwright.async_api import ConsoleMessage, Dialog, Page, WebSocketRoute, async_playwright
 except ImportError:  # pragma: no cover - depends on the environment
     pytest.skip("playwright is not installed (it is in the 'test' extra)", allow_module_level=True)
 
@@ -105,6 +106,31 @@ _SCREEN_HAS = """(needle) => {
   const rows = document.querySelector('.xterm-rows');
   return rows !== null && rows.textContent.replace(/\\u00a0/g, ' ').includes(needle);
 }"""
+
+
+async def _run_without_terminal(url: str, line: str, until: bytes) -> None:
+    """Run LINE in the guest's shell from a plain WebSocket client (which, unlike a browser page, answers
+    no terminal queries) and return once UNTIL is in the output.  Attaching read-write takes the writer
+    lease: a page that holds it is disconnected (4000)."""
+    ws_url = url.replace("http://", "ws://", 1) + f"/api/v1/ports/{PORT}/ws"
+    seen = b""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(ws_url, params={"mode": "rw"}) as ws,
+        asyncio.timeout(TIMEOUT_MS / 1000),
+    ):
+        sent = False
+        async for message in ws:
+            if message.type is aiohttp.WSMsgType.TEXT:
+                event = json.loads(message.data)
+                if not sent and event.get("kind") in ("write_granted", "took_over"):
+                    await ws.send_bytes(line.encode() + b"\n")
+                    sent = True
+            elif message.type is aiohttp.WSMsgType.BINARY and sent:
+                seen += message.data
+                if until in seen:
+                    return
+    raise AssertionError(f"{until!r} not in the output of {line!r}: {seen!r}")
 
 
 async def _screen_text(page: Page) -> str:
@@ -199,6 +225,20 @@ async def test_console_page_in_chromium(base_url: str) -> None:
             await _wait_screen(page, "pasted-9")
             assert (await _screen_text(page)).count("echo pasted-") == 1  # pasted once, not twice
 
+            # -- a paste bigger than http.ws_max_message_bytes (64 KiB) arrives whole: the page sends it
+            #    in smaller frames (one frame would make the daemon close the session with 1009).  Lines
+            #    of 100 bytes, as a PTY in canonical mode keeps at most 4095 bytes of one line.
+            big = ("x" * 99 + "\n") * 1024
+            await _type_line(page, "head -c $((1024*100)) | wc -c")
+            await page.evaluate("text => navigator.clipboard.writeText(text)", big)
+            await page.keyboard.press("Control+Shift+V")
+            await page.wait_for_function(
+                """() => [...document.querySelectorAll('.xterm-rows > div')]
+                  .some(r => r.textContent.trim() === '102400')""",
+                timeout=TIMEOUT_MS,
+            )
+            await _wait_status(page, "st-conn", "you are typing")  # the same session, not reconnected
+
             # -- read-only: keystrokes no longer reach the guest, and the status says so
             await page.locator("#btn-write").click()  # labelled "Read-only" while we write
             await page.wait_for_function(
@@ -266,8 +306,21 @@ async def test_console_page_in_chromium(base_url: str) -> None:
             await page.keyboard.press("Enter")
             assert await _active_id(page) == "sysrq-key"
             assert await page.get_by_label("SysRq key").is_visible()
+            await page.keyboard.type("h")
             await page.keyboard.press("Escape")
             assert not await page.locator("#sysrq-dialog").is_visible()
+            await page.wait_for_timeout(300)
+            assert "SysRq" not in await page.locator("#st-note").inner_text()
+            assert "BREAK" not in await page.locator("#st-note").inner_text()
+
+            # -- Enter in the key field sends the SysRq (not the form's first button, Cancel).  The port
+            #    is a PTY, which cannot send a BREAK: the daemon answers so, and the page shows it.
+            assert await _active_id(page) == "btn-sysrq"
+            await page.keyboard.press("Enter")
+            await page.keyboard.type("h")
+            await page.keyboard.press("Enter")
+            assert not await page.locator("#sysrq-dialog").is_visible()
+            await _wait_status(page, "st-note", "BREAK not sent")
 
             # -- screenshot, after a last visible command
             await page.locator("#terminal").click()
@@ -335,6 +388,137 @@ async def test_takeover_resume_and_disable_in_chromium(base_url: str) -> None:
                 await _wait_status(first, "st-conn", "console access is disabled")
                 async with http.post(f"{base_url}/api/v1/ports/{PORT}/enable") as response:
                     assert response.status == 200, await response.text()
+        finally:
+            await browser.close()
+
+
+async def test_replayed_terminal_queries_are_not_answered(base_url: str) -> None:
+    """Terminal queries (DSR, DA) in old output that the page gets again -- the replay on attach, the
+    catch-up of a from= resume -- are parsed by xterm, which answers them; those answers must not reach
+    the guest.  Live queries are still answered.  The PTY echoes what the guest receives, so an answer
+    (ESC [ row ; col R, ESC [ ? 1 ; 2 c) would show up in the scrollback as ^[[24;80R."""
+    answer = re.compile(r"\[\d+;\d+R|\[\?[\d;]*c")
+    await _run_without_terminal(base_url, r"printf 'q1-\033[6n\033[c-q2\n'", b"q1-\x1b[6n\x1b[c-q2")
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(f"{base_url}/console/{PORT}")
+            await _wait_status(page, "st-conn", "you are typing")
+            await _wait_screen(page, "q1--q2")  # replayed
+            await page.wait_for_timeout(500)
+            assert not answer.search(await _scrollback_text(base_url))
+
+            # Taken over by a client that prints the queries again; taking over resumes with from=.
+            await _run_without_terminal(base_url, r"printf 'q3-\033[6n\033[c-q4\n'", b"q3-\x1b[6n\x1b[c-q4")
+            await _wait_status(page, "st-conn", "another user took over this console")
+            await page.locator("#btn-write").click()
+            await _wait_status(page, "st-conn", "you are typing")
+            await _wait_screen(page, "q3--q4")  # caught up
+            await page.wait_for_timeout(500)
+            assert not answer.search(await _scrollback_text(base_url))
+
+            # Typing works once the old output is parsed, and a live query is answered as before.
+            await page.locator("#terminal").click()
+            await _type_line(page, "echo ok-$((2*4))")
+            await _wait_screen(page, "ok-8")
+            await _type_line(page, r"printf 'q5-\033[6n-q6\n'")
+            await _wait_screen(page, "q5--q6")
+            for _ in range(100):
+                if answer.search(await _scrollback_text(base_url)):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the live query was not answered")
+        finally:
+            await browser.close()
+
+
+_STTY_SIZE = """(tag) => {
+  const rows = [...document.querySelectorAll('.xterm-rows > div')]
+    .map(r => r.textContent.replace(/\\u00a0/g, ' ').trim());
+  const found = rows.map(r => /^(\\w+):(\\d+ \\d+)$/.exec(r)).filter(m => m && m[1] === tag);
+  return found.length ? found[found.length - 1][2] : null;
+}"""
+
+
+async def _guest_window_size(page: Page, tag: str) -> str:
+    """The PTY's size as the guest sees it ("rows cols"), printed with a tag to tell the answers apart."""
+    await page.locator("#terminal").click()
+    await _type_line(page, f'echo "{tag}:$(stty size)"')
+    handle = await page.wait_for_function(_STTY_SIZE, arg=tag, timeout=TIMEOUT_MS)
+    return str(await handle.json_value())
+
+
+async def test_writer_sets_the_window_size_in_chromium(base_url: str) -> None:
+    """The daemon ignores resizes from viewers: a page that becomes the writer on its open socket (Take
+    over after Read-only) sends its size again, or the guest keeps the previous writer's."""
+    console_url = f"{base_url}/console/{PORT}"
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            big = await browser.new_page(viewport={"width": 1100, "height": 640})
+            await big.goto(console_url)
+            await _wait_status(big, "st-conn", "you are typing")
+            big_size = await _guest_window_size(big, "A1")
+
+            await big.locator("#btn-write").click()  # Read-only: the socket stays, as a viewer
+            await _wait_status(big, "st-conn", "read-only")
+            small = await browser.new_page(viewport={"width": 700, "height": 400})
+            await small.goto(console_url)
+            await _wait_status(small, "st-conn", "you are typing")
+            small_size = await _guest_window_size(small, "B1")
+            assert small_size != big_size
+
+            await big.locator("#btn-write").click()  # Take over on the same socket
+            await _wait_status(big, "st-conn", "you are typing")
+            assert await _guest_window_size(big, "A2") == big_size
+        finally:
+            await browser.close()
+
+
+async def test_close_codes_4003_and_4002_in_chromium(base_url: str) -> None:
+    """The page's WebSocket goes through Playwright, which closes it the way the daemon would.  4003 (fell
+    behind): reconnect by itself, without from= (a fresh attach with replay), and say so.  4002 (bad
+    message): the daemon would reject the page again, so show its reason and wait for Reconnect."""
+    urls: list[str] = []
+    routes: list[WebSocketRoute] = []
+
+    def through_playwright(route: WebSocketRoute) -> None:
+        urls.append(route.url)
+        routes.append(route)
+        route.connect_to_server()  # forwards both ways
+
+    async def close_as_daemon(code: int, reason: str) -> None:
+        routes[-1].send(json.dumps({"type": "closing", "reason": reason, "code": code}))
+        await routes[-1].close(code=code, reason=reason)
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            await page.route_web_socket(re.compile(r"/api/v1/ports/[^/]+/ws"), through_playwright)
+            await page.goto(f"{base_url}/console/{PORT}")
+            await _wait_status(page, "st-conn", "you are typing")
+            await _wait_screen(page, "guest$")
+            assert len(urls) == 1 and "from=" not in urls[0]
+
+            await close_as_daemon(4003, "fell behind: 5 bytes were overwritten before they could be sent")
+            await _wait_status(page, "st-conn", "fresh attach")
+            await _wait_status(page, "st-conn", "you are typing")
+            await _wait_status(page, "st-conn", "Attached afresh after falling behind")
+            assert len(urls) == 2 and "from=" not in urls[1], urls
+
+            await close_as_daemon(4002, "bad message: resize needs integer cols and rows in 1..1000")
+            await _wait_status(page, "st-conn", "rejected a message from this page (bad message: resize")
+            await _wait_status(page, "st-conn", "Use Reconnect")
+            await page.wait_for_timeout(1500)  # a retry would come after 1 s +-25 % (the 2nd attempt)
+            assert len(urls) == 2, urls
+
+            await page.locator("#btn-reconnect").click()  # a resume at the last offset
+            await _wait_status(page, "st-conn", "you are typing")
+            assert len(urls) == 3 and "from=" in urls[2], urls
+            assert "Attached afresh" not in await page.locator("#st-conn").inner_text()
         finally:
             await browser.close()
 

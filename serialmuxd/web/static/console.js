@@ -23,6 +23,7 @@ const ui = {
   hvGroup: $("hv-group"), download: $("download"), reconnect: $("btn-reconnect"), srMode: $("sr-mode"),
   stConn: $("st-conn"), stPort: $("st-port"), stWriter: $("st-writer"), stViewers: $("st-viewers"),
   stNote: $("st-note"), termEl: $("terminal"), sysrqDialog: $("sysrq-dialog"), sysrqKey: $("sysrq-key"),
+  sysrqForm: $("sysrq-form"), sysrqSend: $("sysrq-send"),
 };
 const HV_ACTIONS = {
   nmi: {
@@ -43,13 +44,15 @@ const HV_ACTIONS = {
 };
 
 // Close codes from the daemon; "retry: false" ones need a person to decide (Reconnect / Take over).
+// 4002 is not retried: the daemon rejects the same message again, and retrying turned that into a reconnect
+// every half second for as long as the page stayed open.
 const CLOSE_REASONS = {
   1001: { text: "serialmuxd is shutting down", retry: true },
   1006: { text: "the connection was lost", retry: true },
   1009: { text: "a message was too big", retry: true },
   4000: { text: "another user took over this console", retry: false },
   4001: { text: "console access is disabled", retry: false },
-  4002: { text: "the daemon rejected a message from this page", retry: true },
+  4002: { text: "the daemon rejected a message from this page", retry: false },
   4003: { text: "this page fell behind the console output", retry: true },
   4004: { text: "there is no console port with this name", retry: false },
   4005: { text: "access to this console was denied", retry: false },
@@ -67,6 +70,14 @@ const REFRESH_NOTICES = new Set([
 ]);
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 30_000;
+// The backoff starts again from BACKOFF_MIN_MS only once a socket has stayed open this long: a socket
+// the daemon accepts and then closes at once (hello, then 4003 or 1009) must still back off.
+const STABLE_MS = 10_000;
+// The daemon closes the socket with 4002 on a resize outside 1..1000 (proto/wsmsg.py).
+const MAX_WINDOW_DIMENSION = 1000;
+// Input frames stay well below the daemon's http.ws_max_message_bytes (default 64 KiB): a bigger frame
+// (a large paste) makes it close the whole session with 1009.
+const INPUT_CHUNK_BYTES = 16 * 1024;
 const PORT_POLL_MS = 10_000;
 const REMINDER_MS = 5_000;
 const SR_KEY = "serialmuxd.screenReaderMode";
@@ -98,6 +109,8 @@ const conn = {
   everOpened: false,
   retries: 0,
   retryTimer: null,
+  stableTimer: null, // resets `retries` once the current socket has been open for STABLE_MS
+  connNote: "", // why the current socket is a fresh attach (after 4003), shown with the connection state
   closingText: "", // the last "closing"/"evicted" notice: the daemon's own words for why it ends
   lastReminder: 0,
   pendingClick: null, // "ro" | "rw": the role change the user just asked for, until the daemon answers
@@ -159,7 +172,17 @@ new ResizeObserver(() => {
     fitTerminal();
   });
 }).observe(ui.termEl);
-term.onResize(({ cols, rows }) => sendJson({ type: "resize", cols, rows }));
+term.onResize(() => sendSize());
+
+function clampDimension(n) {
+  return Math.min(MAX_WINDOW_DIMENSION, Math.max(1, Math.trunc(n) || 1));
+}
+
+// Clamped: a window the daemon would refuse (4002, not retried) must not cost the session; a terminal
+// wider than 1000 columns simply tells the guest 1000.
+function sendSize() {
+  return sendJson({ type: "resize", cols: clampDimension(term.cols), rows: clampDimension(term.rows) });
+}
 
 // ---------------------------------------------------------------------------------------------------
 // Keyboard input.  Typing is only sent while we hold the write lease: the daemon would refuse it anyway,
@@ -178,15 +201,66 @@ function canWrite(action) {
   return false;
 }
 
+// Old output parsed again.  Replayed scrollback (between the replay_start and replay_end notices) and
+// the catch-up of a from= resume go through xterm's parser like live output, so terminal queries in them
+// (DSR "ESC[6n", DA "ESC[c", ...) make xterm answer through onData -- answers to questions the guest
+// asked long ago, which would arrive in the guest as typed input (in a shell: a garbage command line).
+// While such bytes are not yet parsed, onData is therefore not sent.  xterm cannot tell its own answers
+// from the user's keys, so real keystrokes (and pastes) in that short window are dropped too; it lasts as
+// long as xterm needs to parse at most the replay window or the catch-up, normally well under a second.
+const quiet = {
+  active: false,
+  generation: 0, // which window an end callback belongs to; a newer window is not ended by an older one
+  catchUpTo: null, // from= resume: the stream offset (hello's) at which the catch-up ends
+};
+
+function startQuiet() {
+  quiet.generation += 1;
+  quiet.active = true;
+}
+
+// xterm parses writes in order and calls a write's callback once that write is parsed, so the callback of
+// an empty write queued now runs after every byte written before it has been parsed (and answered).
+function endQuietAfterParsing() {
+  const { generation } = quiet;
+  term.write("", () => {
+    if (quiet.generation === generation) quiet.active = false;
+  });
+}
+
+// The socket is gone (or replaced) before its replay or catch-up ended: the window ends once the bytes
+// already received are parsed, unless a new socket opens a new window first.
+function abandonQuiet() {
+  quiet.catchUpTo = null;
+  if (quiet.active) endQuietAfterParsing();
+}
+
+// For a from= resume: the catch-up is over once our offset reaches the stream end hello announced.
+function checkCatchUp() {
+  if (quiet.catchUpTo !== null && conn.offset !== null && conn.offset >= quiet.catchUpTo) {
+    quiet.catchUpTo = null;
+    endQuietAfterParsing();
+  }
+}
+
+// In frames of at most INPUT_CHUNK_BYTES; the daemon joins them (the stream has no message boundaries,
+// so splitting inside a UTF-8 character or an escape sequence is harmless).
+function sendInput(bytes) {
+  for (let i = 0; i < bytes.length; i += INPUT_CHUNK_BYTES) {
+    conn.ws.send(bytes.subarray(i, i + INPUT_CHUNK_BYTES));
+  }
+}
+
 term.onData((data) => {
-  if (canWrite()) conn.ws.send(encoder.encode(data));
+  if (quiet.active) return; // see "quiet" above: possibly xterm answering replayed queries
+  if (canWrite()) sendInput(encoder.encode(data));
 });
 // onBinary: strings whose characters are single bytes (mouse reports in X10 mode), not UTF-8 text.
 term.onBinary((data) => {
   if (!canWrite()) return;
   const bytes = new Uint8Array(data.length);
   for (let i = 0; i < data.length; i += 1) bytes[i] = data.charCodeAt(i) & 0xff;
-  conn.ws.send(bytes);
+  sendInput(bytes);
 });
 
 function isShortcut(ev, letter) {
@@ -267,6 +341,10 @@ function sendJson(message) {
 function connect() {
   clearTimeout(conn.retryTimer);
   conn.retryTimer = null;
+  clearTimeout(conn.stableTimer);
+  conn.stableTimer = null;
+  if (conn.offset !== null) conn.connNote = ""; // a resume: no longer the fresh attach after 4003
+  abandonQuiet();
   if (conn.ws) {
     const old = conn.ws;
     conn.ws = null; // its close event is ignored below: it is no longer current
@@ -288,6 +366,9 @@ function connect() {
   ws.addEventListener("open", () => {
     if (ws !== conn.ws) return;
     conn.everOpened = true;
+    conn.stableTimer = setTimeout(() => {
+      if (ws === conn.ws) conn.retries = 0;
+    }, STABLE_MS);
   });
   ws.addEventListener("message", (ev) => {
     if (ws !== conn.ws) return;
@@ -295,6 +376,7 @@ function connect() {
       const bytes = new Uint8Array(ev.data);
       term.write(bytes);
       if (conn.offset !== null) conn.offset += bytes.length;
+      checkCatchUp();
       return;
     }
     let msg;
@@ -319,14 +401,23 @@ function onControl(msg) {
       // notices then move it explicitly).
       if (conn.requestedFrom !== null) conn.offset = conn.requestedFrom;
       else if (Number.isSafeInteger(msg.offset)) conn.offset = msg.offset;
-      conn.retries = 0;
-      setText(ui.stConn, "Connected.");
+      // A resume gets the bytes from our from= up to hello's offset as a catch-up, without replay
+      // notices: they are old output too (see "quiet").
+      if (conn.requestedFrom !== null && Number.isSafeInteger(msg.offset)
+        && msg.offset > conn.requestedFrom) {
+        startQuiet();
+        quiet.catchUpTo = msg.offset;
+      }
+      // `retries` is not reset here but by conn.stableTimer: hello alone does not show that the
+      // daemon will keep this socket.
+      setText(ui.stConn, `Connected.${conn.connNote}`);
       if (msg.role) serverRole(msg.role);
-      sendJson({ type: "resize", cols: term.cols, rows: term.rows });
+      sendSize();
       refreshPort();
       break;
     case "offset":
       if (Number.isSafeInteger(msg.offset)) conn.offset = msg.offset;
+      checkCatchUp();
       break;
     case "notice":
       onNotice(msg);
@@ -352,10 +443,20 @@ function onNotice(msg) {
     // The role itself is always shown by the connection part of the status line.
     if (!ROLE_NOTICES.has(kind)) say(text);
   }
+  if (kind === "replay_start") {
+    // Before the offset update below: the replayed bytes follow this notice.
+    quiet.catchUpTo = null;
+    startQuiet();
+  }
   if (OFFSET_NOTICES.has(kind) && Number.isSafeInteger(msg.offset)) conn.offset = msg.offset;
+  if (kind === "replay_end") endQuietAfterParsing();
+  else checkCatchUp(); // a "missed" notice may move the offset past the catch-up's end
   if (msg.role === "writer" || msg.role === "viewer") serverRole(msg.role);
   else if (WRITER_NOTICES.has(kind)) serverRole("writer");
   else if (VIEWER_NOTICES.has(kind)) serverRole("viewer");
+  // The daemon ignores resizes from viewers, so the size sent while we were one never reached the PTY,
+  // which still has the previous writer's size: send ours now that we are the writer.
+  if (WRITER_NOTICES.has(kind)) sendSize();
   if (kind === "closing" || kind === "evicted") conn.closingText = text;
   if (REFRESH_NOTICES.has(kind)) refreshPortSoon();
 }
@@ -363,6 +464,10 @@ function onNotice(msg) {
 function onClosed(ev) {
   conn.ws = null;
   conn.mode = null;
+  clearTimeout(conn.stableTimer);
+  conn.stableTimer = null;
+  conn.connNote = "";
+  abandonQuiet();
   setRole(null);
   const known = CLOSE_REASONS[ev.code];
   let why;
@@ -370,27 +475,38 @@ function onClosed(ev) {
   else if (ev.reason) why = plainLine(ev.reason, 200);
   else why = `the connection closed (code ${ev.code})`;
   if (!conn.everOpened && ev.code === 1006) why = "could not connect to serialmuxd";
-  // The daemon's own words (who took over, why it was disabled) go into the terminal's record; the
-  // status line keeps the short form and the last notice.
+  // The daemon's own words (who took over, why it was disabled, which message it rejected) go into the
+  // terminal's record, and into the status line when the page does not reconnect by itself.  They come
+  // in its "closing" event, and (cut to 123 bytes) as the close frame's reason.
   // Failed attempts while the daemon is down only update the status line.
-  const detail = conn.closingText && conn.closingText.toLowerCase() !== why.toLowerCase()
-    ? ` (${conn.closingText})` : "";
+  const said = conn.closingText || (known ? plainLine(ev.reason || "", 200) : "");
+  const detail = said && said.toLowerCase() !== why.toLowerCase() ? ` (${said})` : "";
   if (conn.everOpened) termNote(`Disconnected: ${why}${detail}.`);
   if (known && !known.retry) {
     const next = ev.code === 4000 ? "Use Take over or Reconnect." : "Use Reconnect to try again.";
-    setText(ui.stConn, `Disconnected: ${why}. ${next}`);
+    // With the daemon's reason: after 4002 it names the message it rejected.
+    setText(ui.stConn, `Disconnected: ${why}${detail}. ${next}`);
     refreshPort();
+    return;
+  }
+  if (ev.code === 4003) {
+    // Fell behind: resuming at our offset would ask for output that is gone or make us fall behind
+    // again, so attach afresh (no from=): the daemon replays recent scrollback and goes on live.
+    conn.offset = null;
+    conn.connNote = " Attached afresh after falling behind the console output: output in between is "
+      + "missing, and the replay may repeat lines already shown.";
+    scheduleReconnect(why, " (fresh attach with a replay of recent output, not resuming)");
     return;
   }
   scheduleReconnect(why);
 }
 
 // Exponential backoff with jitter, so that many pages do not reconnect in lockstep after a restart.
-function scheduleReconnect(why) {
+function scheduleReconnect(why, how = "") {
   const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** conn.retries);
   const delay = Math.round(base * (0.75 + Math.random() * 0.5));
   conn.retries += 1;
-  setText(ui.stConn, `Disconnected: ${why}. Reconnecting in ${Math.ceil(delay / 1000)} s\u2026`);
+  setText(ui.stConn, `Disconnected: ${why}. Reconnecting in ${Math.ceil(delay / 1000)} s${how}\u2026`);
   conn.retryTimer = setTimeout(resumeConnection, delay);
 }
 
@@ -433,8 +549,8 @@ function setRole(role) {
   ui.write.title = writer
     ? "Stop typing into the console and only watch it"
     : "Type into the console (the current writer becomes a viewer or is disconnected)";
-  if (conn.role === "writer") setText(ui.stConn, "Connected: you are typing (writer).");
-  else if (conn.role === "viewer") setText(ui.stConn, "Connected read-only (viewer).");
+  if (conn.role === "writer") setText(ui.stConn, `Connected: you are typing (writer).${conn.connNote}`);
+  else if (conn.role === "viewer") setText(ui.stConn, `Connected read-only (viewer).${conn.connNote}`);
   document.body.dataset.role = conn.role || "none";
 }
 
@@ -518,6 +634,14 @@ ui.sysrq.addEventListener("click", () => {
 });
 ui.sysrqKey.addEventListener("input", () => {
   ui.sysrqKey.value = ui.sysrqKey.value.toLowerCase();
+});
+// Enter in the key field means "send": the form's implicit submission would use its first submit button,
+// which is Cancel (kept first so that Tab order matches what is seen).  requestSubmit with the Send button
+// checks the field (required, pattern) like a click on it; Escape still cancels the dialog.
+ui.sysrqKey.addEventListener("keydown", (ev) => {
+  if (ev.key !== "Enter" || ev.isComposing) return;
+  ev.preventDefault();
+  ui.sysrqForm.requestSubmit(ui.sysrqSend);
 });
 ui.sysrqDialog.addEventListener("close", () => {
   if (ui.sysrqDialog.returnValue !== "send") return;
