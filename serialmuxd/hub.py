@@ -313,12 +313,14 @@ class PortHub(DeviceListener):
         end = self.ring.end
         # A tuple copy: a sink may close its session while we iterate (slow_reader = "close").
         for session in tuple(self.sessions.values()):
+            if session.lagging or session.closed:  # closed: cut by a sink earlier in this loop
+                continue
             # Cursor first: the sink may call pause_output from inside send_output, and what it was
             # handed already counts as delivered.
-            if not session.lagging and session.cursor == end - len(data):
+            if session.cursor == end - len(data):
                 session.cursor = end
                 session.sink.send_output(data)
-            elif not session.lagging:  # behind for another reason (e.g. mid catch-up): use the ring
+            else:  # behind for another reason (e.g. mid catch-up): use the ring
                 self._catch_up(session)
 
     def device_online(self, description: str) -> None:
