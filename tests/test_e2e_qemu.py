@@ -85,9 +85,11 @@ async def _rig(vm: GuestVM, **start: Any) -> AsyncIterator[Rig]:
     await daemon.start()
     try:
         await eventually(lambda: daemon.hubs["vm1"].state is PortState.ONLINE, "COM1 connected", 20)
-        await vm.cont()
         async with aiohttp.ClientSession() as http:
-            yield Rig(vm, daemon, http)
+            rig = Rig(vm, daemon, http)
+            status, body = await rig.post("start")  # the API's start resumes the paused VM
+            assert status == 200 and body == {"ok": True, "action": "start"}, body
+            yield rig
     finally:
         await daemon.stop()
 

@@ -688,6 +688,7 @@ def build_app(daemon: Daemon) -> web.Application:
     r.add_post("/api/v1/ports/{name}/nmi", _vm_handler(Action.NMI))
     r.add_post("/api/v1/ports/{name}/reset", _vm_handler(Action.RESET))
     r.add_post("/api/v1/ports/{name}/restart", _vm_handler(Action.RESTART))
+    r.add_post("/api/v1/ports/{name}/start", _vm_handler(Action.START))
     r.add_get("/api/v1/ports/{name}/state", vm_state)
     r.add_post("/api/v1/ports/{name}/enable", post_enable)
     r.add_post("/api/v1/ports/{name}/disable", post_disable)

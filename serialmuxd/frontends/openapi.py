@@ -126,6 +126,12 @@ def openapi_document() -> dict[str, Any]:
                 errors=(404, 409, 415, 502, 503, 504),
             )
         },
+        "/api/v1/ports/{name}/start": {
+            "post": _op(
+                "Start the machine (qmp: resume a paused or powered-off QEMU; ipmi: power on; libvirt: boot)",
+                errors=(404, 409, 415, 502, 503, 504),
+            )
+        },
         "/api/v1/ports/{name}/state": {
             "get": _op(
                 "The machine's state from the hypervisor: running, paused, shutdown, stopped, crashed, "
