@@ -12,7 +12,11 @@ import signal
 import subprocess
 import termios
 import tty
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from serialmuxd.config import parse_config
+from serialmuxd.daemon import Daemon
+from serialmuxd.hub import PortState
 
 DEFAULT_TIMEOUT_S = 10.0
 
@@ -227,3 +231,22 @@ async def eventually(predicate: Callable[[], bool], what: str, timeout_s: float 
         if loop.time() > deadline:
             raise AssertionError(f"timeout waiting for {what}")
         await asyncio.sleep(0.005)
+
+
+@contextlib.asynccontextmanager
+async def running_daemon(
+    toml: str, online: Sequence[str] = (), cleanup: Callable[[], None] | None = None
+) -> AsyncIterator[Daemon]:
+    """A daemon started in this event loop from ``toml``; waits until the ``online`` ports are online;
+    always stopped afterwards (then ``cleanup`` runs, e.g. closing the guest PTY)."""
+    daemon = Daemon(parse_config(toml, "<test>"))
+    await daemon.start()
+    try:
+        for name in online:
+            hub = daemon.hubs[name]
+            await eventually(lambda hub=hub: hub.state is PortState.ONLINE, f"{name} online")  # type: ignore[misc]
+        yield daemon
+    finally:
+        await daemon.stop()
+        if cleanup is not None:
+            cleanup()

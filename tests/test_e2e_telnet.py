@@ -21,7 +21,7 @@ from serialmuxd.daemon import Daemon
 from serialmuxd.hub import PortState
 from serialmuxd.proto.telnet import TelnetCodec
 
-from .support import GuestPty, PtyChild, TcpClient, eventually
+from .support import GuestPty, PtyChild, TcpClient, eventually, running_daemon
 
 pytestmark = pytest.mark.asyncio
 
@@ -99,8 +99,9 @@ takeover = "evict"
 
 
 async def test_viewer_input_never_reaches_guest(guest: GuestPty) -> None:
-    daemon = await start_daemon(
-        f"""
+    async with running_daemon(
+        _config(
+            f"""
 [[ports]]
 name = "vm"
 device = "tty:{guest.path}"
@@ -108,9 +109,9 @@ telnet = "127.0.0.1:0"
 telnet_readonly = "127.0.0.1:0"
 raw = true
 """
-    )
-    try:
-        await wait_online(daemon, "vm")
+        ),
+        online=("vm",),
+    ) as daemon:
         writer = await TcpClient.connect("127.0.0.1", daemon.listener("vm", "raw").tcp_port)
         viewer = await TcpClient.connect("127.0.0.1", daemon.listener("vm", "raw-readonly").tcp_port)
         await writer.expect(b"you have write access")
@@ -126,22 +127,21 @@ raw = true
         await writer.expect(b"guest says hi")
         await writer.close()
         await viewer.close()
-    finally:
-        await daemon.stop()
 
 
 async def test_0xff_round_trips_through_telnet_both_ways(guest: GuestPty) -> None:
-    daemon = await start_daemon(
-        f"""
+    async with running_daemon(
+        _config(
+            f"""
 [[ports]]
 name = "vm"
 device = "tty:{guest.path}"
 telnet = "127.0.0.1:0"
 replay_bytes = 0
 """
-    )
-    try:
-        await wait_online(daemon, "vm")
+        ),
+        online=("vm",),
+    ) as daemon:
         client = await TcpClient.connect("127.0.0.1", daemon.listener("vm").tcp_port)
         await client.expect(b"you have write access\r\n")
         mark = len(client.buffer)
@@ -159,8 +159,6 @@ replay_bytes = 0
         await client.send(b"A\xff\xffB\rC")
         await guest.expect(b"A\xffB\rC")
         await client.close()
-    finally:
-        await daemon.stop()
 
 
 async def test_device_disappears_and_comes_back_clients_stay_attached(tmp_path: Path) -> None:
@@ -230,17 +228,18 @@ reconnect_max_s = 0.2
 
 
 async def test_escape_commands_over_raw_tcp(guest: GuestPty) -> None:
-    daemon = await start_daemon(
-        f"""
+    async with running_daemon(
+        _config(
+            f"""
 [[ports]]
 name = "vm"
 device = "tty:{guest.path}"
 telnet = "127.0.0.1:0"
 raw = true
 """
-    )
-    try:
-        await wait_online(daemon, "vm")
+        ),
+        online=("vm",),
+    ) as daemon:
         client = await TcpClient.connect("127.0.0.1", daemon.listener("vm", "raw").tcp_port)
         await client.expect(b"you have write access")
         await client.send(CTRL_E + b"c?")
@@ -264,13 +263,12 @@ raw = true
         await client.expect(b"detached")
         await client.wait_eof()
         await client.close()
-    finally:
-        await daemon.stop()
 
 
 async def test_replay_on_attach_is_marked_then_live(guest: GuestPty) -> None:
-    daemon = await start_daemon(
-        f"""
+    async with running_daemon(
+        _config(
+            f"""
 [[ports]]
 name = "vm"
 device = "tty:{guest.path}"
@@ -278,9 +276,9 @@ telnet_readonly = "127.0.0.1:0"
 raw = true
 replay_bytes = 64
 """
-    )
-    try:
-        await wait_online(daemon, "vm")
+        ),
+        online=("vm",),
+    ) as daemon:
         guest.write(b"".join(b"boot line %d\r\n" % i for i in range(20)))
         hub = daemon.hubs["vm"]
         await eventually(lambda: hub.ring.end >= 20 * 13, "boot lines in the ring")
@@ -292,13 +290,12 @@ replay_bytes = 64
         guest.write(b"live line\r\n")
         await client.expect(b"live line", start=end.end())
         await client.close()
-    finally:
-        await daemon.stop()
 
 
 async def test_slow_reader_is_resynced_with_exact_count_fast_reader_byte_exact(guest: GuestPty) -> None:
-    daemon = await start_daemon(
-        f"""
+    async with running_daemon(
+        _config(
+            f"""
 [[ports]]
 name = "vm"
 device = "tty:{guest.path}"
@@ -308,9 +305,9 @@ replay_bytes = 0
 scrollback_bytes = 262144
 client_buffer_bytes = 16384
 """
-    )
-    try:
-        await wait_online(daemon, "vm")
+        ),
+        online=("vm",),
+    ) as daemon:
         port = daemon.listener("vm", "raw-readonly").tcp_port
         fast = await TcpClient.connect("127.0.0.1", port)
         # The slow reader: a socket with a tiny receive buffer that we do not read from for a while.
@@ -363,8 +360,6 @@ client_buffer_bytes = 16384
         assert offset + len(tail) == total, "missed + received must equal what the guest wrote"
         assert hub.bytes_missed == sum(int(m.group(1)) for m in notices)
         await fast.close()
-    finally:
-        await daemon.stop()
 
 
 async def test_busy_listen_address_names_it() -> None:
@@ -388,8 +383,9 @@ async def test_busy_listen_address_names_it() -> None:
 
 
 async def test_client_that_never_reads_but_floods_commands_loses_only_its_session(guest: GuestPty) -> None:
-    daemon = await start_daemon(
-        f"""
+    async with running_daemon(
+        _config(
+            f"""
 [[ports]]
 name = "vm"
 device = "tty:{guest.path}"
@@ -398,9 +394,9 @@ telnet_readonly = "127.0.0.1:0"
 raw = true
 client_buffer_bytes = 4096
 """
-    )
-    try:
-        await wait_online(daemon, "vm")
+        ),
+        online=("vm",),
+    ) as daemon:
         hub = daemon.hubs["vm"]
         watcher = await TcpClient.connect("127.0.0.1", daemon.listener("vm", "raw-readonly").tcp_port)
         await watcher.expect(b"read-only")
@@ -422,13 +418,12 @@ client_buffer_bytes = 4096
         await guest.send(b"others unaffected\r\n")
         await watcher.expect(b"others unaffected")
         await watcher.close()
-    finally:
-        await daemon.stop()
 
 
 async def test_replay_larger_than_the_client_buffer_is_delivered_not_cut(guest: GuestPty) -> None:
-    daemon = await start_daemon(
-        f"""
+    async with running_daemon(
+        _config(
+            f"""
 [[ports]]
 name = "vm"
 device = "tty:{guest.path}"
@@ -438,9 +433,9 @@ scrollback_bytes = 4194304
 replay_bytes = 2097152
 client_buffer_bytes = 65536
 """
-    )
-    try:
-        await wait_online(daemon, "vm")
+        ),
+        online=("vm",),
+    ) as daemon:
         hub = daemon.hubs["vm"]
         history = b"".join(b"line %07d\r\n" % i for i in range(2 * 1024 * 1024 // 14))
         for i in range(0, len(history), 65536):
@@ -454,5 +449,3 @@ client_buffer_bytes = 65536
         assert len(replayed) > 2_000_000
         assert not client.eof
         await client.close()
-    finally:
-        await daemon.stop()

@@ -20,7 +20,7 @@ from serialmuxd.config import parse_config
 from serialmuxd.daemon import Daemon
 from serialmuxd.hub import PortState
 
-from .support import GuestPty, PtyChild, TcpClient, eventually
+from .support import GuestPty, PtyChild, TcpClient, eventually, running_daemon
 
 pytestmark = pytest.mark.asyncio
 
@@ -77,15 +77,13 @@ class Env:
 @pytest_asyncio.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
     guest = GuestPty()
-    daemon = Daemon(parse_config(_toml(guest, state_dir=tmp_path / "state"), "<test>"))
-    await daemon.start()
-    try:
-        await eventually(lambda: daemon.hubs["vm1"].state is PortState.ONLINE, "vm1 online")
-        async with aiohttp.ClientSession() as http:
-            yield Env(daemon, guest, http)
-    finally:
-        await daemon.stop()
-        guest.close()
+    async with (
+        running_daemon(
+            _toml(guest, state_dir=tmp_path / "state"), online=("vm1",), cleanup=guest.close
+        ) as daemon,
+        aiohttp.ClientSession() as http,
+    ):
+        yield Env(daemon, guest, http)
 
 
 class WsClient:
@@ -190,9 +188,7 @@ async def test_scrollback_offsets_text_form_and_range_errors(env: Env) -> None:
 
 async def test_scrollback_416_names_oldest_offset(tmp_path: Path) -> None:
     guest = GuestPty()
-    daemon = Daemon(parse_config(_toml(guest, "scrollback_bytes = 4096"), "<test>"))
-    await daemon.start()
-    try:
+    async with running_daemon(_toml(guest, "scrollback_bytes = 4096"), cleanup=guest.close) as daemon:
         hub = daemon.hubs["vm1"]
         await eventually(lambda: hub.state is PortState.ONLINE, "online")
         await guest.send(b"x" * 10000)
@@ -203,9 +199,6 @@ async def test_scrollback_416_names_oldest_offset(tmp_path: Path) -> None:
             body = await resp.json()
             assert body["code"] == "offset_unavailable" and body["start"] == 10000 - 4096
             assert str(10000 - 4096) in body["message"]
-    finally:
-        await daemon.stop()
-        guest.close()
 
 
 async def test_ws_attach_type_and_viewer_refused(env: Env) -> None:
@@ -270,9 +263,7 @@ async def test_ws_reconnect_with_from_loses_nothing(env: Env) -> None:
 
 async def test_ws_resume_from_overwritten_offset_reports_missed(tmp_path: Path) -> None:
     guest = GuestPty()
-    daemon = Daemon(parse_config(_toml(guest, "scrollback_bytes = 4096"), "<test>"))
-    await daemon.start()
-    try:
+    async with running_daemon(_toml(guest, "scrollback_bytes = 4096"), cleanup=guest.close) as daemon:
         hub = daemon.hubs["vm1"]
         await eventually(lambda: hub.state is PortState.ONLINE, "online")
         await guest.send(bytes(range(256)) * 40)  # 10240 bytes
@@ -285,9 +276,6 @@ async def test_ws_resume_from_overwritten_offset_reports_missed(tmp_path: Path) 
             await client.wait_for(lambda: len(client.data) == 4096, "rest of ring")
             assert bytes(client.data) == (bytes(range(256)) * 40)[-4096:]
             await client.ws.close()
-    finally:
-        await daemon.stop()
-        guest.close()
 
 
 async def test_ws_bad_input_closes_only_that_session(env: Env) -> None:
@@ -362,26 +350,19 @@ async def test_post_keys_profile_content_type_and_size_limits(env: Env, tmp_path
 
 async def test_vt100_plus_profile_sends_windows_f8(tmp_path: Path) -> None:
     guest = GuestPty()
-    daemon = Daemon(parse_config(_toml(guest, 'key_profile = "vt100+"'), "<test>"))
-    await daemon.start()
-    try:
-        await eventually(lambda: daemon.hubs["vm1"].state is PortState.ONLINE, "online")
+    async with running_daemon(
+        _toml(guest, 'key_profile = "vt100+"'), online=("vm1",), cleanup=guest.close
+    ) as daemon:
         url = base_url(daemon) + "/api/v1/ports/vm1/keys"
         async with aiohttp.ClientSession() as http, http.post(url, json={"keys": ["F8"]}) as resp:
             assert resp.status == 200
         await guest.expect(b"\x1b8")
-    finally:
-        await daemon.stop()
-        guest.close()
 
 
 async def test_disable_closes_sessions_persists_and_enable_restores(tmp_path: Path) -> None:
     guest = GuestPty()
     state_dir = tmp_path / "state"
-    daemon = Daemon(parse_config(_toml(guest, state_dir=state_dir), "<test>"))
-    await daemon.start()
-    try:
-        await eventually(lambda: daemon.hubs["vm1"].state is PortState.ONLINE, "online")
+    async with running_daemon(_toml(guest, state_dir=state_dir), online=("vm1",)) as daemon:
         base = base_url(daemon)
         async with aiohttp.ClientSession() as http:
             ws = WsClient(await http.ws_connect(base + "/api/v1/ports/vm1/ws?mode=ro"))
@@ -396,12 +377,8 @@ async def test_disable_closes_sessions_persists_and_enable_restores(tmp_path: Pa
             await tcp.close()
             async with http.get(base + "/api/v1/ports/vm1/ws") as resp:
                 assert resp.status == 503 and (await resp.json())["code"] == "console_disabled"
-    finally:
-        await daemon.stop()
     # The switch survives a restart.
-    daemon = Daemon(parse_config(_toml(guest, state_dir=state_dir), "<test>"))
-    await daemon.start()
-    try:
+    async with running_daemon(_toml(guest, state_dir=state_dir), cleanup=guest.close) as daemon:
         hub = daemon.hubs["vm1"]
         assert hub.state is PortState.DISABLED and "maintenance" in hub.state_reason
         base = base_url(daemon)
@@ -421,29 +398,16 @@ async def test_disable_closes_sessions_persists_and_enable_restores(tmp_path: Pa
             async with http.post(base + "/api/v1/console", json={"enabled": True}) as resp:
                 assert resp.status == 200
             await eventually(lambda: hub.state is PortState.ONLINE, "globally re-enabled")
-    finally:
-        await daemon.stop()
-        guest.close()
 
 
 async def test_offsets_continue_across_restarts(tmp_path: Path) -> None:
     guest = GuestPty()
     state_dir = tmp_path / "state"
-    daemon = Daemon(parse_config(_toml(guest, state_dir=state_dir), "<test>"))
-    await daemon.start()
-    try:
-        await eventually(lambda: daemon.hubs["vm1"].state is PortState.ONLINE, "online")
+    async with running_daemon(_toml(guest, state_dir=state_dir), online=("vm1",)) as daemon:
         await guest.send(b"first run")
         await eventually(lambda: daemon.hubs["vm1"].ring.end == 9, "bytes")
-    finally:
-        await daemon.stop()
-    daemon = Daemon(parse_config(_toml(guest, state_dir=state_dir), "<test>"))
-    await daemon.start()
-    try:
+    async with running_daemon(_toml(guest, state_dir=state_dir), cleanup=guest.close) as daemon:
         assert daemon.hubs["vm1"].ring.end == 9  # continues exactly after a clean stop
-    finally:
-        await daemon.stop()
-        guest.close()
 
 
 async def test_openapi_lists_exactly_the_served_routes(env: Env) -> None:
@@ -511,9 +475,7 @@ async def test_ws_heartbeat_keeps_live_clients_and_drops_dead_ones(tmp_path: Pat
     text = _toml(guest).replace(
         "ws_max_message_bytes = 4096", "ws_max_message_bytes = 4096\nws_heartbeat_s = 0.2"
     )
-    daemon = Daemon(parse_config(text, "<test>"))
-    await daemon.start()
-    try:
+    async with running_daemon(text, cleanup=guest.close) as daemon:
         hub = daemon.hubs["vm1"]
         await eventually(lambda: hub.state is PortState.ONLINE, "online")
         url = base_url(daemon) + "/api/v1/ports/vm1/ws?mode=ro"
@@ -527,9 +489,6 @@ async def test_ws_heartbeat_keeps_live_clients_and_drops_dead_ones(tmp_path: Pat
             await guest.send(b"still streaming")
             await alive.wait_for(lambda: b"still streaming" in alive.data, "live client keeps its stream")
             await alive.ws.close()
-    finally:
-        await daemon.stop()
-        guest.close()
 
 
 @pytest.mark.skipif(shutil.which("telnet") is None, reason="Debian telnet client not installed (./dev setup)")
@@ -573,10 +532,7 @@ async def test_allowed_hosts_admit_a_proxy_origin_and_malformed_hosts_get_400(tm
     text = _toml(guest).replace(
         "max_body_bytes = 2048", 'max_body_bytes = 2048\nallowed_hosts = ["console.example"]'
     )
-    daemon = Daemon(parse_config(text, "<test>"))
-    await daemon.start()
-    try:
-        await eventually(lambda: daemon.hubs["vm1"].state is PortState.ONLINE, "online")
+    async with running_daemon(text, online=("vm1",), cleanup=guest.close) as daemon:
         url = base_url(daemon) + "/api/v1/ports/vm1/keys"
         async with aiohttp.ClientSession() as http:
             # A TLS-terminating proxy: the page is https://console.example, the request reaching us is http.
@@ -589,9 +545,6 @@ async def test_allowed_hosts_admit_a_proxy_origin_and_malformed_hosts_get_400(tm
                 assert resp.status == 403
             async with http.post(url, json={"keys": ["F1"]}, headers={"Host": "localhost:abc"}) as resp:
                 assert resp.status == 400 and (await resp.json())["code"] == "bad_request"
-    finally:
-        await daemon.stop()
-        guest.close()
 
 
 async def test_ws_client_that_stops_reading_is_closed_not_crashed(env: Env) -> None:
