@@ -30,23 +30,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .adapters import HypervisorConfig, parse_hypervisor
+from .core.policy import SlowReaderPolicy, TakeoverPolicy
 from .errors import ConfigError
 from .proto.escape import parse_escape_key
-
-
-class TakeoverPolicy(enum.StrEnum):
-    """What happens to the current writer when another session asks for the write lease."""
-
-    EVICT = "evict"  # old writer is detached (default; what Azure does)
-    DEMOTE = "demote"  # old writer stays attached read-only (conserver's spy)
-    REFUSE = "refuse"  # newcomer is told who writes and attached read-only (virsh without --force)
-
-
-class SlowReaderPolicy(enum.StrEnum):
-    """What happens to a session whose client cannot keep up with the guest."""
-
-    RESYNC = "resync"  # skip ahead from the ring and tell the client how many bytes it missed
-    CLOSE = "close"  # close the session, naming the offset it reached so it can resume
 
 
 class DeviceKind(enum.StrEnum):

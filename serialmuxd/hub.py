@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .adapters import Action, AdapterError, AdapterErrorKind, HypervisorAdapter, StateReport, VmState
-from .config import PortConfig, SlowReaderPolicy
+from .config import PortConfig
+from .core.policy import SlowReaderPolicy
 from .core.access import AccessPolicy, AllowAll, Identity, Verb
 from .core.lease import LeaseInput, Outcome, WriterLease
 from .core.pacing import TokenBucket

@@ -19,7 +19,7 @@ try:
 except ImportError:  # the fast extra is optional
     uvloop = None
 
-_BOTH_LOOPS_MODULES = {"test_e2e_telnet", "test_http", "test_devices"}
+_BOTH_LOOPS_MODULES = {"test_telnet", "test_http", "test_devices"}
 
 
 def pytest_asyncio_loop_factories(

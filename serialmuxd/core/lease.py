@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from ..config import TakeoverPolicy
+from .policy import TakeoverPolicy
 
 
 class LeaseState(enum.Enum):

@@ -8,7 +8,7 @@
 * ``SerialConsole``: COM1 over the unix socket with ``expect``; ``StateWatcher``: waits for an adapter's
   state-change reports.  Both wait for bytes or events with deadlines, never with sleeps.
 
-Import the fixtures into a test module with ``from .guest_support import guest_image, guest_vm``.
+The fixtures are made available to every e2e test module by ``tests/e2e/conftest.py``.
 """
 
 from __future__ import annotations

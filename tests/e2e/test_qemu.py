@@ -26,10 +26,8 @@ from serialmuxd.guest import (
 )
 from serialmuxd.hub import PortState
 
-from .guest_support import BOOT_TIMEOUT_S, guest_image, guest_vm
+from .guest_support import BOOT_TIMEOUT_S
 from .support import TcpClient, eventually
-
-__all__ = ["guest_image", "guest_vm"]  # fixtures, imported for pytest
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 SHELL_PROMPT = re.compile(rb"@sertest:~[#$] ")

@@ -24,7 +24,7 @@ from serialmuxd.config import (
 )
 from serialmuxd.errors import ConfigError
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
 SOURCE = "t.toml"
 PORT = '[[ports]]\nname = "vm1"\ndevice = "unix:/run/vm1.sock"\n'
 

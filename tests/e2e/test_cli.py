@@ -21,7 +21,7 @@ from serialmuxd import __version__
 
 from .support import TcpClient
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SERIALMUXD = [sys.executable, "-m", "serialmuxd"]
 
 

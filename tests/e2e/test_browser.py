@@ -28,10 +28,6 @@ from serialmuxd.daemon import Daemon
 from serialmuxd.guest import GuestVM
 from serialmuxd.web import missing_vendor_files
 
-from .guest_support import guest_image, guest_vm
-
-__all__ = ["guest_image", "guest_vm"]  # fixtures, imported for pytest
-
 CHROMIUM = "/usr/bin/chromium"
 # Debian's Chromium without a sandbox (containers), GPU, or background traffic to Google.
 CHROMIUM_ARGS = [
@@ -43,7 +39,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 PORT = "vm1"
 XSS = "<img src=x onerror=alert(1)>"
 TIMEOUT_MS = 10_000

@@ -40,9 +40,7 @@ from serialmuxd.adapters import (
 )
 from serialmuxd.guest import KERNEL_START, LOGIN_PROMPT, POWER_BUTTON, POWER_DOWN, GuestVM
 
-from .guest_support import BOOT_TIMEOUT_S, SerialConsole, guest_image, guest_vm
-
-__all__ = ["guest_image", "guest_vm"]  # fixtures used by name below
+from .guest_support import BOOT_TIMEOUT_S, SerialConsole
 
 RECORD_ARGV = "import json, sys; json.dump(sys.argv[1:], open(sys.argv[1], 'w'))"
 

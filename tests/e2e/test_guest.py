@@ -37,11 +37,9 @@ from serialmuxd.guest import (
     GuestVM,
 )
 
-from .guest_support import BOOT_TIMEOUT_S, SerialConsole, StateWatcher, guest_image, guest_vm
+from .guest_support import BOOT_TIMEOUT_S, SerialConsole, StateWatcher
 
 pytestmark = pytest.mark.asyncio
-
-__all__ = ["guest_image", "guest_vm"]  # fixtures used by name below
 
 
 @pytest_asyncio.fixture

@@ -11,8 +11,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from serialmuxd.config import DeviceKind, DeviceSpec, PortConfig, SlowReaderPolicy, TakeoverPolicy
+from serialmuxd.config import DeviceKind, DeviceSpec, PortConfig
 from serialmuxd.core.access import Identity
+from serialmuxd.core.policy import SlowReaderPolicy, TakeoverPolicy
 from serialmuxd.devices.base import DeviceLink, LinkState
 from serialmuxd.hub import (
     AttachMode,
