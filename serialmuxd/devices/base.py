@@ -3,8 +3,9 @@
 A link owns one device (tty, unix socket, tcp socket or a program on a PTY).  It reads in large chunks with
 callback-style I/O (``loop.add_reader`` on fds, ``asyncio.Protocol`` on sockets: streams cost ~95 µs per
 keystroke round trip, see STACK.md) and hands every byte to its ``DeviceListener`` synchronously.  When the
-device goes away the link reports ``device_offline`` and reconnects with exponential backoff until closed;
-listeners (the port hub) keep their clients attached meanwhile.
+device goes away the link reports ``device_offline`` and reconnects with exponential backoff until closed
+(the delays are pure policy in ``core.backoff``); listeners (the port hub) keep their clients attached
+meanwhile.
 
 Input for the device goes through ``write``: it is written immediately when the device accepts it, the rest
 is buffered; above ``write_buffer_limit`` the link calls ``device_write_paused`` (the hub then pauses
@@ -29,11 +30,30 @@ Listener contract, all on the event loop:
   link is closed first.  ``close()`` itself reports nothing: whoever closes the link knows.
 * A failed attempt reports ``device_offline(reason)`` only when the reason differs from the last one
   reported, so a device that stays away for an hour costs its clients one message, not one per retry.
-* ``device_data_received`` is called straight from the read callback (no task, no queue).
+* ``device_data_received`` is called straight from the read callback (no task, no queue), through the
+  same guard as every other listener call (below).
 * ``device_write_paused`` is called from inside ``write`` when the buffer crosses the limit (like asyncio's
   ``pause_writing``); ``device_write_resumed`` when it has drained, and also when the connection is lost with
   the writer paused, so the writer is never left stuck.  Input still buffered when the connection is lost is
   discarded and counted in the offline reason.
+
+A listener that raises
+----------------------
+Every listener call goes through one guard, ``ReconnectingLink._notify``: the device's data, online,
+offline, write paused and write resumed alike, on every backend.  An ``Exception`` raised by the listener
+is a bug on our side of the link, not a fault of the device, so it has one outcome everywhere:
+
+* it is logged (``device listener failed``, with the port, the callback and the traceback), rate-limited
+  per link: the first at once, later ones only every ``LISTENER_ERROR_LOG_INTERVAL_S``, each saying how many
+  were not logged in between;
+* it is counted in the link's ``listener_errors``;
+* nothing else happens: the device stays online, the link keeps reading and delivers the next chunk as
+  usual, and the state is not changed.  The chunk that was being delivered is not delivered again.
+
+A bug in one client's fan-out must not take the console away from everyone, and the outcome must not
+depend on the transport: before the guard covered data, asyncio closed a socket whose protocol raised in
+``data_received`` (the console went offline and reconnected) while an fd's reader callback only logged.
+``BaseException`` (``KeyboardInterrupt``, ``SystemExit``) is not caught.
 """
 
 from __future__ import annotations
@@ -43,8 +63,16 @@ import asyncio
 import contextlib
 import enum
 import os
+import random
+import traceback
 from collections.abc import Callable
 from typing import Protocol, TypedDict
+
+import structlog
+
+from ..core.backoff import Backoff, BackoffPolicy
+
+log = structlog.get_logger("serialmuxd.devices")
 
 
 class LinkState(enum.StrEnum):
@@ -114,29 +142,13 @@ STABLE_CONNECTION_S = 5.0
 loss is a new incident and deserves a quick retry rather than the current (possibly maximal) delay."""
 
 
-class Backoff:
-    """Reconnect delays: ``initial_s``, doubling on each use, capped at ``max_s``; ``reset()`` starts over.
+RECONNECT_JITTER = 0.2
+"""Each reconnect delay is shortened by up to this fraction (see ``core.backoff``): links that failed
+together, say every port of one terminal server, do not retry in lockstep."""
 
-    No jitter: every link has its own device, so there is no shared server for a thundering herd to hit.
-    """
-
-    def __init__(self, initial_s: float, max_s: float) -> None:
-        if not initial_s > 0:
-            raise ValueError(f"reconnect_initial_s must be > 0, got {initial_s!r}")
-        if not max_s >= initial_s:
-            raise ValueError(f"reconnect_max_s ({max_s!r}) must be >= reconnect_initial_s ({initial_s!r})")
-        self.initial_s = initial_s
-        self.max_s = max_s
-        self._next_s = initial_s
-
-    def next_delay(self) -> float:
-        """The delay to wait now; the following one will be twice as long (up to ``max_s``)."""
-        delay = self._next_s
-        self._next_s = min(delay * 2, self.max_s)
-        return delay
-
-    def reset(self) -> None:
-        self._next_s = self.initial_s
+LISTENER_ERROR_LOG_INTERVAL_S = 60.0
+"""At most one ``device listener failed`` log line per link per interval: a listener that raises on every
+chunk of a busy console must not turn the log into a copy of the console."""
 
 
 def os_error_text(exc: BaseException) -> str:
@@ -222,6 +234,7 @@ class LinkOptions(TypedDict, total=False):
     write_buffer_limit: int
     reconnect_initial_s: float
     reconnect_max_s: float
+    reconnect_jitter: float
     stable_after_s: float
 
 
@@ -240,6 +253,7 @@ class ReconnectingLink(DeviceLink):
         write_buffer_limit: int = 65536,
         reconnect_initial_s: float = 0.1,
         reconnect_max_s: float = 5.0,
+        reconnect_jitter: float = RECONNECT_JITTER,
         stable_after_s: float = STABLE_CONNECTION_S,
     ) -> None:
         if write_buffer_limit < 0:
@@ -247,7 +261,10 @@ class ReconnectingLink(DeviceLink):
         self.name = name
         self._listener = listener
         self._write_buffer_limit = write_buffer_limit
-        self._backoff = Backoff(reconnect_initial_s, reconnect_max_s)  # validates early, in the caller
+        # Validates early, in the caller.  random.random: jitter needs spread, not unpredictability.
+        self._backoff = Backoff(
+            BackoffPolicy(reconnect_initial_s, reconnect_max_s, reconnect_jitter), random.random
+        )
         self._stable_after_s = stable_after_s
         self._state = LinkState.CONNECTING
         self._task: asyncio.Task[None] | None = None
@@ -256,6 +273,10 @@ class ReconnectingLink(DeviceLink):
         self._write_paused = False
         self._last_reason: str | None = None  # last offline reason reported (without the discard note)
         self._closed: asyncio.Event | None = None
+        self.listener_errors = 0
+        """Exceptions the listener raised from any callback (see "A listener that raises")."""
+        self._listener_error_logged_at: float | None = None
+        self._listener_errors_unlogged = 0
 
     # ---- DeviceLink ----------------------------------------------------------------------------------
 
@@ -329,6 +350,10 @@ class ReconnectingLink(DeviceLink):
         """A human reason for a failed ``_connect_once``: ``"<device>: <what went wrong>"``."""
         return f"{self.description}: {os_error_text(exc)}"
 
+    def _data_received(self, data: bytes) -> None:
+        """What every channel calls with the device's bytes: to the listener, through the guard."""
+        self._notify(self._listener.device_data_received, data)
+
     @property
     def _current_channel(self) -> Channel | None:
         """The channel while ONLINE (backends use it for break and window size)."""
@@ -389,16 +414,35 @@ class ReconnectingLink(DeviceLink):
                     self._lost = None
                 if loop.time() - connected_at >= self._stable_after_s:
                     self._backoff.reset()
-            await asyncio.sleep(self._backoff.next_delay())
+            await asyncio.sleep(self._backoff.next_delay_s())
 
-    def _notify(self, callback: Callable[..., None], *args: str) -> None:
-        """Call a listener method; a listener bug is logged by the loop, it must not kill the loop."""
+    def _notify(self, callback: Callable[..., None], *args: str | bytes) -> None:
+        """Call a listener method.  The one guard for every listener call; see "A listener that raises"."""
         try:
             callback(*args)
         except Exception as exc:
-            asyncio.get_running_loop().call_exception_handler(
-                {"message": f"device listener {callback.__name__} failed on {self.name}", "exception": exc}
-            )
+            self._listener_failed(callback.__name__, exc)
+
+    def _listener_failed(self, callback_name: str, exc: Exception) -> None:
+        self.listener_errors += 1
+        now = asyncio.get_running_loop().time()
+        logged_at = self._listener_error_logged_at
+        if logged_at is not None and now - logged_at < LISTENER_ERROR_LOG_INTERVAL_S:
+            self._listener_errors_unlogged += 1
+            return
+        self._listener_error_logged_at = now
+        unlogged, self._listener_errors_unlogged = self._listener_errors_unlogged, 0
+        # The traceback as a field of its own: both renderers (console and JSON) then show it whole.
+        log.error(
+            "device listener failed",
+            port=self.name,
+            device=self.description,
+            callback=callback_name,
+            error=repr(exc),
+            traceback="".join(traceback.format_exception(exc)),
+            listener_errors=self.listener_errors,
+            unlogged_since_last=unlogged,
+        )
 
 
 def close_fd_quietly(fd: int) -> None:

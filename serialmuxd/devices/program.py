@@ -356,7 +356,7 @@ class ExecLink(ReconnectingLink):
             pid,
             pidfd,
             self.description,
-            self._listener.device_data_received,
+            self._data_received,
             terminate_timeout_s=self.terminate_timeout_s,
         )
         return channel, f"{self.description} (pid {pid}, {self._cols}x{self._rows})"

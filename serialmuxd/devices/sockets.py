@@ -154,9 +154,7 @@ class _SocketLink(ReconnectingLink):
         super().__init__(name, listener, **options)
 
     def _new_channel(self, where: str) -> SocketChannel:
-        return SocketChannel(
-            where, self._listener.device_data_received, chunk_size=self._write_buffer_limit // 4
-        )
+        return SocketChannel(where, self._data_received, chunk_size=self._write_buffer_limit // 4)
 
 
 class UnixLink(_SocketLink):

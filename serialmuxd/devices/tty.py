@@ -165,7 +165,7 @@ class TtyLink(ReconnectingLink):
                     opening.add_done_callback(_close_result)
                     raise
             raise
-        channel = TtyChannel(loop, fd, self.path, self._listener.device_data_received, is_pty=is_pty)
+        channel = TtyChannel(loop, fd, self.path, self._data_received, is_pty=is_pty)
         shown = self.path if real == self.path else f"{self.path} → {real}"
         return channel, f"{shown} ({framing(self.serial)}{', pty' if is_pty else ''})"
 

@@ -15,16 +15,17 @@ import socket
 import sys
 import threading
 import tty
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import cast
 
 import pytest
+from structlog.testing import capture_logs
 
 from serialmuxd.config import DeviceKind, DeviceSpec
-from serialmuxd.devices import DeviceLink, LinkState, open_link
-from serialmuxd.devices.base import Backoff, Channel, ReconnectingLink, os_error_text
+from serialmuxd.devices import DeviceLink, LinkState, base, open_link
+from serialmuxd.devices.base import Channel, ReconnectingLink, os_error_text
 from serialmuxd.devices.program import ExecLink
 from serialmuxd.devices.sockets import UnixLink
 from serialmuxd.devices.tty import TtyChannel, TtyLink
@@ -287,17 +288,6 @@ class PeerConnection(asyncio.Protocol):
 
 
 # ---- pure parts ------------------------------------------------------------------------------------------
-
-
-def test_backoff_doubles_caps_and_resets() -> None:
-    backoff = Backoff(0.1, 1.0)
-    assert [backoff.next_delay() for _ in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
-    backoff.reset()
-    assert backoff.next_delay() == 0.1
-    with pytest.raises(ValueError):
-        Backoff(0, 1)
-    with pytest.raises(ValueError):
-        Backoff(2, 1)
 
 
 def test_os_error_text() -> None:
@@ -585,10 +575,17 @@ async def test_unix_backoff_is_bounded(tmp_path: Path, monkeypatch: pytest.Monke
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(tmp_path / "s"))
     recorder = Recorder()
-    link = open_link(
-        "vm1", unix_spec(tmp_path / "s"), recorder, reconnect_initial_s=0.02, reconnect_max_s=0.08
+    # Without jitter the delays are exactly core.backoff's doubling sequence (its own tests cover jitter).
+    link = UnixLink(
+        "vm1",
+        str(tmp_path / "s"),
+        recorder,
+        reconnect_initial_s=0.02,
+        reconnect_max_s=0.08,
+        reconnect_jitter=0.0,
     )
     attempts = Attempts(link, monkeypatch)
+    link.start()
     try:
         async with closing(link):
             await attempts.wait(7)
@@ -973,11 +970,12 @@ async def test_exec_child_reaped_by_someone_else() -> None:
         await recorder.wait_for("online", 2)
 
 
+def listener_failures(logs: Sequence[Mapping[str, object]]) -> list[Mapping[str, object]]:
+    return [entry for entry in logs if entry["event"] == "device listener failed"]
+
+
 @pytest.mark.asyncio
 async def test_a_failing_listener_does_not_kill_the_link(tmp_path: Path) -> None:
-    errors: list[dict[str, object]] = []
-    asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context))
-
     class Grumpy(Recorder):
         def device_online(self, description: str) -> None:
             super().device_online(description)
@@ -986,13 +984,103 @@ async def test_a_failing_listener_does_not_kill_the_link(tmp_path: Path) -> None
     device = PtyDevice(tmp_path / "tty")
     recorder = Grumpy()
     try:
-        async with closing(open_link("vm1", tty_spec(device.path), recorder)) as link:
-            await recorder.wait_for("online")
-            assert link.write(b"still works")
-            assert await fd_read_exactly(device.master, 11) == b"still works"
+        with capture_logs() as logs:
+            async with closing(open_link("vm1", tty_spec(device.path), recorder)) as link:
+                await recorder.wait_for("online")
+                assert link.write(b"still works")
+                assert await fd_read_exactly(device.master, 11) == b"still works"
+                assert isinstance(link, ReconnectingLink)
+                assert link.listener_errors == 1
     finally:
         device.close()
-    assert [str(e["exception"]) for e in errors] == ["listener bug"]
+    (failure,) = listener_failures(logs)
+    assert failure["callback"] == "device_online" and failure["port"] == "vm1"
+    assert failure["log_level"] == "error"
+    assert "RuntimeError: listener bug" in str(failure["traceback"])
+
+
+class FailingOnData(Recorder):
+    """Records every chunk, then raises when it holds ``boom``: a bug in the hub's fan-out."""
+
+    def device_data_received(self, data: bytes) -> None:
+        super().device_data_received(data)
+        if b"boom" in data:
+            raise RuntimeError("fan-out bug")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["tty", "unix", "tcp"])
+async def test_a_listener_raising_on_data_is_logged_counted_and_the_console_stays(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same outcome on an fd device and on a socket device: the device stays online and keeps reading, the
+    failures are counted, the log gets one line per interval saying how many it did not show."""
+    loop = asyncio.get_running_loop()
+    recorder = FailingOnData()
+    peer = Peer(echo=False)
+    device: PtyDevice | None = None
+    server: asyncio.Server | None = None
+    if kind == "tty":
+        device = PtyDevice(tmp_path / "tty")
+        spec = tty_spec(device.path)
+    elif kind == "unix":
+        server = await loop.create_unix_server(peer, str(tmp_path / "s"))
+        spec = unix_spec(tmp_path / "s")
+    else:
+        server = await loop.create_server(peer, "127.0.0.1", 0)
+        spec = tcp_spec(server.sockets[0].getsockname()[1])
+
+    async def guest_writes(data: bytes) -> None:
+        if device is not None:
+            await fd_write_all(device.master, data)
+        else:
+            assert peer.current.transport is not None
+            peer.current.transport.write(data)
+
+    async def guest_reads(size: int) -> bytes:
+        if device is not None:
+            return await fd_read_exactly(device.master, size)
+        await peer.wait_until(lambda: len(peer.current.received) >= size)
+        return bytes(peer.current.received)
+
+    monkeypatch.setattr(base, "LISTENER_ERROR_LOG_INTERVAL_S", 3600.0)
+    try:
+        with capture_logs() as logs:
+            async with closing(open_link("vm1", spec, recorder)) as link:
+                assert isinstance(link, ReconnectingLink)
+                await recorder.wait_for("online")
+                if server is not None:
+                    await peer.wait_until(lambda: bool(peer.connections))
+                for chunk in (b"boom 1\r\n", b"boom 2\r\n"):  # one at a time: two reads, two failures
+                    await guest_writes(chunk)
+                    await recorder.wait_data(chunk)
+                assert link.listener_errors == 2
+                assert len(listener_failures(logs)) == 1, "the second one is only counted"
+
+                monkeypatch.setattr(base, "LISTENER_ERROR_LOG_INTERVAL_S", 0.0)  # "the interval has passed"
+                await guest_writes(b"boom 3\r\n")
+                await recorder.wait_data(b"boom 3")
+                await guest_writes(b"later data\r\n")
+                await recorder.wait_data(b"later data\r\n")
+                assert link.write(b"typed")
+                assert await guest_reads(5) == b"typed"
+
+                assert link.state is LinkState.ONLINE
+                assert recorder.kinds() == ["online"], "never offline, never reconnected"
+                assert len(peer.connections) == (0 if device is not None else 1)
+                assert link.listener_errors == 3
+    finally:
+        if device is not None:
+            device.close()
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+    first, second = listener_failures(logs)
+    assert first["callback"] == second["callback"] == "device_data_received"
+    assert (first["unlogged_since_last"], second["unlogged_since_last"]) == (0, 1)
+    assert second["listener_errors"] == 3
+    assert "RuntimeError: fan-out bug" in str(first["traceback"])
+    assert recorder.data == b"boom 1\r\nboom 2\r\nboom 3\r\nlater data\r\n", "nothing lost, nothing repeated"
 
 
 @pytest.mark.asyncio
