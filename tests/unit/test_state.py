@@ -369,6 +369,7 @@ def test_bad_values_are_dropped_one_by_one(tmp_path: Path) -> None:
         json.dumps(
             {
                 "version": 1,
+                "clean_stop": True,
                 "console": {"enabled": False, "reason": "kept"},
                 "ports": {
                     "good": {"enabled": False, "reason": "kept"},
@@ -476,6 +477,7 @@ def test_unknown_fields_are_ignored(tmp_path: Path) -> None:
         json.dumps(
             {
                 "version": 1,
+                "clean_stop": True,
                 "written_by": "serialmuxd 9.9",
                 "console": {"enabled": False, "reason": "r", "until": "tomorrow"},
                 "ports": {"vm1": {"enabled": False, "reason": "p", "owner": "ops"}},
