@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import sys
+import termios
 import threading
 import tty
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -25,10 +26,11 @@ from structlog.testing import capture_logs
 
 from serialmuxd.config import DeviceKind, DeviceSpec
 from serialmuxd.devices import DeviceLink, LinkState, base, open_link
+from serialmuxd.devices import tty as tty_backend
 from serialmuxd.devices.base import Channel, ReconnectingLink, os_error_text
 from serialmuxd.devices.program import ExecLink
 from serialmuxd.devices.sockets import UnixLink
-from serialmuxd.devices.tty import TtyChannel, TtyLink
+from serialmuxd.devices.tty import OpenedTty, TtyChannel, TtyLink
 
 TIMEOUT_S = 10.0
 ALL_BYTES = bytes(range(256))
@@ -432,6 +434,148 @@ async def test_tty_send_break(pty_device: PtyDevice) -> None:
         assert not channel.break_active
         assert link.send_break(10)  # still active when the link closes: close() ends it
     assert not channel.break_active
+
+
+@pytest.mark.asyncio
+async def test_tty_keeps_what_the_guest_wrote_before_the_link_opened(pty_device: PtyDevice) -> None:
+    """A guest that booted before the daemon started: its lines wait in the PTY and are not flushed."""
+    boot = b"[    0.000000] Linux version 6.1.0\r\n[    0.000001] Command line: console=ttyS0\r\n"
+    await fd_write_all(pty_device.master, boot)
+    recorder = Recorder()
+    async with closing(open_link("vm1", tty_spec(pty_device.path), recorder)):
+        await recorder.wait_for("online")
+        await fd_write_all(pty_device.master, b"login: ")
+        await recorder.wait_data(b"login: ")
+    assert recorder.data == boot + b"login: "
+
+
+@pytest.mark.asyncio
+async def test_tty_uart_open_drops_stale_input(
+    pty_device: PtyDevice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real-UART path, on a PTY that the link is told is not one: queued bytes are flushed after the
+    termios set-up (they arrived during the open, or sat in an adapter's FIFO), later ones arrive."""
+    monkeypatch.setattr(tty_backend, "is_pty_slave", lambda fd: False)
+    await fd_write_all(pty_device.master, b"stale garbage")
+    recorder = Recorder()
+    async with closing(open_link("vm1", tty_spec(pty_device.path), recorder)):
+        description = await recorder.wait_for("online")
+        assert not description.endswith(", pty)")
+        await fd_write_all(pty_device.master, b"fresh")
+        await recorder.wait_data(b"fresh")
+    assert recorder.data == b"fresh"
+
+
+def claim_pty_number(name: str, *, raw: bool = True) -> int | None:
+    """Open PTYs, as any other program on the host might, until one gets ``name``; return its non-blocking
+    master (its slave closed, like QEMU's) or None if another process got the number first."""
+    tried: list[int] = []
+    try:
+        for _ in range(256):
+            master, slave = os.openpty()
+            got = os.ttyname(slave)
+            os.close(slave)
+            if got == name:
+                if raw:
+                    tty.setraw(master)
+                os.set_blocking(master, False)
+                return master
+            tried.append(master)  # kept open meanwhile, so the next openpty gets another number
+        return None
+    finally:
+        for fd in tried:
+            os.close(fd)
+
+
+def is_raw(master: int) -> bool:
+    return not termios.tcgetattr(master)[3] & termios.ICANON
+
+
+GONE_FOR_GOOD = (
+    "PTY {} went away; the number may now belong to another program; "
+    "configure a stable name such as socat's link= to reconnect"
+)
+
+
+@pytest.mark.asyncio
+async def test_tty_bare_pts_is_not_reopened_when_its_number_is_reused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    master_a, slave_a = os.openpty()
+    tty.setraw(master_a)
+    pts = os.ttyname(slave_a)
+    os.close(slave_a)
+    recorder = Recorder()
+    link = open_link("vm1", tty_spec(pts), recorder, reconnect_initial_s=0.005, reconnect_max_s=0.01)
+    attempts = Attempts(link, monkeypatch)
+    master_b: int | None = None
+    try:
+        async with closing(link):
+            await recorder.wait_for("online")
+            os.close(master_a)  # QEMU exits: this terminal is gone for good
+            master_a = -1
+            assert await recorder.wait_for("offline") == f"{pts}: hung up"
+            assert await recorder.wait_for("offline", 2) == GONE_FOR_GOOD.format(pts)
+
+            # Someone's new terminal at the same /dev/pts/N, in the kernel's default (cooked) mode.
+            master_b = claim_pty_number(pts, raw=False)
+            if master_b is None:
+                pytest.skip(f"another process took {pts} first")
+            await attempts.wait(len(attempts.times) + 5)
+
+            assert recorder.kinds() == ["online", "offline", "offline"], "never attached to the stranger"
+            assert link.state is not LinkState.ONLINE  # offline, or in its next (refused) attempt
+            assert not is_raw(master_b), "its terminal settings were not touched (it was never opened)"
+            await fd_write_all(master_b, b"someone else's shell\n")
+            assert b"someone else" not in recorder.data
+    finally:
+        for fd in (master_a, master_b):
+            if fd is not None and fd >= 0:
+                os.close(fd)
+
+
+@pytest.mark.asyncio
+async def test_tty_symlink_is_followed_once_re_pointed_not_while_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = tmp_path / "vm1-serial"
+    device = PtyDevice(name)  # like socat's link=
+    pts = device.pts
+    recorder = Recorder()
+    link = open_link("vm1", tty_spec(name), recorder, reconnect_initial_s=0.005, reconnect_max_s=0.01)
+    attempts = Attempts(link, monkeypatch)
+    master_b: int | None = None
+    try:
+        async with closing(link):
+            await recorder.wait_for("online")
+            # The owner is killed with SIGKILL: its terminal goes, its symlink stays behind.
+            os.close(device.master)
+            device.master = -1
+            assert await recorder.wait_for("offline") == f"{name}: hung up"
+            master_b = claim_pty_number(pts)
+            if master_b is None:
+                pytest.skip(f"another process took {pts} first")
+            stale = await recorder.wait_for("offline", 2)
+            assert stale == (
+                f"{name} still points to {pts}, a PTY that went away; the number may now belong to "
+                f"another program; waiting for {name} to be re-created"
+            )
+            await attempts.wait(len(attempts.times) + 5)
+            assert recorder.count("online") == 1
+
+            # The owner comes back and re-creates its name, here for the terminal at the same number.
+            fresh = name.with_suffix(".new")
+            fresh.symlink_to(pts)
+            fresh.replace(name)
+            assert pts in await recorder.wait_for("online", 2)
+            assert link.write(b"hello again")
+            assert await fd_read_exactly(master_b, 11) == b"hello again"
+            await fd_write_all(master_b, b"guest here")
+            await recorder.wait_data(b"guest here")
+    finally:
+        device.close()
+        if master_b is not None:
+            os.close(master_b)
 
 
 @pytest.mark.asyncio
@@ -924,7 +1068,7 @@ async def test_close_while_a_tty_open_is_in_flight(
     assert isinstance(link, TtyLink)
     real_open = link._open_blocking
 
-    def slow_open() -> tuple[int, str, bool]:
+    def slow_open() -> OpenedTty:
         result = real_open()
         loop.call_soon_threadsafe(started.set)
         release.wait(TIMEOUT_S)
