@@ -11,22 +11,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from .adapters import make_adapter
 from .config import Config, ListenAddress
+from .control import Console, ConsoleSwitch
+from .core.access import AccessPolicy, AttachMode, Identity, Verb
 from .devices import open_link
 from .devices.base import DeviceLink
 from .devices.program import hide_from_programs
 from .errors import StartupError
 from .frontends.telnet import start_listener
-from .hub import AttachMode, PortHub, PortState
+from .hub import PortHub, RefusalKind, Refused
 from .obs.sdnotify import sd_notify, watchdog_interval_s
+from .rlimits import raise_nofile_limit
 from .state import DaemonState, PortSwitch, StateStore
+
+if TYPE_CHECKING:
+    from .frontends.http import HttpFrontend
 
 log = structlog.get_logger("serialmuxd")
 
@@ -63,23 +69,29 @@ def _default_link_factory(hub: PortHub) -> DeviceLink:
 
 
 class Daemon:
-    """Owns every hub, listener and task; ``start``/``stop`` are the only entry points."""
+    """Owns every hub, listener and task; ``start``/``stop`` are the only entry points.
+
+    Front ends see it only as ``control.ConsoleControl``: the consoles, the host-wide switch, and
+    enable/disable, each decided by the same ``AccessPolicy`` the hubs use.
+    """
 
     def __init__(
         self,
         config: Config,
         *,
         link_factory: Callable[[PortHub], DeviceLink] = _default_link_factory,
+        access: AccessPolicy | None = None,
     ) -> None:
         self.config = config
         self._store = StateStore(config.daemon.state_dir)
         self.state = DaemonState()
         self._link_factory = link_factory
+        self.access = access if access is not None else AccessPolicy()
         self.hubs: dict[str, PortHub] = {}
         self.listeners: list[BoundListener] = []
         self.http_address: tuple[str, int] | None = None
         self._servers: list[asyncio.Server] = []
-        self._http_runner: Any = None
+        self._http: HttpFrontend | None = None
         self._offset_task: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._watchdog_task: asyncio.Task[None] | None = None
@@ -91,19 +103,20 @@ class Daemon:
             name for port in self.config.ports if (name := getattr(port.hypervisor, "password_env", None))
         )
         for port in self.config.ports:
+            offset = self.state.offsets.get(port.name, 0)
             hub = PortHub(
                 port,
                 self._link_factory,
+                access=self.access,
+                adapter=None if port.hypervisor is None else make_adapter(port.hypervisor, port.name),
                 audit=_audit_to_log,
-                start_offset=self.state.offsets.get(port.name, 0),
+                start_offset=offset,
+                previous_end=offset if self.state.clean_stop else None,
             )
-            if port.hypervisor is not None:
-                hub.adapter = make_adapter(port.hypervisor, port.name)
-                hub.adapter.on_state_change(hub.vm_state_changed)
             switch = self.state.ports.get(port.name)
             enabled = (switch.enabled if switch else port.enabled) and self.state.console_enabled
             if not enabled:
-                hub._set_state(PortState.DISABLED, self._disabled_reason(port.name))
+                hub.disable_at_start(self._disabled_reason(port.name))
             self.hubs[port.name] = hub
 
     def _disabled_reason(self, name: str) -> str:
@@ -116,14 +129,18 @@ class Daemon:
 
     async def start(self) -> None:
         """Load state, bind every listener, then open devices.  On a listener error nothing stays open."""
+        soft, hard = raise_nofile_limit()
+        log.info("file_descriptor_limit", soft=soft, hard=hard)
         self.state = self._store.load()
         self._build_hubs()
+        # From here until a clean stop the saved offsets are floors, not exact ends (a SIGKILL keeps them).
+        self.state.clean_stop = False
         self._raise_offset_floors(force=True)
         try:
             for port in self.config.ports:
                 hub = self.hubs[port.name]
                 await self._listen(hub, port.telnet, raw=port.raw, mode=AttachMode.INTERACTIVE)
-                await self._listen(hub, port.telnet_readonly, raw=port.raw, mode=AttachMode.VIEWER)
+                await self._listen(hub, port.telnet_readonly, raw=port.raw, mode=AttachMode.READ_ONLY)
             await self._start_http()
         except StartupError:
             await self._close_servers()
@@ -131,11 +148,11 @@ class Daemon:
         for hub in self.hubs.values():
             hub.start()
         for hub in self.hubs.values():
-            if hub.adapter is not None:
-                await hub.adapter.open()
+            if hub.vm.adapter is not None:
+                await hub.vm.adapter.open()
         loop = asyncio.get_running_loop()
         self._offset_task = loop.create_task(self._watch_offsets())
-        if any(h.adapter is not None and h.adapter.kind != "qmp" for h in self.hubs.values()):
+        if any(h.vm.adapter is not None and h.vm.adapter.kind != "qmp" for h in self.hubs.values()):
             self._poll_task = loop.create_task(self._poll_vm_states())
         interval = watchdog_interval_s()
         if interval is not None:
@@ -148,37 +165,41 @@ class Daemon:
         )
 
     async def _start_http(self) -> None:
-        address = self.config.http.listen
-        if address is None:
+        if self.config.http.listen is None:
             return
-        from aiohttp import web
+        from .frontends.http import HttpFrontend  # aiohttp is loaded only when HTTP is configured
 
-        from .frontends.http import build_app
-
-        runner = web.AppRunner(
-            build_app(self), shutdown_timeout=self.config.daemon.shutdown_timeout_s, access_log=None
+        frontend = HttpFrontend(
+            self, self.config.http, shutdown_timeout_s=self.config.daemon.shutdown_timeout_s
         )
-        await runner.setup()
-        site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise StartupError(f"cannot listen on {address} (HTTP): {exc.strerror or exc}") from exc
-        self._http_runner = runner
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            host, port = sockets[0].getsockname()[:2]
-            self.http_address = (host, port)
+        self.http_address = await frontend.start()
+        self._http = frontend
 
-    # -- enable / disable (API) ---------------------------------------------------------------------------
-    async def set_port_enabled(self, name: str, enabled: bool, reason: str) -> None:
+    # -- ConsoleControl: what front ends may do ----------------------------------------------------------
+    def consoles(self) -> Sequence[Console]:
+        return list(self.hubs.values())
+
+    def console(self, name: str) -> Console | None:
+        return self.hubs.get(name)
+
+    def console_switch(self) -> ConsoleSwitch:
+        return ConsoleSwitch(self.state.console_enabled, self.state.console_reason)
+
+    def _require_admin(self, identity: Identity, scope: str) -> None:
+        decision = self.access.decide(identity, Verb.ADMIN, scope)
+        if not decision:
+            raise Refused(RefusalKind.FORBIDDEN, decision.reason)
+
+    async def set_port_enabled(self, identity: Identity, name: str, enabled: bool, reason: str) -> None:
+        self._require_admin(identity, name)
+        _audit_to_log("port_switch", port=name, enabled=enabled, reason=reason, peer=str(identity))
         self.state.ports[name] = PortSwitch(enabled, reason)
         self._save_state()
         await self._apply_switch(name)
 
-    async def set_console_enabled(self, enabled: bool, reason: str) -> None:
+    async def set_console_enabled(self, identity: Identity, enabled: bool, reason: str) -> None:
+        self._require_admin(identity, "*")
+        _audit_to_log("console_switch", enabled=enabled, reason=reason, peer=str(identity))
         self.state.console_enabled = enabled
         self.state.console_reason = reason
         self._save_state()
@@ -217,8 +238,9 @@ class Daemon:
         """QMP pushes state changes as events; the other adapters only answer when asked."""
         while True:
             for hub in self.hubs.values():
-                if hub.adapter is not None and hub.adapter.kind != "qmp":
-                    await hub.adapter.state()  # notifies hub.vm_state_changed when it changed
+                adapter = hub.vm.adapter
+                if adapter is not None and adapter.kind != "qmp":
+                    await adapter.state()  # notifies the hub's VmControl when it changed
             await asyncio.sleep(_VM_POLL_S)
 
     def _save_state(self) -> None:
@@ -234,7 +256,7 @@ class Daemon:
             return
         server = await start_listener(hub, address, raw=raw, mode=mode)
         self._servers.append(server)
-        kind = ("raw" if raw else "telnet") + ("-readonly" if mode is AttachMode.VIEWER else "")
+        kind = ("raw" if raw else "telnet") + ("-readonly" if mode is AttachMode.READ_ONLY else "")
         for sock in server.sockets:
             host, tcp_port = sock.getsockname()[:2]
             self.listeners.append(BoundListener(hub.name, kind, host, tcp_port))
@@ -261,9 +283,9 @@ class Daemon:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self._close_servers()
-        if self._http_runner is not None:
-            await self._http_runner.cleanup()  # on_shutdown closes WebSockets first
-            self._http_runner = None
+        if self._http is not None:
+            await self._http.stop()  # closes WebSockets first
+            self._http = None
         timeout = self.config.daemon.shutdown_timeout_s
         closing = [hub.close() for hub in self.hubs.values()]
         try:
@@ -271,14 +293,15 @@ class Daemon:
         except TimeoutError:
             log.warning("shutdown_timeout", seconds=timeout)
         for hub in self.hubs.values():
-            if hub.adapter is not None:
+            if hub.vm.adapter is not None:
                 try:
-                    await hub.adapter.close()
+                    await hub.vm.adapter.close()
                 except Exception as exc:  # one stuck adapter must not keep the state from being saved
                     log.error("adapter_close_failed", port=hub.name, error=str(exc))
         # A clean stop knows the exact ends: the next run continues right after them.
         for name, hub in self.hubs.items():
             self.state.offsets[name] = hub.ring.end
+        self.state.clean_stop = True
         self._save_state()
 
     def _hangup(self) -> None:

@@ -36,6 +36,9 @@ class DaemonState:
     console_reason: str = ""
     ports: dict[str, PortSwitch] = field(default_factory=dict)
     offsets: dict[str, int] = field(default_factory=dict)  # port -> ring end when last saved
+    # True in a state saved by a clean stop: then ``offsets`` are the exact ends of the previous run.  While
+    # running it is False and ``offsets`` are floors reserved ahead of the ends (a crash keeps those).
+    clean_stop: bool = True
 
 
 class StateStore:
@@ -91,6 +94,7 @@ def _to_json(state: DaemonState) -> dict[str, Any]:
         "console": {"enabled": state.console_enabled, "reason": state.console_reason},
         "ports": {name: {"enabled": s.enabled, "reason": s.reason} for name, s in state.ports.items()},
         "offsets": dict(state.offsets),
+        "clean_stop": state.clean_stop,
     }
 
 
@@ -107,6 +111,9 @@ def _from_json(raw: Any) -> DaemonState:
         for name, value in ports.items():
             if isinstance(value, dict) and isinstance(value.get("enabled"), bool):
                 state.ports[str(name)] = PortSwitch(value["enabled"], str(value.get("reason", "")))
+    # A file from before clean_stop existed cannot vouch for exact ends.
+    clean_stop = raw.get("clean_stop", False)
+    state.clean_stop = clean_stop if isinstance(clean_stop, bool) else False
     offsets = raw.get("offsets", {})
     if isinstance(offsets, dict):
         for name, value in offsets.items():

@@ -16,13 +16,16 @@ from typing import cast
 
 import structlog
 
-from ..adapters import Action, AdapterError
+from ..adapters import Action
 from ..config import ListenAddress
-from ..core.access import Identity
+from ..control import Console
+from ..core.access import AttachMode, Identity
+from ..core.policy import NoticePolicy
 from ..errors import StartupError
-from ..hub import AttachMode, EndReason, Notice, NoticeKind, PortHub, Session
+from ..hub import EndReason, Notice, NoticeKind, Session
 from ..proto import escape as esc
 from ..proto import telnet as tn
+from .output import CLOSE_FLUSH_TIMEOUT_S, OutputBudget
 
 log = structlog.get_logger("serialmuxd.telnet")
 
@@ -37,11 +40,7 @@ _ACTION_WORDS = {
     Action.RESTART: "restart",
 }
 
-# How long a closing connection may take to flush before it is aborted (a client that stopped reading).
-_CLOSE_FLUSH_TIMEOUT_S = 5.0
 _NOTICE_PREFIX = b"\r\n[serialmuxd] "
-# A connection whose unsent output exceeds this many times client_buffer_bytes is cut (it stopped reading).
-_HARD_BUFFER_FACTOR = 4
 
 
 def peer_text(peer: object) -> str:
@@ -58,22 +57,31 @@ def escape_controls(text: str) -> str:
 
 
 class TelnetConnection(asyncio.Protocol):
-    """One client connection; implements ``hub.SessionSink``."""
+    """One client connection; implements ``hub.SessionSink``.
 
-    def __init__(self, hub: PortHub, *, raw: bool, mode: AttachMode) -> None:
+    It decides nothing about access: commands go to the ``Session``, whose hub refuses what this session may
+    not do (a read-only listener's take-over, a viewer's BREAK) and says why in a notice.
+    """
+
+    def __init__(self, hub: Console, *, raw: bool, mode: AttachMode) -> None:
         self.hub = hub
         self.raw = raw
         self.mode = mode
         self.codec: tn.TelnetCodec | None = None if raw else tn.TelnetCodec()
         self.escape = esc.EscapeParser(esc.parse_escape_key(hub.config.escape))
+        # notices = "none": a raw port carrying a binary protocol or feeding a log collector gets guest
+        # bytes only, never serialmuxd's lines.
+        self._inband = hub.config.notices is NoticePolicy.INBAND
+        # The writer was asked to hand over (takeover policy ask): its next y or n answers.
+        self._asked = False
         self.transport: asyncio.Transport | None = None
         self.session: Session | None = None
         self._closing = False
         self._abort_timer: asyncio.TimerHandle | None = None
         # A hypervisor action waiting for its "y" (NMI and resets are too costly for one stray keystroke).
         self._confirming: Action | None = None
-        self._paused = False  # the transport's buffer is above its high-water mark
-        self._written_while_paused = 0
+        # The transport's write buffer is the bounded queue; the budget bounds what bypasses the pause.
+        self._budget = OutputBudget(hub.config.client_buffer_bytes)
         self._actions: set[asyncio.Task[None]] = set()
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
@@ -127,13 +135,12 @@ class TelnetConnection(asyncio.Protocol):
             self.session.detach()
 
     def pause_writing(self) -> None:
-        self._written_while_paused = 0
-        self._paused = True
+        self._budget.pause()
         if self.session is not None:
             self.session.pause_output()
 
     def resume_writing(self) -> None:
-        self._paused = False
+        self._budget.resume()
         if self.session is not None and not self._closing:
             self.session.resume_output()
 
@@ -147,6 +154,8 @@ class TelnetConnection(asyncio.Protocol):
         self.transport.write(data if self.codec is None else self.codec.encode(data))
 
     def send_notice(self, notice: Notice) -> None:
+        if notice.kind is NoticeKind.ASKED:
+            self._asked = True
         self._write_line(notice.text)
 
     def close_session(self, reason: str, kind: EndReason = EndReason.PROTOCOL) -> None:
@@ -177,21 +186,33 @@ class TelnetConnection(asyncio.Protocol):
                     # The first key after a hypervisor prompt answers it, even within the same chunk.
                     self._answer_confirmation(session, payload[:1])
                     payload = payload[1:]
+                if payload and self._asked:
+                    payload = self._answer_takeover(session, payload)
                 if payload:
                     session.input(payload)
             elif isinstance(event, esc.EscapeCommand):
                 self._confirming = None
                 self._command(session, event.command)
             else:
-                self._write_text(self._help())
+                self._write_help()
+
+    def _answer_takeover(self, session: Session, payload: bytes) -> bytes:
+        """While asked to hand over, a y or n typed first answers; anything else is typed as usual."""
+        if not session.being_asked():
+            self._asked = False
+            return payload
+        answer = payload[:1].lower()
+        if answer not in (b"y", b"n"):
+            return payload
+        self._asked = False
+        session.answer_takeover(answer == b"y")
+        return payload[1:]
 
     def _answer_confirmation(self, session: Session, key: bytes) -> None:
         assert self._confirming is not None
         action, self._confirming = self._confirming, None
-        if key in (b"y", b"Y") and not self.hub.lease.holds(session.id):
-            self._write_line(f"{action} not done: you no longer have write access")
-        elif key in (b"y", b"Y"):
-            self._start_action(session, action)
+        if key in (b"y", b"Y"):
+            self._start_action(session, action)  # the hub checks again: write access may be gone
         else:
             self._write_line(f"{action} cancelled")
 
@@ -201,10 +222,7 @@ class TelnetConnection(asyncio.Protocol):
             session.detach()
             self._close()
         elif command is esc.Command.TAKE_OVER:
-            if self.mode is AttachMode.VIEWER:
-                self._write_line("this listener is read-only; connect to the interactive one to write")
-            else:
-                session.take_over()
+            session.take_over()
         elif command is esc.Command.READ_ONLY:
             session.become_viewer()
         elif command is esc.Command.REPLAY:
@@ -216,15 +234,12 @@ class TelnetConnection(asyncio.Protocol):
         elif command in _VM_COMMANDS:
             self._ask_confirmation(session, _VM_COMMANDS[command])
         else:
-            self._write_text(self._help())
+            self._write_help()
 
     def _ask_confirmation(self, session: Session, action: Action) -> None:
-        adapter = self.hub.adapter
-        if adapter is None or action not in adapter.actions:
-            self._write_line(f"{action}: no hypervisor action configured for console {self.hub.name}")
-            return
-        if self.mode is AttachMode.VIEWER or not self.hub.lease.holds(session.id):
-            self._write_line(f"{action}: only the session with write access may do this")
+        refusal = session.check_action(action)
+        if refusal is not None:
+            self._write_line(refusal)
             return
         self._confirming = action
         self._write_line(
@@ -232,29 +247,22 @@ class TelnetConnection(asyncio.Protocol):
         )
 
     def _start_action(self, session: Session, action: Action) -> None:
-        async def run() -> None:
-            try:
-                await self.hub.vm_action(action, session.identity)
-            except AdapterError as exc:
-                log.warning("vm_action_failed", port=self.hub.name, action=str(action), error=str(exc))
-                # The detail names sockets and hosts: it goes to the operator's log, the client gets the kind.
-                self._write_line(f"{action} failed: {exc.kind} (details in the serialmuxd log)")
-
-        task = asyncio.get_running_loop().create_task(run())
+        # Outcomes (done, refused, failed) reach every session as the hub's notices.
+        task = asyncio.get_running_loop().create_task(session.run_action(action))
         self._actions.add(task)
         task.add_done_callback(self._actions.discard)
 
-    def _help(self) -> str:
+    def _write_help(self) -> None:
         prefix = esc.parse_escape_key(self.hub.config.escape)
-        return esc.help_text(prefix) if prefix is not None else ""
+        if prefix is not None:
+            for line in esc.help_text(prefix):
+                self._write_line(line)
 
     def _write_line(self, text: str) -> None:
         # Notices may quote text from elsewhere (a disable reason sent to the API): control characters are
         # shown escaped so that nobody can send escape sequences into other people's terminals.
-        self._write_raw(_NOTICE_PREFIX + escape_controls(text).encode("utf-8", "replace") + b"\r\n")
-
-    def _write_text(self, text: str) -> None:
-        self._write_raw(b"\r\n" + text.encode("utf-8", "replace"))
+        if self._inband:
+            self._write_raw(_NOTICE_PREFIX + escape_controls(text).encode("utf-8", "replace") + b"\r\n")
 
     def _write_raw(self, payload: bytes) -> None:
         if self.transport is None or self._closing:
@@ -263,10 +271,7 @@ class TelnetConnection(asyncio.Protocol):
         self.transport.write(data)
         # Notices bypass the output pause (guest output does not: the hub stops sending it).  A client that
         # reads nothing at all must not make them pile up: count what is written while paused.
-        if not self._paused:
-            return
-        self._written_while_paused += len(data)
-        if self._written_while_paused > _HARD_BUFFER_FACTOR * self.hub.config.client_buffer_bytes:
+        if self._budget.written(len(data)):
             log.info("client_not_reading", port=self.hub.name, session=self.session and self.session.id)
             self._closing = True
             if self.session is not None:
@@ -292,7 +297,7 @@ class TelnetConnection(asyncio.Protocol):
         self.transport.close()  # flushes what is buffered ...
         # ... unless the client stopped reading: then give up after a deadline.
         loop = asyncio.get_running_loop()
-        self._abort_timer = loop.call_later(_CLOSE_FLUSH_TIMEOUT_S, self._abort)
+        self._abort_timer = loop.call_later(CLOSE_FLUSH_TIMEOUT_S, self._abort)
 
     def _abort(self) -> None:
         if self.transport is not None:
@@ -300,7 +305,7 @@ class TelnetConnection(asyncio.Protocol):
 
 
 async def start_listener(
-    hub: PortHub, address: ListenAddress, *, raw: bool, mode: AttachMode
+    hub: Console, address: ListenAddress, *, raw: bool, mode: AttachMode
 ) -> asyncio.Server:
     """Listen for one port's clients; a busy or unusable address raises ``StartupError`` naming it."""
     loop = asyncio.get_running_loop()
@@ -313,7 +318,7 @@ async def start_listener(
             backlog=128,
         )
     except OSError as exc:
-        kind = "read-only listener" if mode is AttachMode.VIEWER else "listener"
+        kind = "read-only listener" if mode is AttachMode.READ_ONLY else "listener"
         raise StartupError(
             f"cannot listen on {address} ({kind} of port {hub.name}): {exc.strerror or exc}"
         ) from exc

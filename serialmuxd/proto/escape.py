@@ -118,10 +118,11 @@ def escape_key_name(byte: int) -> str:
     return f"Ctrl-{chr(byte + 0x40)}"
 
 
-def help_text(prefix: int) -> str:
-    """One line per command, e.g. ``"Ctrl-E c .  detach"``, each ending in CR LF (terminal text)."""
+def help_text(prefix: int) -> tuple[str, ...]:
+    """One line per command, e.g. ``"Ctrl-E c .  detach"``, without line ends: the front end writes each as
+    one of serialmuxd's own lines (marked like every other notice, each ending in CR LF)."""
     name = escape_key_name(prefix)
-    return "".join(f"{name} c {row.key}  {row.description}\r\n" for row in COMMANDS)
+    return ("commands:", *(f"{name} c {row.key}  {row.description}" for row in COMMANDS))
 
 
 @dataclass(frozen=True, slots=True)

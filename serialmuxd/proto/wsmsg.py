@@ -12,6 +12,7 @@ Messages (all JSON objects with a ``type``)::
     {"type": "key", "key": "F8"}                            named key, mapped per the port's key profile
     {"type": "sysrq", "key": "b"}                           one printable ASCII character
     {"type": "who"}              {"type": "ping"}
+    {"type": "answer_takeover", "accept": true|false}       the writer's answer when asked to hand over
 """
 
 from __future__ import annotations
@@ -70,7 +71,12 @@ class Ping:
     pass
 
 
-ControlMessage = Resize | Break | TakeOver | ReadOnly | Key | SysRq | Who | Ping
+@dataclass(frozen=True, slots=True)
+class AnswerTakeover:
+    accept: bool
+
+
+ControlMessage = Resize | Break | TakeOver | ReadOnly | Key | SysRq | Who | Ping | AnswerTakeover
 
 _NO_ARGUMENTS: dict[str, ControlMessage] = {
     "break": Break(),
@@ -114,4 +120,9 @@ def parse_control(text: str) -> ControlMessage:
         if not (isinstance(key, str) and len(key) == 1 and key.isascii() and key.isprintable()):
             raise BadMessage("sysrq needs one printable ASCII character")
         return SysRq(key)
+    if kind == "answer_takeover":
+        accept = message.get("accept")
+        if not isinstance(accept, bool):
+            raise BadMessage("answer_takeover needs accept: true or false")
+        return AnswerTakeover(accept)
     raise BadMessage(f"unknown type {kind[:30]!r}")

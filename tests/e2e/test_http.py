@@ -416,7 +416,7 @@ async def test_openapi_lists_exactly_the_served_routes(env: Env) -> None:
 
     from serialmuxd.frontends.http import build_app
 
-    app = build_app(env.daemon)
+    app = build_app(env.daemon, env.daemon.config.http)
     served = set()
     for resource in app.router.resources():
         info = resource.get_info()
@@ -548,7 +548,8 @@ async def test_allowed_hosts_admit_a_proxy_origin_and_malformed_hosts_get_400(tm
 
 
 async def test_ws_client_that_stops_reading_is_closed_not_crashed(env: Env) -> None:
-    """1,000+ unsent events close that one session (code 4003) instead of piling up — or recursing."""
+    """Unsent events beyond the shared output budget close that one session (code 4003) instead of piling
+    up — or recursing."""
     from serialmuxd.frontends.http import WsConnection
 
     hub = env.daemon.hubs["vm1"]
@@ -557,7 +558,12 @@ async def test_ws_client_that_stops_reading_is_closed_not_crashed(env: Env) -> N
     (session,) = hub.sessions.values()
     conn = session.sink
     assert isinstance(conn, WsConnection)
-    for _ in range(1500):  # synchronously: the writer task gets no chance to send any of them
+    limit = hub.config.client_buffer_bytes
+    sent = 0
+    while conn.close_code is None and sent < 10 * limit:  # synchronously: the writer task sends none
         conn.send_event({"type": "pong"})
+        sent += 1
+    # Closed once what was queued reached the limit plus four times the limit while paused.
     assert conn.close_code == 4003 and session.closed
+    assert sent * len('{"type": "pong"}') <= 5 * limit + 100
     assert await ws.wait_closed() == 4003

@@ -1,10 +1,11 @@
 """PortHub policy: fan-out, slow readers, the writer lease and takeover — with a fake link (a unit test of
-policy; the real-path tests are in test_e2e_telnet.py)."""
+policy; the real-path tests are in tests/e2e/test_telnet.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 
 import pytest
 from hypothesis import settings
@@ -18,11 +19,12 @@ from serialmuxd.devices.base import DeviceLink, LinkState
 from serialmuxd.hub import (
     AttachMode,
     EndReason,
-    InputRefused,
     Notice,
     NoticeKind,
     PortHub,
     PortState,
+    RefusalKind,
+    Refused,
     Role,
     Session,
 )
@@ -108,11 +110,14 @@ class Sink:
         return [n.kind for n in self.notices]
 
 
-def make_hub(**overrides: object) -> tuple[PortHub, FakeLink]:
+def make_hub(schedule: Callable[..., object] | None = None, **overrides: object) -> tuple[PortHub, FakeLink]:
     cfg = PortConfig(name="vm1", device=DeviceSpec(DeviceKind.UNIX, "unix:/x", path="/x"), replay_bytes=0)
     cfg = dataclasses.replace(cfg, **overrides)  # type: ignore[arg-type]
     link = FakeLink()
-    hub = PortHub(cfg, lambda _hub: link)
+    if schedule is None:
+        hub = PortHub(cfg, lambda _hub: link)
+    else:
+        hub = PortHub(cfg, lambda _hub: link, schedule=schedule)  # type: ignore[arg-type]
     hub.start()
     if cfg.enabled:
         hub.device_online("fake:")
@@ -133,7 +138,7 @@ def attach(
 
 def test_fan_out_reaches_every_session_byte_exact() -> None:
     hub, _ = make_hub()
-    sinks = [attach(hub, AttachMode.VIEWER)[1] for _ in range(5)]
+    sinks = [attach(hub, AttachMode.READ_ONLY)[1] for _ in range(5)]
     for chunk in (b"a" * 10, bytes(range(256)), b"\xff\xff"):
         hub.device_data_received(chunk)
     for sink in sinks:
@@ -143,7 +148,7 @@ def test_fan_out_reaches_every_session_byte_exact() -> None:
 def test_first_interactive_attach_gets_write_viewer_input_never_reaches_device() -> None:
     hub, link = make_hub()
     writer, _wsink = attach(hub)
-    viewer, vsink = attach(hub, AttachMode.VIEWER)
+    viewer, vsink = attach(hub, AttachMode.READ_ONLY)
     assert writer.role is Role.WRITER and viewer.role is Role.VIEWER
     viewer.input(b"rm -rf /\r")
     writer.input(b"ls\r")
@@ -191,13 +196,13 @@ def test_refuse_policy_keeps_writer_and_newcomer_watches() -> None:
     assert old.role is Role.WRITER
     old.detach()
     new.take_over()
-    assert hub.lease.holds(new.id)
+    assert hub.arbiter.holds(new)
 
 
 def test_slow_reader_resync_reports_exact_missed_bytes_and_others_unaffected() -> None:
     hub, _ = make_hub(scrollback_bytes=4096)
-    _, slow = attach(hub, AttachMode.VIEWER, capacity=100)
-    _, fast = attach(hub, AttachMode.VIEWER)
+    _, slow = attach(hub, AttachMode.READ_ONLY, capacity=100)
+    _, fast = attach(hub, AttachMode.READ_ONLY)
     stream = bytes(i % 251 for i in range(20_000))
     for i in range(0, len(stream), 500):
         hub.device_data_received(stream[i : i + 500])
@@ -216,7 +221,7 @@ def test_slow_reader_resync_reports_exact_missed_bytes_and_others_unaffected() -
 
 def test_slow_reader_close_policy_names_offset() -> None:
     hub, _ = make_hub(scrollback_bytes=4096, slow_reader=SlowReaderPolicy.CLOSE)
-    session, slow = attach(hub, AttachMode.VIEWER, capacity=10)
+    session, slow = attach(hub, AttachMode.READ_ONLY, capacity=10)
     for _ in range(10):
         hub.device_data_received(b"x" * 1000)
     slow.drain()
@@ -226,7 +231,7 @@ def test_slow_reader_close_policy_names_offset() -> None:
 
 def test_lagging_reader_that_catches_up_in_time_loses_nothing() -> None:
     hub, _ = make_hub(scrollback_bytes=1 << 16)
-    _, slow = attach(hub, AttachMode.VIEWER, capacity=10)
+    _, slow = attach(hub, AttachMode.READ_ONLY, capacity=10)
     stream = bytes(range(256)) * 40
     for i in range(0, len(stream), 1000):
         hub.device_data_received(stream[i : i + 1000])
@@ -238,7 +243,7 @@ def test_lagging_reader_that_catches_up_in_time_loses_nothing() -> None:
 def test_replay_on_attach_marks_and_starts_at_line() -> None:
     hub, _ = make_hub(replay_bytes=16)
     hub.device_data_received(b"line one\r\nline two\r\nthree")
-    _, sink = attach(hub, AttachMode.VIEWER)
+    _, sink = attach(hub, AttachMode.READ_ONLY)
     kinds = sink.kinds()
     assert kinds.index(NoticeKind.REPLAY_START) < kinds.index(NoticeKind.REPLAY_END)
     assert bytes(sink.output) == b"line two\r\nthree"
@@ -266,7 +271,7 @@ def test_offline_and_online_are_told_in_band_and_input_is_discarded_with_notice(
 def test_device_backpressure_pauses_only_the_writer_and_moves_with_the_lease() -> None:
     hub, _ = make_hub(takeover=TakeoverPolicy.DEMOTE)
     _, asink = attach(hub)
-    _, vsink = attach(hub, AttachMode.VIEWER)
+    _, vsink = attach(hub, AttachMode.READ_ONLY)
     hub.device_write_paused()
     assert asink.input_paused and not vsink.input_paused
     _b, bsink = attach(hub)
@@ -285,22 +290,110 @@ def test_disabled_port_refuses_attach_with_reason() -> None:
 def test_break_only_from_writer() -> None:
     hub, link = make_hub()
     writer, _ = attach(hub)
-    viewer, _vsink = attach(hub, AttachMode.VIEWER)
+    viewer, _vsink = attach(hub, AttachMode.READ_ONLY)
     viewer.send_break()
     assert link.breaks == 0
     writer.send_break()
     assert link.breaks == 1
 
 
+class FakeTimers:
+    """A scheduler for the hub that fires only when the test says so (the ``ask`` deadline)."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[float, Callable[[], None], FakeTimer]] = []
+
+    def __call__(self, delay_s: float, callback: Callable[[], None]) -> FakeTimer:
+        timer = FakeTimer()
+        self.pending.append((delay_s, callback, timer))
+        return timer
+
+    def fire_all(self) -> int:
+        due, self.pending = self.pending, []
+        fired = 0
+        for _, callback, timer in due:
+            if not timer.cancelled:
+                fired += 1
+                callback()
+        return fired
+
+
+class FakeTimer:
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@dataclasses.dataclass
+class ModelSession:
+    interactive: bool
+    closed: bool = False
+
+
+class LeaseModel:
+    """The takeover rules written down independently of the code under test (README, issue 7)."""
+
+    def __init__(self, policy: TakeoverPolicy) -> None:
+        self.policy = policy
+        self.sessions: list[ModelSession] = []
+        self.writer: int | None = None
+        self.asker: int | None = None
+
+    def attach(self, interactive: bool) -> None:
+        self.sessions.append(ModelSession(interactive))
+        if interactive:
+            self.request(len(self.sessions) - 1)
+
+    def request(self, i: int) -> None:
+        s = self.sessions[i]
+        if s.closed or not s.interactive or self.writer == i:
+            return
+        if self.writer is None:
+            self.writer = i
+        elif self.policy is TakeoverPolicy.EVICT:
+            self.sessions[self.writer].closed = True
+            self.writer = i
+        elif self.policy is TakeoverPolicy.DEMOTE:
+            self.writer = i
+        elif self.policy is TakeoverPolicy.ASK and self.asker is None:
+            self.asker = i
+        # refuse, or ask while another request waits: nothing changes
+
+    def answer(self, i: int, accept: bool) -> None:
+        if self.writer != i or self.asker is None or self.sessions[i].closed:
+            return
+        if accept:
+            self.writer = self.asker
+        self.asker = None
+
+    def deadline(self) -> None:
+        if self.asker is not None:
+            self.writer, self.asker = self.asker, None
+
+    def leave(self, i: int, *, close: bool) -> None:
+        if self.sessions[i].closed:
+            return
+        if self.asker == i:
+            self.asker = None
+        if self.writer == i:
+            self.writer, self.asker = self.asker, None
+        if close:
+            self.sessions[i].closed = True
+
+
 class LeaseMachine(RuleBasedStateMachine):
-    """Any interleaving of attach / take over / read-only / detach / input: at most one writer, and only its
-    bytes reach the device."""
+    """Any interleaving of attach / take over / answer / deadline / read-only / detach / input under every
+    takeover policy: the hub agrees with an independent model of who writes, who waits, who was detached,
+    and exactly the current writer's bytes reach the device."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.policy = TakeoverPolicy.EVICT
         self.hub: PortHub | None = None
         self.link: FakeLink | None = None
+        self.timers = FakeTimers()
+        self.model: LeaseModel | None = None
         self.sessions: list[Session] = []
         self.expected = bytearray()
         self.counter = 0
@@ -308,63 +401,94 @@ class LeaseMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.hub is None)
     @rule(policy=st.sampled_from(list(TakeoverPolicy)))
     def setup(self, policy: TakeoverPolicy) -> None:
-        self.hub, self.link = make_hub(takeover=policy)
+        self.hub, self.link = make_hub(takeover=policy, schedule=self.timers)
+        self.model = LeaseModel(policy)
+
+    def _pick(self, i: int) -> int | None:
+        return i % len(self.sessions) if self.sessions else None
 
     @precondition(lambda self: self.hub is not None)
     @rule(interactive=st.booleans())
     def attach(self, interactive: bool) -> None:
-        assert self.hub is not None
-        s, _ = attach(self.hub, AttachMode.INTERACTIVE if interactive else AttachMode.VIEWER)
+        assert self.hub is not None and self.model is not None
+        s, _ = attach(
+            self.hub,
+            AttachMode.INTERACTIVE if interactive else AttachMode.READ_ONLY,
+            who=f"10.0.0.{len(self.sessions) % 250}:1",
+        )
         self.sessions.append(s)
+        self.model.attach(interactive)
 
     @precondition(lambda self: self.hub is not None)
     @rule(i=st.integers(0, 20))
     def take_over(self, i: int) -> None:
-        if self.sessions:
-            self.sessions[i % len(self.sessions)].take_over()
+        assert self.model is not None
+        if (k := self._pick(i)) is not None:
+            self.sessions[k].take_over()
+            self.model.request(k)
+
+    @precondition(lambda self: self.hub is not None)
+    @rule(i=st.integers(0, 20), accept=st.booleans())
+    def answer(self, i: int, accept: bool) -> None:
+        assert self.model is not None
+        if (k := self._pick(i)) is not None:
+            self.sessions[k].answer_takeover(accept)
+            self.model.answer(k, accept)
+
+    @precondition(lambda self: self.hub is not None)
+    @rule()
+    def deadline(self) -> None:
+        assert self.model is not None
+        self.timers.fire_all()
+        self.model.deadline()
 
     @precondition(lambda self: self.hub is not None)
     @rule(i=st.integers(0, 20))
     def read_only(self, i: int) -> None:
-        if self.sessions:
-            self.sessions[i % len(self.sessions)].become_viewer()
+        assert self.model is not None
+        if (k := self._pick(i)) is not None:
+            self.sessions[k].become_viewer()
+            self.model.leave(k, close=False)
 
     @precondition(lambda self: self.hub is not None)
     @rule(i=st.integers(0, 20))
     def detach(self, i: int) -> None:
-        if self.sessions:
-            self.sessions[i % len(self.sessions)].detach()
+        assert self.model is not None
+        if (k := self._pick(i)) is not None:
+            self.sessions[k].detach()
+            self.model.leave(k, close=True)
 
     @precondition(lambda self: self.hub is not None)
     @rule(i=st.integers(0, 20))
     def type_(self, i: int) -> None:
-        assert self.hub is not None
-        if not self.sessions:
+        assert self.model is not None
+        if (k := self._pick(i)) is None:
             return
-        s = self.sessions[i % len(self.sessions)]
         self.counter += 1
         data = f"<{self.counter}>".encode()
-        if not s.closed and self.hub.lease.holds(s.id):
+        if self.model.writer == k:
             self.expected += data
-        s.input(data)
+        self.sessions[k].input(data)
 
     @invariant()
-    def one_writer(self) -> None:
-        if self.hub is None or self.link is None:
+    def hub_agrees_with_model(self) -> None:
+        if self.hub is None or self.link is None or self.model is None:
             return
-        live = [s for s in self.sessions if not s.closed]
-        writers = [s for s in live if s.role is Role.WRITER]
-        assert len(writers) <= 1
-        holder = self.hub.lease.holder
-        if holder is None:
-            assert not writers
-        else:
-            assert [w.id for w in writers] == [holder.session_id]
+        for k, (session, modelled) in enumerate(zip(self.sessions, self.model.sessions, strict=True)):
+            assert session.closed == modelled.closed, k
+            expected_role = Role.WRITER if self.model.writer == k else Role.VIEWER
+            assert session.closed or session.role is expected_role, k
+        holder = self.hub.arbiter.lease.holder
+        writer_id = None if self.model.writer is None else self.sessions[self.model.writer].id
+        assert (holder.session_id if holder else None) == writer_id
+        pending = self.hub.arbiter.lease.pending
+        asker_id = None if self.model.asker is None else self.sessions[self.model.asker].id
+        assert (pending.asker.session_id if pending else None) == asker_id
         assert bytes(self.link.written) == bytes(self.expected)
 
 
 TestLeaseMachine = LeaseMachine.TestCase
-TestLeaseMachine.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
+TestLeaseMachine.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 
 
 def test_evicted_writer_paused_by_device_is_resumed_so_its_transport_can_close() -> None:
@@ -392,12 +516,12 @@ def test_viewer_going_read_only_keeps_the_writers_queued_input() -> None:
     async def scenario() -> None:
         hub, _ = make_hub(input_rate_bps=100)
         writer, _wsink = attach(hub)
-        viewer, _vsink = attach(hub, AttachMode.VIEWER)
+        viewer, _vsink = attach(hub, AttachMode.READ_ONLY)
         writer.input(b"y" * 500)
-        queued = len(hub._pending_input)
+        queued = hub.input.queued_bytes
         assert queued > 0
         viewer.become_viewer()
-        assert len(hub._pending_input) == queued
+        assert hub.input.queued_bytes == queued
         await hub.close()
 
     asyncio.run(scenario())
@@ -405,7 +529,7 @@ def test_viewer_going_read_only_keeps_the_writers_queued_input() -> None:
 
 def test_manual_replay_while_behind_does_not_skip_bytes_silently() -> None:
     hub, _ = make_hub(scrollback_bytes=1 << 16)
-    session, slow = attach(hub, AttachMode.VIEWER, capacity=10)
+    session, slow = attach(hub, AttachMode.READ_ONLY, capacity=10)
     stream = bytes(range(256)) * 20
     hub.device_data_received(stream[:1000])
     hub.device_data_received(stream[1000:])
@@ -419,7 +543,7 @@ def test_manual_replay_while_behind_does_not_skip_bytes_silently() -> None:
 def test_attach_replay_counts_against_the_session_buffer() -> None:
     hub, _ = make_hub(replay_bytes=4096)
     hub.device_data_received(b"z" * 4096)
-    session, sink = attach(hub, AttachMode.VIEWER, capacity=100)
+    session, sink = attach(hub, AttachMode.READ_ONLY, capacity=100)
     assert session.lagging  # the sink could pause during the replay itself
     hub.device_data_received(b"live")
     assert not bytes(sink.output).endswith(b"live")
@@ -460,11 +584,11 @@ def test_api_input_is_refused_once_the_paced_queue_is_full() -> None:
     async def scenario() -> None:
         hub, _ = make_hub(input_rate_bps=10, device_buffer_bytes=1024)
         who = Identity("http", "127.0.0.1:9")
-        with pytest.raises(InputRefused) as refused:
+        with pytest.raises(Refused) as refused:
             for _ in range(100):
                 hub.api_input(who, b"k" * 100, "send keys")
-        assert refused.value.code == "input_queue_full"
-        assert len(hub._pending_input) < 1024 + 100
+        assert refused.value.kind is RefusalKind.QUEUE_FULL
+        assert hub.input.queued_bytes < 1024 + 100
         await hub.close()
 
     asyncio.run(scenario())
@@ -474,8 +598,70 @@ def test_resume_from_an_overwritten_offset_is_told_even_with_close_policy() -> N
     hub, _ = make_hub(scrollback_bytes=4096, slow_reader=SlowReaderPolicy.CLOSE)
     hub.device_data_received(b"a" * 10000)
     sink = Sink()
-    session = hub.attach(sink, Identity("ws", "x:1"), AttachMode.VIEWER, from_offset=100)
+    session = hub.attach(sink, Identity("ws", "x:1"), AttachMode.READ_ONLY, from_offset=100)
     assert session is not None and sink.closed_reason is None
     missed = [n for n in sink.notices if n.kind is NoticeKind.MISSED]
     assert missed and missed[0].fields == {"missed": 10000 - 4096 - 100, "offset": 10000 - 4096}
     assert len(sink.output) == 4096
+
+
+def test_ask_policy_writer_says_no_and_keeps_writing() -> None:
+    timers = FakeTimers()
+    hub, link = make_hub(takeover=TakeoverPolicy.ASK, schedule=timers)
+    old, osink = attach(hub, who="10.0.0.1:1")
+    new, nsink = attach(hub, who="10.0.0.2:2")
+    assert old.role is Role.WRITER and new.role is Role.VIEWER
+    asked = [n for n in osink.notices if n.kind is NoticeKind.ASKED]
+    assert asked and "10.0.0.2:2" in asked[0].text and asked[0].fields["timeout_s"] == 10.0
+    assert NoticeKind.WAITING in nsink.kinds()
+    assert old.being_asked() and not new.being_asked()
+    old.answer_takeover(False)
+    assert old.role is Role.WRITER and new.role is Role.VIEWER
+    refused = [n for n in nsink.notices if n.kind is NoticeKind.REFUSED]
+    assert refused and "keeps write access" in refused[-1].text
+    assert timers.fire_all() == 0  # the deadline timer was cancelled by the answer
+    old.input(b"mine")
+    new.input(b"not mine")
+    assert bytes(link.written) == b"mine"
+
+
+def test_ask_policy_silence_hands_over_and_old_writer_watches() -> None:
+    timers = FakeTimers()
+    hub, link = make_hub(takeover=TakeoverPolicy.ASK, ask_timeout_s=3.0, schedule=timers)
+    old, osink = attach(hub, who="10.0.0.1:1")
+    new, nsink = attach(hub, who="10.0.0.2:2")
+    assert [delay for delay, _, _ in timers.pending] == [3.0]
+    assert timers.fire_all() == 1
+    assert new.role is Role.WRITER and old.role is Role.VIEWER and not old.closed
+    demoted = [n for n in osink.notices if n.kind is NoticeKind.DEMOTED]
+    assert demoted and "did not answer" in demoted[0].text
+    assert NoticeKind.TOOK_OVER in nsink.kinds()
+    old.input(b"late")
+    new.input(b"new")
+    assert bytes(link.written) == b"new"
+
+
+def test_ask_policy_yes_hands_over_at_once_and_a_second_asker_is_told_busy() -> None:
+    timers = FakeTimers()
+    hub, _ = make_hub(takeover=TakeoverPolicy.ASK, schedule=timers)
+    old, _ = attach(hub, who="10.0.0.1:1")
+    new, _ = attach(hub, who="10.0.0.2:2")
+    third, tsink = attach(hub, who="10.0.0.3:3")
+    assert any("another takeover request" in n.text for n in tsink.notices)
+    old.answer_takeover(True)
+    assert new.role is Role.WRITER and old.role is Role.VIEWER and third.role is Role.VIEWER
+
+
+def test_ask_policy_writer_leaving_hands_over_and_asker_leaving_cancels() -> None:
+    timers = FakeTimers()
+    hub, _ = make_hub(takeover=TakeoverPolicy.ASK, schedule=timers)
+    old, _ = attach(hub)
+    new, nsink = attach(hub, who="10.0.0.2:2")
+    old.detach()
+    assert new.role is Role.WRITER
+    assert any("the writer left" in n.text for n in nsink.notices)
+    other, _ = attach(hub, who="10.0.0.3:3")
+    assert hub.arbiter.lease.pending is not None
+    other.detach()
+    assert hub.arbiter.lease.pending is None and timers.fire_all() == 0
+    assert new.role is Role.WRITER

@@ -1,0 +1,70 @@
+"""Keep web pages the operator happens to visit away from the consoles (DNS rebinding, cross-site requests).
+
+* DNS rebinding: a page on evil.example re-pointed to 127.0.0.1 sends ``Host: evil.example``.  Served are
+  only: the listen address, loopback names, ``http.allowed_hosts`` (e.g. the name a reverse proxy forwards)
+  and, on a wildcard listener, any IP literal.
+* Cross-site requests: a browser adds ``Origin`` to POSTs and WebSocket upgrades; one from another origin
+  could otherwise take over a console or reset a VM through a plain HTML form.  Accepted are the request's
+  own origin and origins on ``http.allowed_hosts`` (a TLS-terminating proxy's page is ``https://name`` while
+  the request reaching us is plain http).  Tools such as curl or websocat send no Origin and are not
+  affected.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+
+from aiohttp import web
+
+from ...config import HttpSettings
+from .errors import ApiError
+
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def host_and_port(authority: str) -> tuple[str, int | None]:
+    """``host[:port]`` / ``[v6][:port]`` -> (lower-case host without brackets, port or None)."""
+    authority = authority.lower()
+    if authority.startswith("["):
+        host, _, rest = authority[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    else:
+        host, _, port_text = authority.partition(":")
+    if port_text and not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
+        raise ApiError("bad_request", f"malformed Host or Origin {authority[:80]!r}")
+    return host, int(port_text) if port_text else None
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def browser_guard(settings: HttpSettings) -> Callable[[web.Request], None]:
+    """The check for one listener's settings; raises ``ApiError`` (421 or 403)."""
+    listen = settings.listen
+    wildcard = listen is not None and listen.host in ("0.0.0.0", "::", "")
+    named = _LOOPBACK_NAMES | set(settings.allowed_hosts) | ({listen.host.lower()} if listen else set())
+    allowed_origins = set(settings.allowed_hosts)
+
+    def guard(request: web.Request) -> None:
+        host, port = host_and_port(request.host)
+        if host not in named and not (wildcard and _is_ip_literal(host)):
+            raise ApiError("misdirected", f"this server does not serve host {host[:64]!r}")
+        upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+        origin = request.headers.get("Origin")
+        if origin is None or (request.method in _SAFE_METHODS and not upgrade):
+            return
+        scheme, _, authority = origin.partition("://")
+        origin_host, origin_port = host_and_port(authority)
+        default_port = 443 if scheme == "https" else 80
+        same_origin = (origin_host, origin_port or default_port) == (host, port or 80)
+        if not (same_origin or origin_host in allowed_origins):
+            raise ApiError("forbidden", f"cross-origin request from {origin[:80]!r} refused")
+
+    return guard

@@ -1,0 +1,256 @@
+"""WebSocket consoles: ``GET /api/v1/ports/{name}/ws?mode=rw|ro&from=OFFSET``.
+
+A WebSocket session is an ordinary hub session: ``WsConnection`` implements ``hub.SessionSink``.  The hub
+never awaits a client, so guest bytes and JSON events go, in order, into a ``FrameQueue`` that a writer task
+drains; above ``client_buffer_bytes`` queued the session counts as behind (the hub stops feeding it and
+later resumes it from the ring, telling it how many bytes it missed), and events queued while behind are
+bounded by the shared ``OutputBudget``.  Control messages (text frames) are parsed by ``proto.wsmsg`` and
+passed to the session; the hub decides whether this session may do them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from ...core.access import AttachMode
+from ...hub import EndReason, Notice, Session
+from ...proto import wsmsg
+from ..output import CLOSE_FLUSH_TIMEOUT_S, FrameQueue, OutputBudget
+from .common import SETTINGS_KEY, console, identity, int_param
+from .errors import ApiError
+
+# WebSocket close codes (4000-4999 are ours; documented in the README and the OpenAPI document).
+WS_CLOSE_EVICTED = 4000
+WS_CLOSE_DISABLED = 4001
+WS_CLOSE_BAD_MESSAGE = 4002
+WS_CLOSE_FELL_BEHIND = 4003
+WS_CLOSE_DENIED = 4005
+WS_CLOSE_LIMIT = 4006
+_END_CODES: dict[EndReason, int] = {
+    EndReason.EVICTED: WS_CLOSE_EVICTED,
+    EndReason.DISABLED: WS_CLOSE_DISABLED,
+    EndReason.FELL_BEHIND: WS_CLOSE_FELL_BEHIND,
+    EndReason.DENIED: WS_CLOSE_DENIED,
+    EndReason.LIMIT: WS_CLOSE_LIMIT,
+    EndReason.SHUTDOWN: int(WSCloseCode.GOING_AWAY),
+    EndReason.PROTOCOL: WS_CLOSE_BAD_MESSAGE,
+    EndReason.DETACHED: int(WSCloseCode.OK),
+}
+
+
+class WsConnection:
+    """One WebSocket console session; implements ``hub.SessionSink``.
+
+    Output (guest bytes and JSON events, in order) goes through ``_queue``; ``_writer`` sends it.  Input
+    is read by the handler's receive loop, which waits on ``input_allowed`` when the device is full.
+    """
+
+    def __init__(
+        self, ws: web.WebSocketResponse, limit_bytes: int, transport: asyncio.BaseTransport | None = None
+    ) -> None:
+        self.ws = ws
+        self._transport = transport
+        self.session: Session | None = None
+        self._queue = FrameQueue()
+        self._budget = OutputBudget(limit_bytes)
+        self._wakeup = asyncio.Event()
+        self.input_allowed = asyncio.Event()
+        self.input_allowed.set()
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._abort_timer: asyncio.TimerHandle | None = None
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    # SessionSink
+    def session_started(self, session: Session) -> None:
+        self.session = session
+
+    def send_output(self, data: bytes) -> None:
+        if self.close_code is not None:
+            return
+        self._queue.push_bytes(data)
+        self._wakeup.set()
+        self._pause_if_full()
+
+    def send_notice(self, notice: Notice) -> None:
+        self.send_event({"type": "notice", "kind": str(notice.kind), "text": notice.text, **notice.fields})
+
+    def send_event(self, event: dict[str, Any]) -> None:
+        if self.close_code is not None:
+            return
+        text = json.dumps(event)
+        if self._budget.written(len(text)):
+            # Events are not subject to the output pause; a client that reads nothing at all must not
+            # make them pile up without end.
+            self.close_session("not reading: too much unsent output", EndReason.FELL_BEHIND)
+            return
+        self._queue.push_text(text)
+        self._wakeup.set()
+        self._pause_if_full()
+
+    def _pause_if_full(self) -> None:
+        # Everything queued occupies the client's buffer, events too: over the limit the session is behind.
+        if self._queue.queued_bytes > self._budget.limit_bytes and not self._budget.paused:
+            self._budget.pause()
+            if self.session is not None:
+                self.session.pause_output()
+
+    def close_session(self, reason: str, kind: EndReason) -> None:
+        if self.close_code is not None:
+            return
+        self.close_code = _END_CODES[kind]  # first: from here on send_event adds nothing (and cannot recurse)
+        self.close_reason = reason
+        if self.session is not None:
+            self.session.detach()  # closes we start ourselves (bad message, not reading); no-op for the hub's
+        self._queue.push_text(json.dumps({"type": "closing", "reason": reason, "code": self.close_code}))
+        self._wakeup.set()
+        self.input_allowed.set()  # a receive loop parked on device back-pressure must see the close
+        # A client that stopped reading never lets the close frame out: cut the connection after a while.
+        self._abort_timer = asyncio.get_running_loop().call_later(CLOSE_FLUSH_TIMEOUT_S, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        # Not isinstance(asyncio.Transport): uvloop's transports do not subclass it.
+        abort = getattr(self._transport, "abort", None)
+        if self._transport is not None and abort is not None and not self._transport.is_closing():
+            abort()
+
+    def pause_input(self) -> None:
+        self.input_allowed.clear()
+
+    def resume_input(self) -> None:
+        self.input_allowed.set()
+
+    # internals
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                while self._queue:
+                    item = self._queue.pop()
+                    if isinstance(item, bytes):
+                        await self.ws.send_bytes(item)
+                    else:
+                        await self.ws.send_str(item)
+                    if self._budget.paused and self._queue.queued_bytes <= self._budget.limit_bytes // 4:
+                        self._budget.resume()
+                        if self.session is not None:
+                            self.session.resume_output()
+                if self.close_code is not None:
+                    # Close codes' reasons are limited to 123 bytes by RFC 6455.
+                    await self.ws.close(code=self.close_code, message=self.close_reason.encode()[:123])
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+        except (ConnectionError, RuntimeError):
+            return  # the client went away; the handler's receive loop ends and detaches
+
+    async def finish(self) -> None:
+        if self.close_code is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._writer), CLOSE_FLUSH_TIMEOUT_S)
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+
+
+def _bad_message(conn: WsConnection, reason: str) -> None:
+    conn.close_session(f"bad message: {reason}", EndReason.PROTOCOL)
+
+
+async def _control(conn: WsConnection, session: Session, text: str, key_profile: str) -> None:
+    """Act on one text frame (see ``proto.wsmsg``); a bad one closes only this session (4002)."""
+    try:
+        message = wsmsg.parse_control(text)
+    except wsmsg.BadMessage as exc:
+        _bad_message(conn, str(exc))
+        return
+    match message:
+        case wsmsg.Resize(cols, rows):
+            session.window_size_changed(cols, rows)
+        case wsmsg.Break():
+            session.send_break()
+        case wsmsg.TakeOver():
+            session.take_over()
+        case wsmsg.ReadOnly():
+            session.become_viewer()
+        case wsmsg.AnswerTakeover(accept):
+            session.answer_takeover(accept)
+        case wsmsg.Key(name):
+            try:
+                session.send_key(name)
+            except KeyError:
+                _bad_message(conn, f"unknown key {name[:20]!r} for key profile {key_profile}")
+        case wsmsg.SysRq(key):
+            await session.send_sysrq(key)
+        case wsmsg.Who():
+            session.who()
+        case wsmsg.Ping():
+            conn.send_event({"type": "pong"})
+
+
+class WebSocketConsoles:
+    """The WebSocket endpoint and the connections it holds (capped by ``http.max_connections``)."""
+
+    def __init__(self) -> None:
+        self.connections: set[WsConnection] = set()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        target = console(request)
+        mode_text = request.query.get("mode", "rw")
+        if mode_text not in ("rw", "ro"):
+            raise ApiError("bad_request", f"mode must be rw or ro, got {mode_text[:10]!r}")
+        mode = AttachMode.INTERACTIVE if mode_text == "rw" else AttachMode.READ_ONLY
+        from_offset = int_param(request, "from", None, 0, 2**63)
+        end = target.stream_end
+        if from_offset is not None and from_offset > end:
+            raise ApiError("bad_request", f"from={from_offset} is beyond the end of the stream ({end})")
+        status = target.status()
+        if str(status.state) == "disabled":
+            raise ApiError("console_disabled", f"console {target.name} is disabled: {status.state_reason}")
+        settings = request.app[SETTINGS_KEY]
+        if len(self.connections) >= settings.max_connections:
+            raise ApiError(
+                "too_many_connections",
+                f"this server has its maximum of {settings.max_connections} WebSocket consoles",
+            )
+        ws = web.WebSocketResponse(
+            heartbeat=settings.ws_heartbeat_s, max_msg_size=settings.ws_max_message_bytes, compress=False
+        )
+        await ws.prepare(request)
+        conn = WsConnection(ws, target.config.client_buffer_bytes, request.transport)
+        self.connections.add(conn)
+        conn.send_event(
+            {"type": "hello", "port": target.name, "mode": mode_text, "offset": target.stream_end}
+        )
+        session = target.attach(conn, identity(request, "ws"), mode, from_offset=from_offset)
+        try:
+            if session is not None:
+                async for msg in ws:
+                    if conn.close_code is not None:
+                        break
+                    if msg.type is WSMsgType.BINARY:
+                        session.input(msg.data)
+                    elif msg.type is WSMsgType.TEXT:
+                        await _control(conn, session, msg.data, target.config.key_profile)
+                    elif msg.type is WSMsgType.ERROR:
+                        break
+                    await conn.input_allowed.wait()
+        finally:
+            self.connections.discard(conn)
+            if session is not None:
+                session.detach()
+            await conn.finish()
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+    def close_all(self, reason: str) -> None:
+        """on_shutdown: WebSocket handlers would otherwise keep the runner's cleanup waiting."""
+        for conn in list(self.connections):
+            conn.close_session(reason, EndReason.SHUTDOWN)

@@ -1,0 +1,710 @@
+"""PortHub: one console port — its device link, scrollback ring, writer arbitration and sessions.
+
+Data flow (DESIGN.md §1)::
+
+    device ──► PortHub.device_data_received ──► RingBuffer.append
+                                            └──► each live Session's sink.send_output (never awaits)
+    sink ──► Session.input ──► PortHub.session_input ──► access policy ──► writer lease ──► DeviceInput
+
+The hub composes small parts, each with one job: ``AccessPolicy`` (may this identity, in this attach mode,
+do this verb here?), ``WriterArbiter`` (who writes, takeovers and what each side is told), ``DeviceInput``
+(pacing and back-pressure to the writer), ``VmControl`` (the machine behind the port).  What stays here is
+the fan-out, catch-up and replay of guest output, attaching and detaching, and the port's state.
+
+Invariants kept here:
+
+* The fan-out never waits for a client.  A sink whose transport buffer is full calls
+  ``Session.pause_output``; from then on the hub only remembers the session's cursor (an absolute ring
+  offset).  When the sink drains it calls ``Session.resume_output`` and the hub replays from the cursor —
+  telling the client exactly how many bytes were overwritten meanwhile (``slow_reader = "resync"``) or
+  closing it with that count and the offset it reached (``"close"``).  The device and the other sessions
+  never slow down.
+* Exactly one writer: input is accepted only from the session that holds the writer lease at the moment
+  the bytes arrive; bytes of an evicted or demoted writer are discarded, never queued.
+* Every verb is decided by ``self.access`` with the session's attach mode, whatever transport it came from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ..adapters import Action, AdapterError, HypervisorAdapter, StateReport
+from ..config import PortConfig
+from ..core.access import AccessPolicy, AttachMode, Identity, Verb
+from ..core.keys import key_bytes
+from ..core.lease import LeaseInput
+from ..core.policy import SlowReaderPolicy
+from ..core.ring import ReadResult, RingBuffer
+from ..devices.base import DeviceLink, DeviceListener
+from .arbiter import WriterArbiter
+from .clock import Scheduler, loop_scheduler
+from .device_input import DeviceInput
+from .notices import Notice, NoticeKind, clock_text
+from .session import EndReason, Role, Session, SessionSink
+from .status import (
+    PortState,
+    PortStatus,
+    RefusalKind,
+    Refused,
+    ScrollbackSlice,
+    ScrollbackStatus,
+    WriterStatus,
+)
+from .vm import ACTION_VERBS, VmControl
+
+# Chunk size used when a session catches up from the ring; the sink pauses us again if it fills up.
+_CATCH_UP_CHUNK_BYTES = 64 * 1024
+# Scrollback replayed by the escape command when the port replays nothing on attach.
+_MIN_MANUAL_REPLAY_BYTES = 4096
+# Linux accepts the SysRq key within 5 s after a BREAK; leave the UART time to settle first.
+SYSRQ_KEY_DELAY_S = 0.3
+_ACTION_WORDS = {
+    Action.NMI: "send an NMI",
+    Action.RESET: "hard-reset the machine",
+    Action.RESTART: "restart the machine",
+    Action.START: "start the machine",
+}
+
+
+class AuditFn(Protocol):
+    def __call__(self, event: str, /, **fields: Any) -> None: ...
+
+
+def _no_audit(event: str, /, **fields: Any) -> None:
+    return None
+
+
+class PortHub(DeviceListener):
+    """State and policy of one port.  See the module docstring for the invariants."""
+
+    def __init__(
+        self,
+        config: PortConfig,
+        link_factory: Callable[[PortHub], DeviceLink] | None,
+        *,
+        access: AccessPolicy | None = None,
+        adapter: HypervisorAdapter | None = None,
+        audit: AuditFn = _no_audit,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        schedule: Scheduler = loop_scheduler,
+        start_offset: int = 0,
+        previous_end: int | None = None,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        # Offsets continue from the previous run (see state.py), so they are never reused.
+        self.ring = RingBuffer(config.scrollback_bytes, start_offset)
+        self.run_start = start_offset
+        # The exact end of the previous run's stream when it stopped cleanly; None after a crash (then
+        # the previous run ended somewhere before run_start, which is a floor reserved ahead of it).
+        self.previous_end = previous_end
+        self.access = access if access is not None else AccessPolicy()
+        self._audit = audit
+        self._clock = clock
+        self._wall = wall
+        self._link_factory = link_factory
+        self.link: DeviceLink | None = None
+        self.sessions: dict[int, Session] = {}
+        self._ids = itertools.count(1)
+        self.state = PortState.CONNECTING if config.enabled else PortState.DISABLED
+        self.state_reason = "" if config.enabled else "disabled in the configuration"
+        self.state_since = wall()
+        self.arbiter = WriterArbiter(
+            self.name,
+            config.takeover,
+            config.ask_timeout_s,
+            sessions=self.sessions,
+            close_session=self._close_session,
+            on_writer_changed=self._writer_changed,
+            audit=audit,
+            clock=clock,
+            wall=wall,
+            schedule=schedule,
+        )
+        self.input = DeviceInput(
+            config.input_rate_bps,
+            config.device_buffer_bytes,
+            link=lambda: self.link,
+            writer=lambda: self.arbiter.writer,
+            clock=clock,
+            schedule=schedule,
+        )
+        self.vm = VmControl(self.name, adapter, audit=audit, broadcast=self._broadcast)
+        # Counters (API, metrics).
+        self.bytes_from_device = 0
+        self.bytes_missed = 0
+        self.device_reconnects = 0
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.state is PortState.DISABLED or self._link_factory is None or self.link is not None:
+            return
+        self.link = self._link_factory(self)
+        self.link.start()
+
+    async def close(self, reason: str = "serialmuxd is shutting down") -> None:
+        for session in list(self.sessions.values()):
+            self._close_session(session, reason, EndReason.SHUTDOWN)
+        self.input.close()
+        self.arbiter.close()
+        if self.link is not None:
+            await self.link.close()
+
+    def disable_at_start(self, reason: str) -> None:
+        """Mark the port disabled before ``start`` (persisted switch): its device is never opened."""
+        self._set_state(PortState.DISABLED, reason)
+
+    async def set_enabled(self, enabled: bool, reason: str) -> None:
+        """Enable or disable the port at run time.  Disabling closes every session with ``reason`` and
+        releases the device (so another tool may use it); enabling reopens it."""
+        if enabled == (self.state is not PortState.DISABLED):
+            return
+        if not enabled:
+            self._set_state(PortState.DISABLED, reason)
+            self._audit("port_disabled", port=self.name, reason=reason)
+            for session in list(self.sessions.values()):
+                self._close_session(
+                    session, f"console {self.name} was disabled: {reason}", EndReason.DISABLED
+                )
+            self.input.link_closed()
+            if self.link is not None:
+                link, self.link = self.link, None
+                await link.close()
+            return
+        self._set_state(PortState.CONNECTING, "")
+        self._audit("port_enabled", port=self.name)
+        self.start()
+
+    # -- what front ends read -----------------------------------------------------------------------
+    @property
+    def stream_end(self) -> int:
+        """The offset the next guest byte will get."""
+        return self.ring.end
+
+    def status(self) -> PortStatus:
+        holder = self.arbiter.lease.holder
+        ring = self.ring
+        return PortStatus(
+            name=self.name,
+            state=self.state,
+            state_reason=self.state_reason,
+            state_since=self.state_since,
+            device=self.device_text,
+            writer=None if holder is None else WriterStatus(holder.who, holder.since),
+            viewers=sum(1 for s in self.sessions.values() if s.role is Role.VIEWER),
+            sessions=len(self.sessions),
+            scrollback=ScrollbackStatus(ring.start, ring.end, ring.capacity),
+            bytes_from_device=self.bytes_from_device,
+            bytes_to_device=self.input.bytes_to_device,
+            bytes_missed=self.bytes_missed,
+            takeovers=self.arbiter.takeovers,
+            device_reconnects=self.device_reconnects,
+            key_profile=self.config.key_profile,
+            hypervisor=self.vm.status(),
+        )
+
+    def scrollback(self, identity: Identity, start: int | None, limit: int) -> ScrollbackSlice:
+        """Read the ring from ``start`` (default: the oldest byte).  The caller checks ``start`` against
+        the bounds in the result's ``start``/``end`` (see ``scrollback_bounds``)."""
+        self._require(identity, Verb.VIEW)
+        ring = self.ring
+        result = ring.read(ring.start if start is None else start, limit)
+        return ScrollbackSlice(result.data, result.offset, ring.start, ring.end)
+
+    def scrollback_bounds(self) -> tuple[int, int]:
+        return self.ring.start, self.ring.end
+
+    @property
+    def device_text(self) -> str:
+        """The device for people: an exec command shows only its program, never its arguments (secrets)."""
+        spec = self.config.device
+        if spec.argv:
+            return f"exec:{os.path.basename(spec.argv[0])}"
+        return spec.raw
+
+    # -- device side (DeviceListener) ------------------------------------------------------------
+    def device_data_received(self, data: bytes) -> None:
+        self.ring.append(data)
+        self.bytes_from_device += len(data)
+        end = self.ring.end
+        # A tuple copy: a sink may close its session while we iterate (slow_reader = "close").
+        for session in tuple(self.sessions.values()):
+            if session.lagging or session.closed:  # closed: cut by a sink earlier in this loop
+                continue
+            # Cursor first: the sink may call pause_output from inside send_output, and what it was
+            # handed already counts as delivered.
+            if session.cursor == end - len(data):
+                session.cursor = end
+                session.sink.send_output(data)
+            else:  # behind for another reason (e.g. mid catch-up): use the ring
+                self.session_catch_up(session)
+
+    def device_online(self, description: str) -> None:
+        if self.state is not PortState.CONNECTING:
+            self.device_reconnects += 1
+        self._set_state(PortState.ONLINE, description)
+        self._audit("device_online", port=self.name, device=description)
+        for session in tuple(self.sessions.values()):
+            self._tell_discarded(session)  # whatever was not told yet while the device was away
+        self._broadcast(Notice(NoticeKind.ONLINE, f"console {self.name} online ({description})"))
+
+    def device_offline(self, reason: str) -> None:
+        self._set_state(PortState.OFFLINE, reason)
+        self.input.reset()  # the link discarded its own buffer too, and resumed the writer
+        self._audit("device_offline", port=self.name, reason=reason)
+        self._broadcast(
+            Notice(
+                NoticeKind.OFFLINE,
+                f"console {self.name} offline: {reason}; reconnecting, stay attached",
+                {"reason": reason},
+            )
+        )
+
+    def device_write_paused(self) -> None:
+        self.input.device_paused()
+
+    def device_write_resumed(self) -> None:
+        self.input.device_resumed()
+
+    # -- attaching ----------------------------------------------------------------------------------
+    def attach(
+        self, sink: SessionSink, identity: Identity, mode: AttachMode, *, from_offset: int | None = None
+    ) -> Session | None:
+        """Attach a client.  Returns None (after closing the sink with a reason) if it may not attach.
+
+        ``from_offset`` resumes a client that was attached before (WebSocket ``?from=``): instead of the
+        replay window it gets everything since that offset that is still in the ring, and is told how
+        many bytes were overwritten in between, or that the daemon restarted since.  It must not be beyond
+        ``stream_end`` (checked by callers).
+        """
+        decision = self.access.decide(identity, Verb.VIEW, self.name, mode)
+        if not decision:
+            self._audit("attach_denied", port=self.name, peer=str(identity), reason=decision.reason)
+            sink.close_session(f"access to console {self.name} denied", EndReason.DENIED)
+            return None
+        if self.state is PortState.DISABLED:
+            sink.close_session(f"console {self.name} is disabled: {self.state_reason}", EndReason.DISABLED)
+            return None
+        limit = self._session_limit(identity)
+        if limit is not None:
+            self._audit("attach_refused", port=self.name, peer=str(identity), reason=limit)
+            sink.close_session(limit, EndReason.LIMIT)
+            return None
+        session = Session(self, self.name, next(self._ids), identity, mode, sink, self.ring.end)
+        self.sessions[session.id] = session
+        sink.session_started(session)
+        self._audit("attach", port=self.name, session=session.id, peer=str(identity), mode=str(mode))
+        session.notify(
+            Notice(
+                NoticeKind.ATTACHED,
+                f"attached to console {self.name} ({self.state}"
+                + (f": {self.state_reason}" if self.state is PortState.OFFLINE else "")
+                + ")",
+                {"port": self.name, "state": str(self.state), "session": session.id},
+            )
+        )
+        vm_notice = self.vm.state_notice()
+        if vm_notice is not None:
+            session.notify(vm_notice)
+        if from_offset is None:
+            self._replay(session, self.config.replay_bytes, manual=False)
+        else:
+            self._resume(session, min(from_offset, self.ring.end))
+        if session.closed:
+            return None
+        if mode is AttachMode.INTERACTIVE:
+            self._request_write(session, LeaseInput.ATTACH)
+        else:
+            holder = self.arbiter.lease.holder
+            session.notify(
+                Notice(
+                    NoticeKind.READ_ONLY,
+                    "read-only: your input is not sent to the guest"
+                    + (f"; {holder.who} is writing" if holder else ""),
+                )
+            )
+        return session
+
+    def _session_limit(self, identity: Identity) -> str | None:
+        if len(self.sessions) >= self.config.max_sessions:
+            return f"console {self.name} has its maximum of {self.config.max_sessions} sessions"
+        host = identity.host
+        same = sum(1 for s in self.sessions.values() if s.identity.host == host)
+        if same >= self.config.max_sessions_per_address:
+            return (
+                f"console {self.name} has its maximum of {self.config.max_sessions_per_address} "
+                f"sessions from {host}"
+            )
+        return None
+
+    def _resume(self, session: Session, offset: int) -> None:
+        """Catch a resuming session up from ``offset``, telling it exactly what it cannot have."""
+        session.cursor = offset
+        if offset < self.run_start:
+            # Offsets of an earlier run: that run's output is not in this ring.  A clean stop knows its end;
+            # after a crash only that it ended before run_start (the reserved floor).  Never count the
+            # reserved gap as missed bytes: it never held any.
+            exact = self.previous_end is not None
+            lost = (self.previous_end - offset) if self.previous_end is not None else None
+            text = (
+                f"serialmuxd restarted since offset {offset}; "
+                + (
+                    f"{lost} bytes of console output from before the restart are not available"
+                    if lost is not None
+                    else "console output between that offset and the restart was not kept"
+                )
+                + f"; the stream continues at offset {self.run_start}"
+            )
+            session.notify(
+                Notice(
+                    NoticeKind.RESTART_GAP,
+                    text,
+                    {"from": offset, "to": self.run_start, "exact": exact, "lost": lost},
+                )
+            )
+            session.cursor = self.run_start
+        if session.cursor < self.ring.start:
+            # A resume is told what it missed whatever slow_reader says: that policy is about keeping up
+            # while attached, not about what happened while the client was away.
+            self._report_missed(session, self.ring.start - session.cursor, self.ring.start)
+            session.cursor = self.ring.start
+        self.session_catch_up(session)
+
+    # -- the SessionHost protocol: requests from sessions -----------------------------------------------
+    def session_input(self, session: Session, data: bytes) -> None:
+        if session.closed or not data:
+            return
+        if not self.arbiter.holds(session):
+            if session.read_only_reminder.ready(self._clock()):
+                hint = "" if session.read_only else " (escape + c f takes over)"
+                session.notify(Notice(NoticeKind.READ_ONLY, f"read-only: input not sent{hint}"))
+            return
+        decision = self.access.decide(session.identity, Verb.WRITE, self.name, session.mode)
+        if not decision:  # grants can change while a session holds the lease (reload, revocation)
+            if session.read_only_reminder.ready(self._clock()):
+                session.notify(Notice(NoticeKind.REFUSED, decision.reason))
+            return
+        self._put_on_line(session, data)
+
+    def session_key(self, session: Session, name: str) -> None:
+        data = key_bytes(self.config.key_profile, name)  # KeyError for names the profile lacks
+        self.session_input(session, data)
+
+    def session_break(self, session: Session) -> bool:
+        if session.closed or not self._session_may(session, Verb.BREAK):
+            return False
+        if not self.arbiter.holds(session):
+            session.notify(Notice(NoticeKind.READ_ONLY, "only the writer may send BREAK"))
+            return False
+        if self.link is None or not self.link.send_break():
+            session.notify(
+                Notice(NoticeKind.INFO, f"BREAK not sent: not supported by {self.device_text} or offline")
+            )
+            return False
+        self._audit("break", port=self.name, session=session.id, peer=str(session.identity))
+        session.notify(Notice(NoticeKind.INFO, "BREAK sent"))
+        return True
+
+    async def session_sysrq(self, session: Session, key: str) -> None:
+        if self.session_break(session):  # without a BREAK the key would just be typed into the shell
+            await asyncio.sleep(SYSRQ_KEY_DELAY_S)
+            self.session_input(session, key.encode())
+
+    def session_window_size(self, session: Session, cols: int, rows: int) -> None:
+        # Only the writer's terminal decides the guest's size; a read-only session's resize is ignored
+        # quietly (browsers send one on every layout change).
+        if self.arbiter.holds(session) and self.link is not None:
+            self.link.set_window_size(cols, rows)
+
+    def session_take_over(self, session: Session) -> None:
+        self._request_write(session, LeaseInput.TAKE_OVER)
+
+    def session_answer_takeover(self, session: Session, accept: bool) -> None:
+        if not session.closed:
+            self.arbiter.answer(session, accept)
+
+    def session_being_asked(self, session: Session) -> bool:
+        return self.arbiter.lease.pending is not None and self.arbiter.holds(session)
+
+    def session_read_only(self, session: Session) -> None:
+        if session.closed:
+            return
+        self.arbiter.release(session, "chose read-only")
+        session.notify(Notice(NoticeKind.READ_ONLY, "you are now read-only"))
+
+    def session_replay(self, session: Session) -> None:
+        self._replay(session, max(self.config.replay_bytes, _MIN_MANUAL_REPLAY_BYTES), manual=True)
+
+    def session_who(self, session: Session) -> None:
+        session.notify(self.who_notice())
+
+    def session_check_action(self, session: Session, action: Action) -> str | None:
+        if not self.vm.offers(action):
+            return f"{action}: no hypervisor action configured for console {self.name}"
+        decision = self.access.decide(session.identity, ACTION_VERBS[action], self.name, session.mode)
+        if not decision:
+            return decision.reason
+        if not self.arbiter.holds(session):
+            return f"{action}: only the session with write access may {_ACTION_WORDS.get(action, action)}"
+        return None
+
+    async def session_action(self, session: Session, action: Action) -> None:
+        refusal = self.session_check_action(session, action)
+        if refusal is not None:
+            session.notify(Notice(NoticeKind.REFUSED, refusal))
+            return
+        try:
+            await self.vm.run(action, session.identity)
+        except AdapterError as exc:
+            # The detail names sockets and hosts: it goes to the operator's log, the client gets the kind.
+            session.notify(
+                Notice(
+                    NoticeKind.INFO,
+                    f"{action} failed: {exc.kind} (details in the serialmuxd log)",
+                    {"action": str(action), "error": str(exc.kind)},
+                )
+            )
+
+    def session_catch_up(self, session: Session) -> None:
+        """Send a session what it has not received yet, from its cursor, until done or it pauses again."""
+        while not session.lagging and not session.closed and session.cursor < self.ring.end:
+            result: ReadResult = self.ring.read(session.cursor, _CATCH_UP_CHUNK_BYTES)
+            if result.missed:
+                self.bytes_missed += result.missed
+                session.missed_bytes += result.missed
+                self._audit(
+                    "reader_missed",
+                    port=self.name,
+                    session=session.id,
+                    missed=result.missed,
+                    policy=str(self.config.slow_reader),
+                )
+                if self.config.slow_reader is SlowReaderPolicy.CLOSE:
+                    self._close_session(
+                        session,
+                        f"fell behind: {result.missed} bytes were overwritten before they could be sent; "
+                        f"last offset received {session.cursor}",
+                        EndReason.FELL_BEHIND,
+                    )
+                    return
+                self._tell_missed(session, result.missed, result.offset)
+            session.cursor = result.offset + len(result.data)
+            session.sink.send_output(result.data)
+
+    def session_detach(self, session: Session) -> None:
+        if session.closed:
+            return
+        session.closed = True
+        self.sessions.pop(session.id, None)
+        self.input.session_left(session)
+        self.arbiter.release(session)
+        self._audit(
+            "detach",
+            port=self.name,
+            session=session.id,
+            peer=str(session.identity),
+            missed=session.missed_bytes,
+        )
+
+    # -- requests without a session (HTTP API) ---------------------------------------------------------
+    def api_input(self, identity: Identity, data: bytes, what: str) -> None:
+        """Bytes from an API call (named keys, SysRq), paced like typed input; audited by size only (input
+        may be a secret).  Raises ``Refused``."""
+        self._refuse_api_line_use(identity, Verb.BREAK, what)
+        self._audit("api_input", port=self.name, peer=str(identity), what=what, bytes=len(data))
+        self.input.write(data)
+
+    def api_keys(self, identity: Identity, names: list[str]) -> int:
+        """Named keys through the port's key profile; returns the bytes sent.  Raises ``Refused``."""
+        try:
+            payload = b"".join(key_bytes(self.config.key_profile, name) for name in names)
+        except KeyError as exc:
+            raise Refused(
+                RefusalKind.UNKNOWN_KEY,
+                f"unknown key {str(exc.args[0])[:20]!r} for key profile {self.config.key_profile}",
+            ) from None
+        self.api_input(identity, payload, "send keys")
+        return len(payload)
+
+    def api_break(self, identity: Identity) -> None:
+        """A serial BREAK from an API call; same rules as ``api_input``."""
+        self._refuse_api_line_use(identity, Verb.BREAK, "send BREAK")
+        assert self.link is not None
+        if not self.link.send_break():
+            raise Refused(RefusalKind.NOT_SUPPORTED, f"{self.device_text} cannot send a serial BREAK")
+        self._audit("break", port=self.name, peer=str(identity))
+
+    async def api_sysrq(self, identity: Identity, key: str) -> None:
+        self.api_break(identity)
+        await asyncio.sleep(SYSRQ_KEY_DELAY_S)
+        # Checked again: a writer may have attached, or the device gone, during the pause.
+        self.api_input(identity, key.encode(), "send SysRq")
+
+    async def api_action(self, identity: Identity, action: Action) -> None:
+        """A hypervisor action from the API.  Raises ``Refused`` (policy) or ``AdapterError``."""
+        self._require(identity, ACTION_VERBS[action])
+        await self.vm.run(action, identity)
+
+    async def api_vm_state(self, identity: Identity) -> StateReport:
+        self._require(identity, Verb.VIEW)
+        if self.vm.adapter is None:
+            raise Refused(RefusalKind.NOT_SUPPORTED, f"console {self.name} has no [ports.hypervisor]")
+        return await self.vm.state_report()
+
+    def who_notice(self) -> Notice:
+        holder = self.arbiter.lease.holder
+        viewers = [s for s in self.sessions.values() if s.role is Role.VIEWER]
+        writer = f"{holder.who} since {clock_text(holder.since)}" if holder else "nobody"
+        text = f"{self.name}: writer: {writer}; viewers: {len(viewers)}"
+        if viewers:
+            text += " (" + ", ".join(str(s.identity) for s in viewers[:10])
+            text += ", …)" if len(viewers) > 10 else ")"
+        return Notice(
+            NoticeKind.INFO,
+            text,
+            {"writer": holder.who if holder else None, "viewers": [str(s.identity) for s in viewers]},
+        )
+
+    # -- internals --------------------------------------------------------------------------------
+    def _require(self, identity: Identity, verb: Verb) -> None:
+        decision = self.access.decide(identity, verb, self.name)
+        if not decision:
+            raise Refused(RefusalKind.FORBIDDEN, decision.reason)
+
+    def _session_may(self, session: Session, verb: Verb) -> bool:
+        decision = self.access.decide(session.identity, verb, self.name, session.mode)
+        if not decision:
+            session.notify(Notice(NoticeKind.REFUSED, decision.reason))
+        return decision.allowed
+
+    def _request_write(self, session: Session, kind: LeaseInput) -> None:
+        if session.closed:  # a detached session's late command must not take the lease
+            return
+        decision = self.access.decide(session.identity, Verb.WRITE, self.name, session.mode)
+        if not decision:
+            session.notify(Notice(NoticeKind.REFUSED, decision.reason))
+            return
+        holder = self.arbiter.lease.holder
+        if holder is not None and holder.session_id != session.id:
+            decision = self.access.decide(session.identity, Verb.TAKE_OVER, self.name, session.mode)
+            if not decision:
+                session.notify(Notice(NoticeKind.REFUSED, f"{holder.who} is writing; {decision.reason}"))
+                return
+        self.arbiter.request(session, kind)
+
+    def _writer_changed(self) -> None:
+        self.input.reset()  # queued input belongs to the writer who typed it
+        for session in self.sessions.values():
+            if session.role is Role.WRITER and not self.arbiter.holds(session):
+                session.role = Role.VIEWER
+
+    def _put_on_line(self, session: Session, data: bytes) -> None:
+        if not self.input.online:
+            session.discarded_untold += len(data)
+            if session.discard_reminder.ready(self._clock()):
+                self._tell_discarded(session)
+            return
+        if not self.input.write(data):
+            session.notify(
+                Notice(NoticeKind.INPUT_DISCARDED, f"device not accepting input; {len(data)} bytes discarded")
+            )
+
+    def _tell_discarded(self, session: Session) -> None:
+        count, session.discarded_untold = session.discarded_untold, 0
+        if count:
+            session.notify(
+                Notice(
+                    NoticeKind.INPUT_DISCARDED,
+                    f"console {self.name} is offline; {count} bytes of input discarded",
+                    {"discarded": count},
+                )
+            )
+
+    def _refuse_api_line_use(self, identity: Identity, verb: Verb, what: str) -> None:
+        """API calls without a session may use the line only while nobody holds the writer lease (the
+        one-writer rule) and the device is online.  Raises ``Refused``."""
+        holder = self.arbiter.lease.holder
+        if holder is not None:
+            raise Refused(
+                RefusalKind.IN_USE,
+                f"{self.name} has a writer ({holder.who}); {what} from its session, or take over first",
+                holder.who,
+            )
+        self._require(identity, verb)
+        if self.state is PortState.DISABLED:
+            raise Refused(RefusalKind.DISABLED, f"console {self.name} is disabled: {self.state_reason}")
+        if not self.input.online:
+            raise Refused(RefusalKind.OFFLINE, f"console {self.name} is {self.state}: {self.state_reason}")
+        if self.input.queue_full:
+            # No client to pause here: refuse instead of queueing without bound.
+            raise Refused(RefusalKind.QUEUE_FULL, f"{self.name}: input queue full, try again shortly")
+
+    def _set_state(self, state: PortState, reason: str) -> None:
+        self.state = state
+        self.state_reason = reason
+        self.state_since = self._wall()
+
+    def _broadcast(self, notice: Notice) -> None:
+        for session in list(self.sessions.values()):
+            session.notify(notice)
+
+    def _close_session(self, session: Session, reason: str, kind: EndReason) -> None:
+        if session.closed:
+            return
+        self.session_detach(session)
+        session.sink.close_session(reason, kind)
+
+    def close_sessions(self, reason: str, kind: EndReason, sinks: Callable[[SessionSink], bool]) -> None:
+        """Close the sessions whose sink matches (a front end stopping closes its own)."""
+        for session in list(self.sessions.values()):
+            if sinks(session.sink):
+                self._close_session(session, reason, kind)
+
+    def _replay(self, session: Session, max_bytes: int, *, manual: bool) -> None:
+        if session.lagging or session.cursor != self.ring.end:
+            # Jumping the cursor to the end would skip bytes it has not had, without telling it.
+            session.notify(Notice(NoticeKind.INFO, "replay not available while output is catching up"))
+            return
+        if max_bytes <= 0 or len(self.ring) == 0:
+            if manual:
+                session.notify(Notice(NoticeKind.INFO, "scrollback is empty"))
+            return
+        if self.config.replay_lines > 0 and not manual:
+            window = self.ring.tail_lines(self.config.replay_lines, max_bytes)
+        else:
+            window = self.ring.replay_window(max_bytes)
+        if not window.data:
+            return
+        session.notify(
+            Notice(
+                NoticeKind.REPLAY_START,
+                f"replaying {len(window.data)} bytes of scrollback",
+                {"offset": window.offset, "bytes": len(window.data)},
+            )
+        )
+        session.sink.send_output(window.data)
+        session.notify(
+            Notice(NoticeKind.REPLAY_END, "end of replay; live from here", {"offset": self.ring.end})
+        )
+        # Replay counts as delivery up to window's end, which is the ring's end.
+        session.cursor = self.ring.end
+
+    def _report_missed(self, session: Session, missed: int, offset: int) -> None:
+        self.bytes_missed += missed
+        session.missed_bytes += missed
+        self._tell_missed(session, missed, offset)
+
+    def _tell_missed(self, session: Session, missed: int, offset: int) -> None:
+        session.notify(
+            Notice(
+                NoticeKind.MISSED,
+                f"your connection fell behind: {missed} bytes of console output skipped",
+                {"missed": missed, "offset": offset},
+            )
+        )

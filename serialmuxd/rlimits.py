@@ -1,0 +1,37 @@
+"""Process limits the daemon sets for itself at start: the open-file limit.
+
+Every session, listener, device link and QMP connection is a file descriptor (an exec console is two: the
+PTY master and the pidfd).  The soft ``RLIMIT_NOFILE`` is 1,024 on most systems (what a login shell gets,
+and what systemd gives a unit without ``LimitNOFILE``) while the hard limit is much higher; past the soft
+limit every ``accept`` fails with ``EMFILE`` and new users get an immediate EOF, at about a thousand
+connections.  Raising the soft limit to the hard one costs nothing and leaves the ceiling to the operator
+(``LimitNOFILE=`` in the unit, which ships with 65536).
+
+Why the soft limit is low by default, and why that does not apply here: ``select(2)`` cannot watch an fd
+numbered 1,024 or higher (``FD_SETSIZE``), so programs that use it must keep the limit low.  serialmuxd
+does not: asyncio and uvloop use epoll, and the devices are read with ``add_reader``, never with pyserial's
+``select``-based ``read``/``write``.
+
+On Linux the hard limit is never ``RLIM_INFINITY`` (the kernel refuses any ``RLIMIT_NOFILE`` above
+``fs.nr_open``), so "the hard limit" is always a number that can become the soft one.  Failing to raise is
+not an error: the daemon runs with what it has, and the caller logs the values in effect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise the soft limit on open files to the hard limit; returns ``(soft, hard)`` now in effect.
+
+    Never lowers either limit and never raises: the returned values are what the process has afterwards.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        # Refused (a seccomp filter, a hard limit lowered meanwhile): keep what we have.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft, hard
