@@ -8,11 +8,13 @@ import asyncio
 import contextlib
 import os
 import re
+import selectors
 import signal
 import subprocess
 import termios
+import time
 import tty
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from serialmuxd.config import parse_config
 from serialmuxd.daemon import Daemon
@@ -250,3 +252,35 @@ async def running_daemon(
         await daemon.stop()
         if cleanup is not None:
             cleanup()
+
+
+async def eventually_async(
+    predicate: Callable[[], Awaitable[bool]], what: str, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> None:
+    """``eventually`` for state that must be fetched to be seen (an HTTP resource, a page's DOM)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not await predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timeout waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def read_until(fd: int, needle: bytes, timeout_s: float = DEFAULT_TIMEOUT_S) -> bytes:
+    """Read a blocking fd (a child's stderr pipe, a socket) outside any event loop until ``needle`` has been
+    seen; returns everything read.  Fails at EOF or at the deadline instead of blocking the test forever."""
+    got = bytearray()
+    deadline = time.monotonic() + timeout_s
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while needle not in got:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"timeout waiting for {needle!r}; got {bytes(got[-2000:])!r}")
+            if not selector.select(remaining):
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(f"EOF before {needle!r}; got {bytes(got[-2000:])!r}")
+            got += chunk
+    return bytes(got)
