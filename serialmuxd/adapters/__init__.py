@@ -1,9 +1,12 @@
 """Hypervisor adapters: NMI, reset, restart, start and power state of the machine behind a port.
 
-The seam to the rest of the daemon is three names:
+The seam to the rest of the daemon is four names:
 
-* ``parse_hypervisor(table, key)`` validates a port's ``[ports.hypervisor]`` TOML table and returns the
-  config plus every problem as ``(key path, reason)`` (the format of ``serialmuxd check-config``);
+* ``check_hypervisor(table, key, problems)`` checks a port's ``[ports.hypervisor]`` TOML table with the
+  configuration's own machinery (``serialmuxd.configcheck``): every problem goes into ``problems`` as
+  ``(key path, reason)`` in the same words as the rest of the file, and it returns the config or None;
+* ``parse_hypervisor(table, key)`` is the same returning ``(config, problems)``, for callers without a
+  ``Problems`` of their own;
 * ``make_adapter(config, port_name)`` builds the adapter for it;
 * ``HypervisorAdapter`` is what the daemon, the escape commands and the HTTP API call.
 
@@ -12,14 +15,38 @@ Keys (every type): ``type`` (``qmp`` | ``command`` | ``ipmi`` | ``libvirt``), ``
 ``restart``, ``state``, ``start``, each an argv array (no shell; ``{port}`` becomes the port name).
 ``ipmi``: ``host``, ``username``, ``password_file`` or ``password_env``, ``interface`` (``lanplus``),
 ``port`` (623), ``cipher_suite``, ``ipmitool``.  ``libvirt``: ``domain``, ``uri`` (``qemu:///system``).
+Each type's keys are a schema class below; a key of another type is an unknown key here.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
+from ..configcheck import (
+    REQUIRED,
+    CheckedTable,
+    Invalid,
+    Key,
+    Layered,
+    Problems,
+    absolute_path,
+    argv,
+    as_table,
+    check_table,
+    choice,
+    integer,
+    key_path,
+    require,
+    seconds,
+    string,
+    text,
+    unix_socket_path,
+)
 from .base import (
     DEFAULT_TIMEOUT_S,
+    MAX_TIMEOUT_S,
     Action,
     AdapterError,
     AdapterErrorKind,
@@ -27,9 +54,7 @@ from .base import (
     HypervisorConfig,
     StateListener,
     StateReport,
-    TableReader,
     VmState,
-    describe_value,
 )
 from .command import CommandAdapter, CommandConfig
 from .ipmi import IPMI_INTERFACES, IpmiAdapter, IpmiConfig
@@ -54,80 +79,166 @@ __all__ = [
     "StateListener",
     "StateReport",
     "VmState",
+    "check_hypervisor",
     "make_adapter",
     "parse_hypervisor",
 ]
 
 HYPERVISOR_TYPES = ("qmp", "command", "ipmi", "libvirt")
-_COMMAND_ACTIONS = ("nmi", "reset", "restart", "state", "start")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+def _env_name(value: object) -> str:
+    name = string(value)
+    if not _ENV_NAME_RE.fullmatch(name):
+        raise Invalid(f"must be an environment variable name, got {name!r}")
+    return name
+
+
+# ----------------------------------------------------------------------------------------------------
+# Schemas: the keys of each type.  Names are the config dataclasses' field names.
+
+
+class _Common:
+    type = Key("type", choice(HYPERVISOR_TYPES))
+    timeout_s = Key("timeout_s", seconds(MAX_TIMEOUT_S))
+
+
+class _Qmp:
+    socket = Key("socket", unix_socket_path)
+
+
+class _Command:
+    nmi = Key("nmi", argv)
+    reset = Key("reset", argv)
+    restart = Key("restart", argv)
+    state = Key("state", argv)
+    start = Key("start", argv)
+
+
+class _Ipmi:
+    host = Key("host", text)
+    username = Key("username", text)
+    password_file = Key("password_file", absolute_path)
+    password_env = Key("password_env", _env_name)
+    interface = Key("interface", choice(IPMI_INTERFACES))
+    port = Key("port", integer(1, 65535))
+    cipher_suite = Key("cipher_suite", integer(0, 17))  # ipmitool -C: the RMCP+ cipher suites 0..17
+    ipmitool = Key("ipmitool", text)
+
+
+class _Libvirt:
+    uri = Key("uri", text)
+    domain = Key("domain", text)
+
+
+_COMMAND_KEYS = (_Command.nmi, _Command.reset, _Command.restart, _Command.state, _Command.start)
+_SCHEMAS: dict[str, tuple[Key[Any], ...]] = {
+    "qmp": (_Qmp.socket,),
+    "command": _COMMAND_KEYS,
+    "ipmi": tuple(value for value in vars(_Ipmi).values() if isinstance(value, Key)),
+    "libvirt": (_Libvirt.uri, _Libvirt.domain),
+}
+_IPMI_PASSWORD_REFUSED = {
+    "password": "not supported: keep the password out of the config; use password_file (a file only the "
+    "daemon can read) or password_env (a variable of the daemon's environment)",
+}
+# Built-in defaults, read from the dataclasses so that each is written once.
+_BUILTIN_IPMI = IpmiConfig()
+_BUILTIN_LIBVIRT = LibvirtConfig()
+
+
 def parse_hypervisor(table: object, key: str) -> tuple[HypervisorConfig | None, list[tuple[str, str]]]:
-    """Validate one ``[ports.hypervisor]`` table found at ``key`` (e.g. ``ports[0].hypervisor``).
+    """Check one ``[ports.hypervisor]`` table found at ``key`` (e.g. ``ports[0].hypervisor``).
 
     Returns ``(config, [])`` when it is valid, else ``(None, problems)`` with every problem found, each as
     ``(key path, reason)``: unknown keys, wrong types, a missing ``socket`` for ``qmp``, and so on.
     """
-    if not isinstance(table, dict):
-        return None, [(key, f"expected a table, {describe_value(table)}")]
-    reader = TableReader(table, key)
-    kind = reader.take_string("type", required=True)
-    if kind is None:
-        return None, reader.problems
-    if kind not in HYPERVISOR_TYPES:
-        listing = ", ".join(repr(name) for name in HYPERVISOR_TYPES)
-        return None, [(reader.path("type"), f"must be one of {listing}, got {kind!r}")]
-    timeout_s = reader.take_seconds("timeout_s", DEFAULT_TIMEOUT_S)
-    config: HypervisorConfig
-    if kind == "qmp":
-        socket = reader.take_absolute_path("socket", required=True, unix_socket=True)
-        config = QmpConfig(timeout_s=timeout_s, socket=socket or "")
-    elif kind == "command":
-        argvs = {name: reader.take_argv(name) for name in _COMMAND_ACTIONS}
-        if all(name not in table for name in _COMMAND_ACTIONS):
-            reader.problem(None, f"a command hypervisor needs at least one of {', '.join(_COMMAND_ACTIONS)}")
-        config = CommandConfig(timeout_s=timeout_s, **argvs)
-    elif kind == "ipmi":
-        config = _parse_ipmi(reader, timeout_s)
-    else:
-        config = LibvirtConfig(
-            timeout_s=timeout_s,
-            uri=reader.take_string("uri", default="qemu:///system") or "",
-            domain=reader.take_string("domain", required=True) or "",
-        )
-    reader.finish()
-    return (config if reader.ok else None), reader.problems
+    problems = Problems()
+    config = check_hypervisor(table, key, problems)
+    return config, problems.items
 
 
-def _parse_ipmi(reader: TableReader, timeout_s: float) -> IpmiConfig:
-    reader.reject(
-        "password",
-        "not supported: keep the password out of the config; use password_file (a file only the daemon "
-        "can read) or password_env (a variable of the daemon's environment)",
+def check_hypervisor(raw: object, path: str, problems: Problems) -> HypervisorConfig | None:
+    """Check one ``[ports.hypervisor]`` table at ``path``, adding every problem to ``problems``.
+
+    ``type`` is read first: it decides which keys the table may have.  Without a valid ``type`` only that is
+    reported, since every other key would be judged against a guess.
+    """
+    found = Problems()  # this table's own, so that "valid" does not depend on what the caller found before
+    config = _check(raw, path, found)
+    for at, reason in found.items:
+        problems.add(at, reason)
+    return config if not found.items else None
+
+
+def _check(raw: object, path: str, problems: Problems) -> HypervisorConfig | None:
+    table = as_table(raw, path, problems)
+    if table is None:
+        return None
+    if _Common.type.name not in table:
+        problems.add(key_path(path, _Common.type.name), REQUIRED)
+        return None
+    try:
+        kind = _Common.type.check(table[_Common.type.name])
+    except Invalid as exc:
+        problems.invalid(key_path(path, _Common.type.name), exc)
+        return None
+    refused = _IPMI_PASSWORD_REFUSED if kind == "ipmi" else None
+    checked = check_table(
+        table, path, (_Common.type, _Common.timeout_s, *_SCHEMAS[kind]), problems, refused=refused
     )
-    host = reader.take_string("host", required=True) or ""
-    username = reader.take_string("username", default="") or ""
-    password_file = reader.take_absolute_path("password_file")
-    password_env = reader.take_string("password_env")
-    if password_env is not None and not _ENV_NAME_RE.fullmatch(password_env):
-        reader.problem("password_env", f"must be an environment variable name, got {password_env!r}")
-    if password_file is not None and password_env is not None:
-        reader.problem("password_env", "set only one of password_file and password_env")
-    elif password_file is None and password_env is None and reader.ok:
-        reader.problem(
-            None, "needs password_file or password_env (never a password in the config or on argv)"
+    values = Layered(checked)
+    timeout_s = values.value(_Common.timeout_s, DEFAULT_TIMEOUT_S)
+    if kind == "qmp":
+        require(checked, [_Qmp.socket], problems)
+        return QmpConfig(timeout_s=timeout_s, socket=checked.get(_Qmp.socket) or "")
+    if kind == "command":
+        if not any(checked.has(key) for key in _COMMAND_KEYS):
+            names = ", ".join(key.name for key in _COMMAND_KEYS)
+            problems.add(path, f"a command hypervisor needs at least one of {names}")
+        return CommandConfig(
+            timeout_s=timeout_s,
+            nmi=checked.get(_Command.nmi),
+            reset=checked.get(_Command.reset),
+            restart=checked.get(_Command.restart),
+            state=checked.get(_Command.state),
+            start=checked.get(_Command.start),
         )
+    if kind == "ipmi":
+        return _check_ipmi(table, checked, values, timeout_s, problems)
+    require(checked, [_Libvirt.domain], problems)
+    return LibvirtConfig(
+        timeout_s=timeout_s,
+        uri=values.value(_Libvirt.uri, _BUILTIN_LIBVIRT.uri),
+        domain=checked.get(_Libvirt.domain) or "",
+    )
+
+
+def _check_ipmi(
+    table: Mapping[str, object], checked: CheckedTable, values: Layered, timeout_s: float, problems: Problems
+) -> IpmiConfig:
+    require(checked, [_Ipmi.host], problems)
+    has_file, has_env = checked.has(_Ipmi.password_file), checked.has(_Ipmi.password_env)
+    if has_file and has_env:
+        problems.add(
+            key_path(checked.path, _Ipmi.password_env.name), "set only one of password_file and password_env"
+        )
+    elif not has_file and not has_env and "password" not in table:  # a password key has its own message
+        problems.add(
+            checked.path, "needs password_file or password_env (never a password in the config or on argv)"
+        )
+    builtin = _BUILTIN_IPMI
     return IpmiConfig(
         timeout_s=timeout_s,
-        host=host,
-        username=username,
-        password_file=password_file,
-        password_env=password_env,
-        interface=reader.take_choice("interface", IPMI_INTERFACES, "lanplus"),
-        port=reader.take_integer("port", 1, 65535, 623),
-        cipher_suite=reader.take_integer("cipher_suite", 0, 17, 3) if reader.has("cipher_suite") else None,
-        ipmitool=reader.take_string("ipmitool", default="ipmitool") or "ipmitool",
+        host=checked.get(_Ipmi.host) or "",
+        username=values.value(_Ipmi.username, builtin.username),
+        password_file=checked.get(_Ipmi.password_file),
+        password_env=checked.get(_Ipmi.password_env),
+        interface=values.value(_Ipmi.interface, builtin.interface),
+        port=values.value(_Ipmi.port, builtin.port),
+        cipher_suite=checked.get(_Ipmi.cipher_suite),
+        ipmitool=values.value(_Ipmi.ipmitool, builtin.ipmitool),
     )
 
 

@@ -1,4 +1,4 @@
-"""What every hypervisor adapter offers, the errors it raises and the config checks all adapters share.
+"""What every hypervisor adapter offers, the errors it raises and the config fields all adapters share.
 
 An adapter acts on the *machine* behind a port (NMI, reset, restart, start, power state); it never touches
 the console bytes.  Four properties hold for every adapter, so callers (in-band escape commands, the HTTP
@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import abc
 import enum
-import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -37,7 +36,6 @@ log = structlog.get_logger("serialmuxd.adapters")
 
 DEFAULT_TIMEOUT_S = 5.0
 MAX_TIMEOUT_S = 300.0
-UNIX_PATH_MAX_BYTES = 107  # sun_path is 108 bytes including the terminating NUL
 
 
 class VmState(enum.StrEnum):
@@ -208,9 +206,9 @@ class HypervisorAdapter(abc.ABC):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Configuration shared by all adapter types.  The daemon's config.py calls ``parse_hypervisor`` (in the
-# package ``__init__``) for each port's ``[ports.hypervisor]`` table; the checks below collect problems as
-# ``(key path, reason)`` pairs in the format ``serialmuxd check-config`` prints.
+# Configuration shared by all adapter types.  The daemon's config.py calls ``check_hypervisor`` (in the
+# package ``__init__``) for each port's ``[ports.hypervisor]`` table; it checks with the same machinery as
+# the rest of the configuration (``serialmuxd.configcheck``), so its messages read the same.
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,152 +217,3 @@ class HypervisorConfig:
 
     type: ClassVar[str] = ""
     timeout_s: float = DEFAULT_TIMEOUT_S
-
-
-class TableReader:
-    """Reads one TOML table key by key, recording a problem for every bad or unknown key.
-
-    Each ``take_*`` removes the key it reads; ``finish`` reports whatever is left as unknown keys, so a
-    typo (``sokcet``) is named rather than silently ignored.  A check returns ``None`` on a problem, which
-    the caller treats as "no valid config" (``ok`` is False).
-    """
-
-    def __init__(self, table: Mapping[str, object], key: str) -> None:
-        self._left = dict(table)
-        self._key = key
-        self.problems: list[tuple[str, str]] = []
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def path(self, name: str) -> str:
-        return f"{self._key}.{name}"
-
-    def problem(self, name: str | None, reason: str) -> None:
-        self.problems.append((self.path(name) if name else self._key, reason))
-
-    def has(self, name: str) -> bool:
-        """Whether the table (still) holds ``name``."""
-        return name in self._left
-
-    def reject(self, name: str, reason: str) -> None:
-        """Record ``name`` as a problem with a specific reason (better than "unknown key")."""
-        if self._left.pop(name, None) is not None:
-            self.problem(name, reason)
-
-    def _take(self, name: str, required: bool) -> object | None:
-        if name not in self._left:
-            if required:
-                self.problem(name, "missing (required)")
-            return None
-        return self._left.pop(name)
-
-    def take_string(self, name: str, *, required: bool = False, default: str | None = None) -> str | None:
-        value = self._take(name, required)
-        if value is None:
-            return default
-        if not isinstance(value, str):
-            self.problem(name, f"expected string, {describe_value(value)}")
-            return None
-        if value == "" or "\0" in value:
-            self.problem(name, f"must be a non-empty string without NUL, got {value!r}")
-            return None
-        return value
-
-    def take_absolute_path(
-        self, name: str, *, required: bool = False, unix_socket: bool = False
-    ) -> str | None:
-        value = self.take_string(name, required=required)
-        if value is None:
-            return None
-        if not os.path.isabs(value):
-            self.problem(name, f"must be an absolute path, got {value!r}")
-            return None
-        if unix_socket and len(os.fsencode(value)) > UNIX_PATH_MAX_BYTES:
-            self.problem(
-                name,
-                f"unix socket paths are limited to {UNIX_PATH_MAX_BYTES} bytes, "
-                f"got {len(os.fsencode(value))}",
-            )
-            return None
-        return value
-
-    def take_integer(self, name: str, low: int, high: int, default: int) -> int:
-        value = self._take(name, False)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.problem(name, f"expected integer, {describe_value(value)}")
-            return default
-        if not low <= value <= high:
-            self.problem(name, f"must be between {low} and {high}, got {value}")
-            return default
-        return value
-
-    def take_seconds(self, name: str, default: float, high: float = MAX_TIMEOUT_S) -> float:
-        value = self._take(name, False)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.problem(name, f"expected number, {describe_value(value)}")
-            return default
-        if not (0 < value <= high):  # written so that nan fails too
-            self.problem(name, f"must be greater than 0 and at most {high:g}, got {value!r}")
-            return default
-        return float(value)
-
-    def take_choice(self, name: str, allowed: Iterable[str], default: str) -> str:
-        allowed = list(allowed)
-        value = self.take_string(name)
-        if value is None:
-            return default
-        if value not in allowed:
-            self.problem(name, f"must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
-            return default
-        return value
-
-    def take_argv(self, name: str) -> tuple[str, ...] | None:
-        """An argv list: a non-empty array of strings, run without a shell (so no quoting rules apply)."""
-        value = self._take(name, False)
-        if value is None:
-            return None
-        if isinstance(value, str):
-            self.problem(
-                name,
-                f"expected an array of strings (argv, run without a shell), got string {value!r}; "
-                f"write it as {value.split()!r}",
-            )
-            return None
-        if not isinstance(value, list) or not value:
-            self.problem(name, f"expected a non-empty array of strings, {describe_value(value)}")
-            return None
-        for index, item in enumerate(value):
-            if not isinstance(item, str) or "\0" in item:
-                self.problem(f"{name}[{index}]", f"expected string without NUL, {describe_value(item)}")
-                return None
-        if value[0] == "":
-            self.problem(f"{name}[0]", "the program name cannot be empty")
-            return None
-        return tuple(value)
-
-    def finish(self) -> None:
-        for name in sorted(self._left):
-            self.problem(name, "unknown key")
-
-
-def describe_value(value: object) -> str:
-    """``got string 'x'`` in TOML's type words, for messages."""
-    kinds: tuple[tuple[type, str], ...] = (
-        (bool, "boolean"),
-        (int, "integer"),
-        (float, "float"),
-        (str, "string"),
-        (dict, "table"),
-        (list, "array"),
-    )
-    for python_type, name in kinds:
-        if isinstance(value, python_type):
-            text = repr(value)
-            return f"got {name} {text if len(text) <= 60 else text[:57] + '...'}"
-    return f"got {type(value).__name__}"

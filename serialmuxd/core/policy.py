@@ -15,6 +15,8 @@ class TakeoverPolicy(enum.StrEnum):
     EVICT = "evict"  # old writer is detached (default; what Azure does)
     DEMOTE = "demote"  # old writer stays attached read-only (conserver's spy)
     REFUSE = "refuse"  # newcomer is told who writes and attached read-only (virsh without --force)
+    # the writer is asked in-band; silence within ask_timeout_s hands over, an answer of no refuses
+    ASK = "ask"
 
 
 class SlowReaderPolicy(enum.StrEnum):

@@ -360,20 +360,28 @@ def test_parse_ipmi_and_libvirt() -> None:
     ("table", "problems"),
     [
         ("qmp", [(KEY, "expected a table, got string 'qmp'")]),
-        ({}, [(f"{KEY}.type", "missing (required)")]),
+        ({}, [(f"{KEY}.type", "required key is missing")]),
         ({"type": "xen"}, [(f"{KEY}.type", "must be one of 'qmp', 'command', 'ipmi', 'libvirt', got 'xen'")]),
-        ({"type": "qmp"}, [(f"{KEY}.socket", "missing (required)")]),
+        ({"type": "qmp"}, [(f"{KEY}.socket", "required key is missing")]),
         (
             {"type": "qmp", "socket": "qmp.sock"},
             [(f"{KEY}.socket", "must be an absolute path, got 'qmp.sock'")],
         ),
         (
             {"type": "qmp", "socket": "/" + "x" * 120},
-            [(f"{KEY}.socket", "unix socket paths are limited to 107 bytes, got 121")],
+            [
+                (
+                    f"{KEY}.socket",
+                    "a unix socket path can be at most 107 bytes, this one is 121: '/" + "x" * 55 + "...",
+                )
+            ],
         ),
         (
             {"type": "qmp", "socket": "/run/q.sock", "sokcet": 1, "timeout_s": "5"},
-            [(f"{KEY}.timeout_s", "expected number, got string '5'"), (f"{KEY}.sokcet", "unknown key")],
+            [
+                (f"{KEY}.sokcet", "unknown key; did you mean 'socket'?"),
+                (f"{KEY}.timeout_s", "expected number, got string '5'"),
+            ],
         ),
         (
             {"type": "qmp", "socket": "/run/q.sock", "timeout_s": 0},
@@ -391,11 +399,11 @@ def test_parse_ipmi_and_libvirt() -> None:
         ),
         (
             {"type": "command", "reset": ["virsh", 5]},
-            [(f"{KEY}.reset[1]", "expected string without NUL, got integer 5")],
+            [(f"{KEY}.reset[1]", "expected string, got integer 5")],
         ),
         (
             {"type": "command", "reset": []},
-            [(f"{KEY}.reset", "expected a non-empty array of strings, got array []")],
+            [(f"{KEY}.reset", "must not be empty: the first string is the program to run")],
         ),
         (
             {"type": "command"},
@@ -427,7 +435,7 @@ def test_parse_ipmi_and_libvirt() -> None:
                 (f"{KEY}.port", "must be between 1 and 65535, got 70000"),
             ],
         ),
-        ({"type": "libvirt"}, [(f"{KEY}.domain", "missing (required)")]),
+        ({"type": "libvirt"}, [(f"{KEY}.domain", "required key is missing")]),
     ],
 )
 def test_parse_problems(table: object, problems: list[tuple[str, str]]) -> None:

@@ -6,6 +6,7 @@ import dataclasses
 import re
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,7 @@ from serialmuxd.config import (
     load_config,
     parse_config,
 )
+from serialmuxd.configcheck import Key
 from serialmuxd.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
@@ -117,10 +119,13 @@ def test_validator_covers_every_field() -> None:
     def names(settings: type) -> set[str]:
         return {f.name for f in dataclasses.fields(settings)}
 
-    assert set(module._DAEMON_CHECKS) == names(DaemonSettings)
-    assert set(module._HTTP_CHECKS) == names(HttpSettings)
-    assert set(module._SERIAL_CHECKS) == names(SerialSettings)
-    assert {*module._PORT_ONLY_CHECKS, *module._INHERITABLE_CHECKS, "serial", "hypervisor"} == names(
+    def keys(schema: tuple[Key[Any], ...]) -> set[str]:
+        return {key.name for key in schema}
+
+    assert keys(module._DAEMON_KEYS) == names(DaemonSettings)
+    assert keys(module._HTTP_KEYS) == names(HttpSettings)
+    assert keys(module._SERIAL_KEYS) == names(SerialSettings)
+    assert {*keys(module._PORT_ONLY_KEYS), *keys(module._INHERITABLE_KEYS), "serial", "hypervisor"} == names(
         PortConfig
     )
 
@@ -329,7 +334,7 @@ def test_device_kinds_parse() -> None:
         ("/dev/ttyS0", "got '/dev/ttyS0'; write tty:PATH for a serial device or unix:PATH for a socket"),
         ("tty:dev/ttyS0", "must be an absolute path, got 'dev/ttyS0'"),
         ("unix:", "must be an absolute path, got ''"),
-        ("unix:/" + "x" * 120, "a unix socket path can be at most 108 bytes, this one is 121"),
+        ("unix:/" + "x" * 120, "a unix socket path can be at most 107 bytes, this one is 121"),
         ("tcp:localhost", "expected tcp:HOST:PORT, got 'tcp:localhost'"),
         ("tcp:localhost:0", "the port must be a number from 1 to 65535, got 'tcp:localhost:0'"),
         ("tcp:localhost:65536", "the port must be a number from 1 to 65535"),
@@ -522,7 +527,7 @@ def test_takeover_invalid() -> None:
     assert_problem(
         port(extra="takeover = 'evcit'"),
         "ports[0].takeover",
-        "must be one of 'evict', 'demote', 'refuse', got 'evcit'; did you mean 'evict'?",
+        "must be one of 'evict', 'demote', 'refuse', 'ask', got 'evcit'; did you mean 'evict'?",
     )
 
 
@@ -767,7 +772,7 @@ def test_defaults_refuse_per_port_identity(key: str) -> None:
 def test_bad_default_is_reported_once() -> None:
     text = "[defaults]\ntakeover = 'kick'\n" + port("a", "exec:a") + port("b", "exec:b") + port("c", "exec:c")
     assert problems(text) == [
-        f"{SOURCE}: defaults.takeover: must be one of 'evict', 'demote', 'refuse', got 'kick'"
+        f"{SOURCE}: defaults.takeover: must be one of 'evict', 'demote', 'refuse', 'ask', got 'kick'"
     ]
 
 
@@ -816,7 +821,7 @@ telnet = "127.0.0.1:7002"
         f"{SOURCE}: ports[0].device: unknown device scheme, expected one of tty:PATH, unix:PATH, "
         "tcp:HOST:PORT, exec:COMMAND ARGS..., got 'serial:/dev/ttyS0'",
         f"{SOURCE}: ports[0].enabel: unknown key; did you mean 'enabled'?",
-        f"{SOURCE}: ports[1].takeover: must be one of 'evict', 'demote', 'refuse', got 'kick'",
+        f"{SOURCE}: ports[1].takeover: must be one of 'evict', 'demote', 'refuse', 'ask', got 'kick'",
         f"{SOURCE}: ports[1].serial: [ports.serial] is only for tty: devices; this port's device is "
         "'unix:/run/vm2.sock'",
         f"{SOURCE}: ports[2].name: duplicate name 'vm2', already used by ports[1]",
