@@ -9,6 +9,7 @@ run is told how much it missed instead of silently getting bytes that merely sha
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from dataclasses import dataclass, field
@@ -62,24 +63,39 @@ class StateStore:
             raw = json.loads(self.path.read_text("utf-8"))
         except FileNotFoundError:
             return DaemonState()
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested deep
             # A damaged state file must not keep the consoles down: start from defaults, say so loudly.
             log.error("state_file_unreadable", path=str(self.path), error=str(exc))
             return DaemonState()
         return _from_json(raw)
 
     def save(self, state: DaemonState) -> None:
+        """Replace the file atomically; raises ``OSError`` and then leaves the old file as it was."""
         if self.path is None or self.directory is None:
             return
         payload = json.dumps(_to_json(state), indent=2, sort_keys=True).encode()
         tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        # A leftover temp file (a crash mid-save) must not lend its mode, or be a symlink we follow: start
+        # from a fresh file we create ourselves.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
         try:
-            os.write(fd, payload)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+            try:
+                view = memoryview(payload)
+                while view:  # write(2) may write less than asked (a nearly full disk): write the rest
+                    written = os.write(fd, view)
+                    if written <= 0:
+                        raise OSError(errno.ENOSPC, "short write")
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         with contextlib.suppress(OSError):
             dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
             try:
@@ -104,7 +120,9 @@ def _from_json(raw: Any) -> DaemonState:
         return state
     console = raw.get("console", {})
     if isinstance(console, dict):
-        state.console_enabled = bool(console.get("enabled", True))
+        # Only a JSON boolean counts: null, 0 or "" in a damaged file must not disable every console.
+        enabled = console.get("enabled", True)
+        state.console_enabled = enabled if isinstance(enabled, bool) else True
         state.console_reason = str(console.get("reason", ""))
     ports = raw.get("ports", {})
     if isinstance(ports, dict):

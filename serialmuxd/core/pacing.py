@@ -9,8 +9,9 @@ class TokenBucket:
     __slots__ = ("_level", "_stamp", "burst_bytes", "rate_bps")
 
     def __init__(self, rate_bps: float, burst_bytes: int, now: float) -> None:
-        if rate_bps <= 0 or burst_bytes <= 0:
-            raise ValueError("rate_bps and burst_bytes must be positive")
+        # Written so that nan fails too (every comparison with nan is false).
+        if not (rate_bps > 0 and burst_bytes > 0) or rate_bps == float("inf"):
+            raise ValueError("rate_bps and burst_bytes must be positive and finite")
         self.rate_bps = rate_bps
         self.burst_bytes = burst_bytes
         self._level = float(burst_bytes)
@@ -23,6 +24,8 @@ class TokenBucket:
 
     def take(self, wanted: int, now: float) -> int:
         """Take up to ``wanted`` bytes' worth of tokens; returns how many may be sent now."""
+        if wanted < 0:
+            raise ValueError("wanted must not be negative")
         self._refill(now)
         granted = min(wanted, int(self._level))
         self._level -= granted
@@ -32,4 +35,9 @@ class TokenBucket:
         """Time until ``nbytes`` (capped at the burst) could be taken."""
         self._refill(now)
         need = min(nbytes, self.burst_bytes) - self._level
-        return 0.0 if need <= 0 else need / self.rate_bps
+        if need <= 0:
+            return 0.0
+        # Rounded up by a few ulps of the clock: ``now + seconds_until(n)`` can otherwise land a hair short
+        # of the instant the tokens exist, and take() floors, so the wake-up would grant n - 1.
+        seconds = need / self.rate_bps
+        return seconds + max(abs(now), 1.0) * 4 * 2.220446049250313e-16

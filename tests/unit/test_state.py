@@ -167,10 +167,6 @@ def test_a_failed_save_raises_and_leaves_the_old_file_intact(
     assert _store(tmp_path).load() == _sample()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="state.py bug: save() leaves state.tmp behind when a write, fsync or replace fails",
-)
 def test_a_failed_save_leaves_no_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = _store(tmp_path)
     store.save(_sample())
@@ -181,11 +177,6 @@ def test_a_failed_save_leaves_no_temporary_file(tmp_path: Path, monkeypatch: pyt
     assert sorted(p.name for p in tmp_path.iterdir()) == [STATE_FILE]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="state.py bug: save() ignores a short os.write (a nearly full disk, RLIMIT_FSIZE), then "
-    "fsyncs and renames the truncated file over the good one; the next start falls back to defaults",
-)
 def test_a_short_write_never_replaces_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = _store(tmp_path)
     store.save(_sample())
@@ -266,11 +257,6 @@ def test_the_file_is_never_readable_by_others(tmp_path: Path, umask: int) -> Non
     assert stat.S_IMODE(store.path.stat().st_mode) == 0o640 & ~umask
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="state.py bug: the temp file is opened without O_EXCL, so a leftover state.tmp keeps its own "
-    "mode (and a symlink there is followed); state.json then gets that mode",
-)
 def test_a_stale_temporary_file_does_not_lend_its_mode(tmp_path: Path, umask_022: None) -> None:
     store = _store(tmp_path)
     stale = tmp_path / "state.tmp"
@@ -340,12 +326,6 @@ def test_a_state_file_that_is_a_directory_falls_back_to_the_defaults(tmp_path: P
     assert len(_unreadable_events(logs)) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="state.py bug: load() catches OSError and ValueError only; json.loads raises RecursionError on "
-    "deeply nested input, so such a file stops the daemon's start instead of the documented fallback",
-)
 def test_deeply_nested_json_falls_back_to_the_defaults(tmp_path: Path) -> None:
     store = _store(tmp_path)
     assert store.path is not None
@@ -419,11 +399,6 @@ def test_a_section_of_the_wrong_type_is_ignored(tmp_path: Path, section: str) ->
     assert store.load() == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='state.py bug: console.enabled goes through bool(), so null, 0, "" or [] in a damaged file '
-    'disable every console (and "false" enables them); ports accept only a JSON boolean',
-)
 @pytest.mark.parametrize("value", [None, 0, "", []])
 def test_a_non_boolean_console_switch_does_not_disable_the_consoles(tmp_path: Path, value: object) -> None:
     store = _store(tmp_path)
