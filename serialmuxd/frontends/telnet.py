@@ -154,9 +154,10 @@ class TelnetConnection(asyncio.Protocol):
         self.transport.write(data if self.codec is None else self.codec.encode(data))
 
     def send_notice(self, notice: Notice) -> None:
-        if notice.kind is NoticeKind.ASKED:
-            self._asked = True
         self._write_line(notice.text)
+        if notice.kind is NoticeKind.ASKED:
+            self._asked = True  # the next y or n typed answers (see _answer_takeover)
+            self._write_line("press y to hand over now, n to keep writing")
 
     def close_session(self, reason: str, kind: EndReason = EndReason.PROTOCOL) -> None:
         if self._closing:

@@ -116,7 +116,13 @@ class WriterArbiter:
             self._cancel_timer()
             holder = self.writer
             if holder is not None:
-                holder.notify(Notice(NoticeKind.INFO, f"{session.identity} no longer asks for write access"))
+                holder.notify(
+                    Notice(
+                        NoticeKind.INFO,
+                        f"{session.identity} no longer asks for write access",
+                        {"ask": "cancelled"},
+                    )
+                )
             return False
         self._audit("write_released", port=self.port, session=session.id)
         if decision.outcome is Outcome.HANDED_OVER:
@@ -200,8 +206,8 @@ class WriterArbiter:
             holder.notify(
                 Notice(
                     NoticeKind.ASKED,
-                    f"{session.identity} asks for write access to {self.port}: press y to hand over now, "
-                    f"n to keep it; you stay attached read-only, and silence hands over in {timeout_s:g} s",
+                    f"{session.identity} asks for write access to {self.port}; if you hand over you stay "
+                    f"attached read-only, and silence hands over in {timeout_s:g} s",
                     {"by": str(session.identity), "timeout_s": timeout_s},
                 )
             )
@@ -239,7 +245,7 @@ class WriterArbiter:
                 )
             current = self.writer
             if current is not None:
-                current.notify(Notice(NoticeKind.INFO, "you keep write access"))
+                current.notify(Notice(NoticeKind.INFO, "you keep write access", {"ask": "kept"}))
             return
         if asker is None:  # cannot happen: a leaving asker cancels its request
             return

@@ -143,7 +143,8 @@ async def test_ask_policy_over_telnet_and_websocket() -> None:
         ws = await _ws(http, daemon, "mode=rw")
         waiting = await ws.wait_kind("waiting")
         assert waiting["timeout_s"] == 30
-        await first.expect(b"asks for write access to vm1: press y to hand over now, n to keep it")
+        await first.expect(b"asks for write access to vm1; if you hand over you stay attached read-only")
+        await first.expect(b"press y to hand over now, n to keep writing")
 
         # The writer says no: it keeps writing, the browser is told.
         mark = len(first.buffer)

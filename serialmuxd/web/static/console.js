@@ -24,6 +24,7 @@ const ui = {
   stConn: $("st-conn"), stPort: $("st-port"), stWriter: $("st-writer"), stViewers: $("st-viewers"),
   stNote: $("st-note"), termEl: $("terminal"), sysrqDialog: $("sysrq-dialog"), sysrqKey: $("sysrq-key"),
   sysrqForm: $("sysrq-form"), sysrqSend: $("sysrq-send"),
+  askBar: $("ask-bar"), askText: $("ask-text"), askYes: $("btn-ask-yes"), askNo: $("btn-ask-no"),
 };
 const HV_ACTIONS = {
   nmi: {
@@ -56,6 +57,7 @@ const CLOSE_REASONS = {
   4003: { text: "this page fell behind the console output", retry: true },
   4004: { text: "there is no console port with this name", retry: false },
   4005: { text: "access to this console was denied", retry: false },
+  4006: { text: "this console has its maximum number of sessions", retry: false },
 };
 // Notices whose "offset" field is the ring offset of the next console byte on this socket.
 const OFFSET_NOTICES = new Set(["replay_start", "replay_end", "missed"]);
@@ -64,6 +66,8 @@ const QUIET_NOTICES = new Set(["replay_end", "write_granted"]);
 const ROLE_NOTICES = new Set(["write_granted", "read_only"]);
 const WRITER_NOTICES = new Set(["write_granted", "took_over"]);
 const VIEWER_NOTICES = new Set(["evicted", "demoted", "refused", "read_only"]);
+// Notices after which a pending "asked" question is no longer open.
+const ASK_SETTLED = new Set(["demoted", "evicted", "read_only"]);
 // Notices after which the port's writer, viewer count or state are worth fetching again.
 const REFRESH_NOTICES = new Set([
   "attached", "write_granted", "took_over", "evicted", "demoted", "refused", "offline", "online",
@@ -459,10 +463,27 @@ function onNotice(msg) {
   if (WRITER_NOTICES.has(kind)) sendSize();
   if (kind === "closing" || kind === "evicted") conn.closingText = text;
   if (REFRESH_NOTICES.has(kind)) refreshPortSoon();
+  // Takeover policy "ask": someone wants to write; answer with the bar's buttons (silence hands over).
+  if (kind === "asked") showAsk(text);
+  else if (ASK_SETTLED.has(kind) || msg.ask) showAsk(null);
 }
+
+function showAsk(text) {
+  ui.askBar.hidden = text === null;
+  setText(ui.askText, text || "");
+}
+
+function answerAsk(accept) {
+  sendJson({ type: "answer_takeover", accept });
+  showAsk(null);
+  term.focus();
+}
+ui.askYes.addEventListener("click", () => answerAsk(true));
+ui.askNo.addEventListener("click", () => answerAsk(false));
 
 function onClosed(ev) {
   conn.ws = null;
+  showAsk(null);
   conn.mode = null;
   clearTimeout(conn.stableTimer);
   conn.stableTimer = null;
