@@ -33,6 +33,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import structlog
+
 from ..adapters import Action, AdapterError, HypervisorAdapter, StateReport
 from ..config import PortConfig
 from ..core.access import AccessPolicy, AttachMode, Identity, Verb
@@ -56,6 +58,8 @@ from .status import (
     WriterStatus,
 )
 from .vm import ACTION_VERBS, VmControl
+
+log = structlog.get_logger("serialmuxd.hub")
 
 # Chunk size used when a session catches up from the ring; the sink pauses us again if it fills up.
 _CATCH_UP_CHUNK_BYTES = 64 * 1024
@@ -140,6 +144,7 @@ class PortHub(DeviceListener):
         self.bytes_from_device = 0
         self.bytes_missed = 0
         self.device_reconnects = 0
+        self.sink_errors = 0  # sessions closed because their sink raised (a bug; see device_data_received)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -237,13 +242,28 @@ class PortHub(DeviceListener):
         for session in tuple(self.sessions.values()):
             if session.lagging or session.closed:  # closed: cut by a sink earlier in this loop
                 continue
-            # Cursor first: the sink may call pause_output from inside send_output, and what it was
-            # handed already counts as delivered.
-            if session.cursor == end - len(data):
-                session.cursor = end
-                session.sink.send_output(data)
-            else:  # behind for another reason (e.g. mid catch-up): use the ring
-                self.session_catch_up(session)
+            # The one outcome of a bug in a sink (an exception from its transport or codec): that session
+            # is closed and logged; the ring, the device and every other session carry on.  try costs
+            # nothing on this path until something raises (Python 3.11 zero-cost exceptions).
+            try:
+                # Cursor first: the sink may call pause_output from inside send_output, and what it was
+                # handed already counts as delivered.
+                if session.cursor == end - len(data):
+                    session.cursor = end
+                    session.sink.send_output(data)
+                else:  # behind for another reason (e.g. mid catch-up): use the ring
+                    self.session_catch_up(session)
+            except Exception:
+                self._sink_failed(session)
+
+    def _sink_failed(self, session: Session) -> None:
+        self.sink_errors += 1
+        log.exception("session_output_failed", port=self.name, session=session.id, peer=str(session.identity))
+        try:
+            self._close_session(session, "internal error in serialmuxd (logged)", EndReason.PROTOCOL)
+        except Exception:  # the sink is broken: at least the hub forgets the session
+            log.exception("session_close_failed", port=self.name, session=session.id)
+            self.session_detach(session)
 
     def device_online(self, description: str) -> None:
         if self.state is not PortState.CONNECTING:

@@ -665,3 +665,22 @@ def test_ask_policy_writer_leaving_hands_over_and_asker_leaving_cancels() -> Non
     other.detach()
     assert hub.arbiter.lease.pending is None and timers.fire_all() == 0
     assert new.role is Role.WRITER
+
+
+class BrokenSink(Sink):
+    def send_output(self, data: bytes) -> None:
+        raise RuntimeError("codec bug")
+
+
+def test_a_sink_that_raises_loses_its_own_session_and_nobody_else_misses_a_byte() -> None:
+    hub, _ = make_hub()
+    _, before = attach(hub, AttachMode.READ_ONLY)
+    broken = BrokenSink()
+    session = hub.attach(broken, Identity("telnet", "10.9.9.9:1"), AttachMode.READ_ONLY)
+    assert session is not None
+    _, after = attach(hub, AttachMode.READ_ONLY)
+    hub.device_data_received(b"one")
+    hub.device_data_received(b"two")
+    assert bytes(before.output) == bytes(after.output) == b"onetwo"
+    assert session.closed and broken.end_reason is EndReason.PROTOCOL
+    assert hub.sink_errors == 1 and hub.state is PortState.ONLINE
