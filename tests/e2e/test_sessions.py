@@ -30,7 +30,10 @@ def _config(
 ) -> str:
     hypervisor = ""
     if record is not None:
-        argv = lambda action: f'["{sys.executable}", "-c", "{RECORD}", "{record}", "{action}"]'  # noqa: E731
+
+        def argv(action: str) -> str:
+            return f'["{sys.executable}", "-c", "{RECORD}", "{record}", "{action}"]'
+
         hypervisor = f"""
 [ports.hypervisor]
 type = "command"
