@@ -23,10 +23,10 @@ try:
 except ImportError:  # pragma: no cover - depends on the environment
     pytest.skip("playwright is not installed (it is in the 'test' extra)", allow_module_level=True)
 
-from serialmuxd.config import parse_config
-from serialmuxd.daemon import Daemon
 from serialmuxd.guest import GuestVM
 from serialmuxd.web import missing_vendor_files
+
+from .support import running_daemon
 
 CHROMIUM = "/usr/bin/chromium"
 # Debian's Chromium without a sandbox (containers), GPU, or background traffic to Google.
@@ -66,26 +66,10 @@ async def base_url() -> AsyncIterator[str]:
     # Not a skip: without these the page is broken, which is what this test is for.
     missing = missing_vendor_files()
     assert not missing, f"serialmuxd/web/vendor lacks {missing}: run `pip install -e .` (needs npm)"
-    daemon = Daemon(parse_config(CONFIG, "<test_browser>"))
-    await daemon.start()
-    try:
+    async with running_daemon(CONFIG, online=[PORT]) as daemon:
         assert daemon.http_address is not None
         host, port = daemon.http_address
-        url = f"http://{host}:{port}"
-        await _wait_online(url)
-        yield url
-    finally:
-        await daemon.stop()
-
-
-async def _wait_online(url: str) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(200):
-            async with http.get(f"{url}/api/v1/ports/{PORT}") as response:
-                if (await response.json())["state"] == "online":
-                    return
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"{PORT} did not come online")
+        yield f"http://{host}:{port}"
 
 
 async def _scrollback_text(url: str) -> str:
@@ -145,6 +129,50 @@ async def _type_line(page: Page, line: str) -> None:
 
 async def _active_id(page: Page) -> str:
     return str(await page.evaluate("document.activeElement ? document.activeElement.id : ''"))
+
+
+# Records every fetch() of the page as it is called (an init script, so it runs before the page's own).
+# A request counted in the page cannot be hidden by the network: what was not recorded was not sent.
+# ``retry`` marks the page's own reconnect attempts: a retry is a timer that runs resumeConnection, which
+# asks the API about the port before it opens a new socket.
+_RECORD_FETCHES = """
+window.__fetches = [];
+const pageFetch = window.fetch.bind(window);
+window.fetch = (input, init) => {
+  window.__fetches.push({
+    url: String(input),
+    method: (init && init.method) || "GET",
+    retry: (new Error().stack || "").includes("resumeConnection"),
+  });
+  return pageFetch(input, init);
+};
+"""
+
+
+async def _retries(page: Page) -> int:
+    return int(await page.evaluate("window.__fetches.filter((f) => f.retry).length"))
+
+
+async def _posts(page: Page, action: str) -> int:
+    return int(
+        await page.evaluate(
+            "(path) => window.__fetches.filter((f) => f.method === 'POST' && f.url.endsWith(path)).length",
+            f"/{action}",
+        )
+    )
+
+
+async def _mark(page: Page, tag: str) -> None:
+    """Type a marker command into the page's terminal and wait for the shell's answer on the screen.
+
+    The explicit later signal for "the page sent nothing else": whatever the page sent before (an answer to
+    a terminal query, a SysRq) went out on the same socket first, so it has reached the guest, the
+    scrollback and the daemon's replies by the time the marker's output is drawn.  Enter first, so that
+    bytes still waiting in the shell's line (an answer has no newline) end up on a line of their own."""
+    await page.locator("#terminal").click()
+    await page.keyboard.press("Enter")
+    await _type_line(page, f"echo {tag}-$((40+2))")
+    await _wait_screen(page, f"{tag}-42")
 
 
 async def test_console_page_in_chromium(base_url: str) -> None:
@@ -307,13 +335,19 @@ async def test_console_page_in_chromium(base_url: str) -> None:
             await page.keyboard.type("h")
             await page.keyboard.press("Escape")
             assert not await page.locator("#sysrq-dialog").is_visible()
-            await page.wait_for_timeout(300)
-            assert "SysRq" not in await page.locator("#st-note").inner_text()
-            assert "BREAK" not in await page.locator("#st-note").inner_text()
+            await page.wait_for_function(
+                "() => document.activeElement?.id === 'btn-sysrq'", timeout=TIMEOUT_MS
+            )  # focus goes back to the button that opened the dialog
+            # Escape sent nothing: a SysRq would have been answered ("BREAK not sent", the port is a PTY)
+            # before the marker's output, on the same socket.
+            await _mark(page, "after-escape")
+            assert "BREAK not sent" not in await _screen_text(page)
+            note = await page.locator("#st-note").inner_text()
+            assert "SysRq" not in note and "BREAK" not in note, note
 
             # -- Enter in the key field sends the SysRq (not the form's first button, Cancel).  The port
             #    is a PTY, which cannot send a BREAK: the daemon answers so, and the page shows it.
-            assert await _active_id(page) == "btn-sysrq"
+            await page.locator("#btn-sysrq").focus()
             await page.keyboard.press("Enter")
             await page.keyboard.type("h")
             await page.keyboard.press("Enter")
@@ -404,7 +438,7 @@ async def test_replayed_terminal_queries_are_not_answered(base_url: str) -> None
             await page.goto(f"{base_url}/console/{PORT}")
             await _wait_status(page, "st-conn", "you are typing")
             await _wait_screen(page, "q1--q2")  # replayed
-            await page.wait_for_timeout(500)
+            await _mark(page, "mark1")
             assert not answer.search(await _scrollback_text(base_url))
 
             # Taken over by a client that prints the queries again; taking over resumes with from=.
@@ -413,21 +447,14 @@ async def test_replayed_terminal_queries_are_not_answered(base_url: str) -> None
             await page.locator("#btn-write").click()
             await _wait_status(page, "st-conn", "you are typing")
             await _wait_screen(page, "q3--q4")  # caught up
-            await page.wait_for_timeout(500)
+            await _mark(page, "mark2")  # typing works once the old output is parsed
             assert not answer.search(await _scrollback_text(base_url))
 
-            # Typing works once the old output is parsed, and a live query is answered as before.
-            await page.locator("#terminal").click()
-            await _type_line(page, "echo ok-$((2*4))")
-            await _wait_screen(page, "ok-8")
+            # A live query is answered as before: the answer went out before the marker's keys did.
             await _type_line(page, r"printf 'q5-\033[6n-q6\n'")
             await _wait_screen(page, "q5--q6")
-            for _ in range(100):
-                if answer.search(await _scrollback_text(base_url)):
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("the live query was not answered")
+            await _mark(page, "mark3")
+            assert answer.search(await _scrollback_text(base_url)), "the live query was not answered"
         finally:
             await browser.close()
 
@@ -478,7 +505,10 @@ async def test_writer_sets_the_window_size_in_chromium(base_url: str) -> None:
 async def test_close_codes_4003_and_4002_in_chromium(base_url: str) -> None:
     """The page's WebSocket goes through Playwright, which closes it the way the daemon would.  4003 (fell
     behind): reconnect by itself, without from= (a fresh attach with replay), and say so.  4002 (bad
-    message): the daemon would reject the page again, so show its reason and wait for Reconnect."""
+    message): the daemon would reject the page again, so show its reason and wait for Reconnect.
+
+    "Does not reconnect by itself" is shown with Playwright's clock: a minute of the page's time is run at
+    once, which fires every timer the page has, a retry (at most 30 s away) included."""
     urls: list[str] = []
     routes: list[WebSocketRoute] = []
 
@@ -495,6 +525,8 @@ async def test_close_codes_4003_and_4002_in_chromium(base_url: str) -> None:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             page = await browser.new_page()
+            await page.clock.install()  # time flows as usual until the test pauses it
+            await page.add_init_script(_RECORD_FETCHES)
             await page.route_web_socket(re.compile(r"/api/v1/ports/[^/]+/ws"), through_playwright)
             await page.goto(f"{base_url}/console/{PORT}")
             await _wait_status(page, "st-conn", "you are typing")
@@ -506,11 +538,15 @@ async def test_close_codes_4003_and_4002_in_chromium(base_url: str) -> None:
             await _wait_status(page, "st-conn", "you are typing")
             await _wait_status(page, "st-conn", "Attached afresh after falling behind")
             assert len(urls) == 2 and "from=" not in urls[1], urls
+            assert await _retries(page) == 1  # the probe sees the retry it should see
 
             await close_as_daemon(4002, "bad message: resize needs integer cols and rows in 1..1000")
             await _wait_status(page, "st-conn", "rejected a message from this page (bad message: resize")
             await _wait_status(page, "st-conn", "Use Reconnect")
-            await page.wait_for_timeout(1500)  # a retry would come after 1 s +-25 % (the 2nd attempt)
+            await page.clock.pause_at(int(await page.evaluate("Date.now()")) + 1)
+            await page.clock.run_for(60_000)
+            assert await _retries(page) == 1, "reconnected by itself after 4002"
+            await page.clock.resume()
             assert len(urls) == 2, urls
 
             await page.locator("#btn-reconnect").click()  # a resume at the last offset
@@ -519,6 +555,16 @@ async def test_close_codes_4003_and_4002_in_chromium(base_url: str) -> None:
             assert "Attached afresh" not in await page.locator("#st-conn").inner_text()
         finally:
             await browser.close()
+
+
+# Registered while the confirmation dialog is open, after the page's own close listener; a microtask after
+# that, so that it also comes after the page's continuation of ``await confirmAction(...)``.
+_AFTER_CONFIRM_CLOSED = """() => {
+  window.__confirmClosed = false;
+  document.getElementById("confirm-dialog").addEventListener("close", () => {
+    queueMicrotask(() => { window.__confirmClosed = true; });
+  }, { once: true });
+}"""
 
 
 async def test_nmi_button_on_a_real_qemu_guest(guest_vm: GuestVM) -> None:
@@ -537,17 +583,15 @@ device = "unix:{guest_vm.serial_socket}"
 type = "qmp"
 socket = "{guest_vm.qmp_socket}"
 """
-    daemon = Daemon(parse_config(config, "<test_browser>"))
-    await daemon.start()
-    try:
+    async with running_daemon(config, online=[PORT]) as daemon:
         assert daemon.http_address is not None
         base_url = "http://{}:{}".format(*daemon.http_address)
-        await _wait_online(base_url)
         await guest_vm.cont()
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             try:
                 page = await browser.new_page(viewport={"width": 1100, "height": 640})
+                await page.add_init_script(_RECORD_FETCHES)
                 await page.goto(f"{base_url}/console/{PORT}")
                 await _wait_status(page, "st-conn", "you are typing")
                 await page.wait_for_function(_SCREEN_HAS, arg="sertest login:", timeout=60_000)
@@ -567,9 +611,14 @@ socket = "{guest_vm.qmp_socket}"
                 assert (
                     await page.evaluate("document.activeElement.textContent") == "Cancel"
                 )  # the safe default
+                # Our own listener on the dialog's close event runs after the page's, which resolves its
+                # confirmation: once ours has run, the page has acted on Cancel, and any request it made is
+                # recorded (the explicit later signal for "Cancel sent nothing").
+                await page.evaluate(_AFTER_CONFIRM_CLOSED)
                 await page.keyboard.press("Enter")  # Cancel
                 await dialog.wait_for(state="hidden", timeout=TIMEOUT_MS)
-                assert "NMI received" not in await _screen_text(page)
+                await page.wait_for_function("() => window.__confirmClosed === true", timeout=TIMEOUT_MS)
+                assert await _posts(page, "nmi") == 0
 
                 await nmi.click()
                 await page.get_by_role("button", name="Send NMI").click()
@@ -577,8 +626,7 @@ socket = "{guest_vm.qmp_socket}"
                     _SCREEN_HAS, arg="NMI received for unknown reason", timeout=20_000
                 )
                 await _wait_status(page, "st-note", "NMI sent")
+                assert await _posts(page, "nmi") == 1
                 await page.screenshot(path=str(ARTIFACTS / "browser-nmi.png"))
             finally:
                 await browser.close()
-    finally:
-        await daemon.stop()
