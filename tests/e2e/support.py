@@ -14,7 +14,7 @@ import subprocess
 import termios
 import time
 import tty
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from serialmuxd.config import parse_config
 from serialmuxd.daemon import Daemon
@@ -252,18 +252,6 @@ async def running_daemon(
         await daemon.stop()
         if cleanup is not None:
             cleanup()
-
-
-async def eventually_async(
-    predicate: Callable[[], Awaitable[bool]], what: str, timeout_s: float = DEFAULT_TIMEOUT_S
-) -> None:
-    """``eventually`` for state that must be fetched to be seen (an HTTP resource, a page's DOM)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not await predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timeout waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def read_until(fd: int, needle: bytes, timeout_s: float = DEFAULT_TIMEOUT_S) -> bytes:
