@@ -2,14 +2,15 @@
 
 Data flow (DESIGN.md §1)::
 
-    device ──► PortHub.device_data_received ──► RingBuffer.append
-                                            └──► each live Session's sink.send_output (never awaits)
+    device ──► PortHub.device_data_received ──► OutputFanout ──► RingBuffer.append
+                                                              └──► each live Session's sink.send_output
     sink ──► Session.input ──► PortHub.session_input ──► access policy ──► writer lease ──► DeviceInput
 
 The hub composes small parts, each with one job: ``AccessPolicy`` (may this identity, in this attach mode,
-do this verb here?), ``WriterArbiter`` (who writes, takeovers and what each side is told), ``DeviceInput``
-(pacing and back-pressure to the writer), ``VmControl`` (the machine behind the port).  What stays here is
-the fan-out, catch-up and replay of guest output, attaching and detaching, and the port's state.
+do this verb here?), ``WriterArbiter`` (who writes, takeovers and what each side is told), ``OutputFanout``
+(guest output to sessions: live, catch-up, replay, resume), ``DeviceInput`` (pacing and back-pressure to the
+writer), ``VmControl`` (the machine behind the port).  What stays here is attaching and detaching, routing
+each request to the part that carries it out after the policy said yes, and the port's state.
 
 Invariants kept here:
 
@@ -33,19 +34,17 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import structlog
-
 from ..adapters import Action, AdapterError, HypervisorAdapter, StateReport
 from ..config import PortConfig
 from ..core.access import AccessPolicy, AttachMode, Identity, Verb
 from ..core.keys import key_bytes
 from ..core.lease import LeaseInput
-from ..core.policy import SlowReaderPolicy
-from ..core.ring import ReadResult, RingBuffer
+from ..core.ring import RingBuffer
 from ..devices.base import DeviceLink, DeviceListener
 from .arbiter import WriterArbiter
 from .clock import Scheduler, loop_scheduler
 from .device_input import DeviceInput
+from .fanout import OutputFanout
 from .notices import Notice, NoticeKind, clock_text
 from .session import EndReason, Role, Session, SessionSink
 from .status import (
@@ -59,10 +58,6 @@ from .status import (
 )
 from .vm import ACTION_VERBS, VmControl
 
-log = structlog.get_logger("serialmuxd.hub")
-
-# Chunk size used when a session catches up from the ring; the sink pauses us again if it fills up.
-_CATCH_UP_CHUNK_BYTES = 64 * 1024
 # Scrollback replayed by the escape command when the port replays nothing on attach.
 _MIN_MANUAL_REPLAY_BYTES = 4096
 # Linux accepts the SysRq key within 5 s after a BREAK; leave the UART time to settle first.
@@ -104,10 +99,6 @@ class PortHub(DeviceListener):
         self.name = config.name
         # Offsets continue from the previous run (see state.py), so they are never reused.
         self.ring = RingBuffer(config.scrollback_bytes, start_offset)
-        self.run_start = start_offset
-        # The exact end of the previous run's stream when it stopped cleanly; None after a crash (then
-        # the previous run ended somewhere before run_start, which is a floor reserved ahead of it).
-        self.previous_end = previous_end
         self.access = access if access is not None else AccessPolicy()
         self._audit = audit
         self._clock = clock
@@ -140,11 +131,17 @@ class PortHub(DeviceListener):
             schedule=schedule,
         )
         self.vm = VmControl(self.name, adapter, audit=audit, broadcast=self._broadcast)
-        # Counters (API, metrics).
-        self.bytes_from_device = 0
-        self.bytes_missed = 0
+        self.output = OutputFanout(
+            self.name,
+            self.ring,
+            self.sessions,
+            slow_reader=config.slow_reader,
+            replay_lines=config.replay_lines,
+            previous_end=previous_end,
+            audit=audit,
+            close_session=self._close_session,
+        )
         self.device_reconnects = 0
-        self.sink_errors = 0  # sessions closed because their sink raised (a bug; see device_data_received)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -186,6 +183,14 @@ class PortHub(DeviceListener):
         self._audit("port_enabled", port=self.name)
         self.start()
 
+    @property
+    def bytes_missed(self) -> int:
+        return self.output.bytes_missed
+
+    @property
+    def sink_errors(self) -> int:
+        return self.output.sink_errors
+
     # -- what front ends read -----------------------------------------------------------------------
     @property
     def stream_end(self) -> int:
@@ -205,9 +210,9 @@ class PortHub(DeviceListener):
             viewers=sum(1 for s in self.sessions.values() if s.role is Role.VIEWER),
             sessions=len(self.sessions),
             scrollback=ScrollbackStatus(ring.start, ring.end, ring.capacity),
-            bytes_from_device=self.bytes_from_device,
+            bytes_from_device=self.output.bytes_from_device,
             bytes_to_device=self.input.bytes_to_device,
-            bytes_missed=self.bytes_missed,
+            bytes_missed=self.output.bytes_missed,
             takeovers=self.arbiter.takeovers,
             device_reconnects=self.device_reconnects,
             key_profile=self.config.key_profile,
@@ -235,35 +240,7 @@ class PortHub(DeviceListener):
 
     # -- device side (DeviceListener) ------------------------------------------------------------
     def device_data_received(self, data: bytes) -> None:
-        self.ring.append(data)
-        self.bytes_from_device += len(data)
-        end = self.ring.end
-        # A tuple copy: a sink may close its session while we iterate (slow_reader = "close").
-        for session in tuple(self.sessions.values()):
-            if session.lagging or session.closed:  # closed: cut by a sink earlier in this loop
-                continue
-            # The one outcome of a bug in a sink (an exception from its transport or codec): that session
-            # is closed and logged; the ring, the device and every other session carry on.  try costs
-            # nothing on this path until something raises (Python 3.11 zero-cost exceptions).
-            try:
-                # Cursor first: the sink may call pause_output from inside send_output, and what it was
-                # handed already counts as delivered.
-                if session.cursor == end - len(data):
-                    session.cursor = end
-                    session.sink.send_output(data)
-                else:  # behind for another reason (e.g. mid catch-up): use the ring
-                    self.session_catch_up(session)
-            except Exception:
-                self._sink_failed(session)
-
-    def _sink_failed(self, session: Session) -> None:
-        self.sink_errors += 1
-        log.exception("session_output_failed", port=self.name, session=session.id, peer=str(session.identity))
-        try:
-            self._close_session(session, "internal error in serialmuxd (logged)", EndReason.PROTOCOL)
-        except Exception:  # the sink is broken: at least the hub forgets the session
-            log.exception("session_close_failed", port=self.name, session=session.id)
-            self.session_detach(session)
+        self.output.data_received(data)
 
     def device_online(self, description: str) -> None:
         if self.state is not PortState.CONNECTING:
@@ -333,9 +310,9 @@ class PortHub(DeviceListener):
         if vm_notice is not None:
             session.notify(vm_notice)
         if from_offset is None:
-            self._replay(session, self.config.replay_bytes, manual=False)
+            self.output.replay(session, self.config.replay_bytes, manual=False)
         else:
-            self._resume(session, min(from_offset, self.ring.end))
+            self.output.resume(session, min(from_offset, self.ring.end))
         if session.closed:
             return None
         if mode is AttachMode.INTERACTIVE:
@@ -362,39 +339,6 @@ class PortHub(DeviceListener):
                 f"sessions from {host}"
             )
         return None
-
-    def _resume(self, session: Session, offset: int) -> None:
-        """Catch a resuming session up from ``offset``, telling it exactly what it cannot have."""
-        session.cursor = offset
-        if offset < self.run_start:
-            # Offsets of an earlier run: that run's output is not in this ring.  A clean stop knows its end;
-            # after a crash only that it ended before run_start (the reserved floor).  Never count the
-            # reserved gap as missed bytes: it never held any.
-            exact = self.previous_end is not None
-            lost = (self.previous_end - offset) if self.previous_end is not None else None
-            text = (
-                f"serialmuxd restarted since offset {offset}; "
-                + (
-                    f"{lost} bytes of console output from before the restart are not available"
-                    if lost is not None
-                    else "console output between that offset and the restart was not kept"
-                )
-                + f"; the stream continues at offset {self.run_start}"
-            )
-            session.notify(
-                Notice(
-                    NoticeKind.RESTART_GAP,
-                    text,
-                    {"from": offset, "to": self.run_start, "exact": exact, "lost": lost},
-                )
-            )
-            session.cursor = self.run_start
-        if session.cursor < self.ring.start:
-            # A resume is told what it missed whatever slow_reader says: that policy is about keeping up
-            # while attached, not about what happened while the client was away.
-            self._report_missed(session, self.ring.start - session.cursor, self.ring.start)
-            session.cursor = self.ring.start
-        self.session_catch_up(session)
 
     # -- the SessionHost protocol: requests from sessions -----------------------------------------------
     def session_input(self, session: Session, data: bytes) -> None:
@@ -459,7 +403,7 @@ class PortHub(DeviceListener):
         session.notify(Notice(NoticeKind.READ_ONLY, "you are now read-only"))
 
     def session_replay(self, session: Session) -> None:
-        self._replay(session, max(self.config.replay_bytes, _MIN_MANUAL_REPLAY_BYTES), manual=True)
+        self.output.replay(session, max(self.config.replay_bytes, _MIN_MANUAL_REPLAY_BYTES), manual=True)
 
     def session_who(self, session: Session) -> None:
         session.notify(self.who_notice())
@@ -492,30 +436,7 @@ class PortHub(DeviceListener):
             )
 
     def session_catch_up(self, session: Session) -> None:
-        """Send a session what it has not received yet, from its cursor, until done or it pauses again."""
-        while not session.lagging and not session.closed and session.cursor < self.ring.end:
-            result: ReadResult = self.ring.read(session.cursor, _CATCH_UP_CHUNK_BYTES)
-            if result.missed:
-                self.bytes_missed += result.missed
-                session.missed_bytes += result.missed
-                self._audit(
-                    "reader_missed",
-                    port=self.name,
-                    session=session.id,
-                    missed=result.missed,
-                    policy=str(self.config.slow_reader),
-                )
-                if self.config.slow_reader is SlowReaderPolicy.CLOSE:
-                    self._close_session(
-                        session,
-                        f"fell behind: {result.missed} bytes were overwritten before they could be sent; "
-                        f"last offset received {session.cursor}",
-                        EndReason.FELL_BEHIND,
-                    )
-                    return
-                self._tell_missed(session, result.missed, result.offset)
-            session.cursor = result.offset + len(result.data)
-            session.sink.send_output(result.data)
+        self.output.catch_up(session)
 
     def session_detach(self, session: Session) -> None:
         if session.closed:
@@ -679,52 +600,3 @@ class PortHub(DeviceListener):
             return
         self.session_detach(session)
         session.sink.close_session(reason, kind)
-
-    def close_sessions(self, reason: str, kind: EndReason, sinks: Callable[[SessionSink], bool]) -> None:
-        """Close the sessions whose sink matches (a front end stopping closes its own)."""
-        for session in list(self.sessions.values()):
-            if sinks(session.sink):
-                self._close_session(session, reason, kind)
-
-    def _replay(self, session: Session, max_bytes: int, *, manual: bool) -> None:
-        if session.lagging or session.cursor != self.ring.end:
-            # Jumping the cursor to the end would skip bytes it has not had, without telling it.
-            session.notify(Notice(NoticeKind.INFO, "replay not available while output is catching up"))
-            return
-        if max_bytes <= 0 or len(self.ring) == 0:
-            if manual:
-                session.notify(Notice(NoticeKind.INFO, "scrollback is empty"))
-            return
-        if self.config.replay_lines > 0 and not manual:
-            window = self.ring.tail_lines(self.config.replay_lines, max_bytes)
-        else:
-            window = self.ring.replay_window(max_bytes)
-        if not window.data:
-            return
-        session.notify(
-            Notice(
-                NoticeKind.REPLAY_START,
-                f"replaying {len(window.data)} bytes of scrollback",
-                {"offset": window.offset, "bytes": len(window.data)},
-            )
-        )
-        session.sink.send_output(window.data)
-        session.notify(
-            Notice(NoticeKind.REPLAY_END, "end of replay; live from here", {"offset": self.ring.end})
-        )
-        # Replay counts as delivery up to window's end, which is the ring's end.
-        session.cursor = self.ring.end
-
-    def _report_missed(self, session: Session, missed: int, offset: int) -> None:
-        self.bytes_missed += missed
-        session.missed_bytes += missed
-        self._tell_missed(session, missed, offset)
-
-    def _tell_missed(self, session: Session, missed: int, offset: int) -> None:
-        session.notify(
-            Notice(
-                NoticeKind.MISSED,
-                f"your connection fell behind: {missed} bytes of console output skipped",
-                {"missed": missed, "offset": offset},
-            )
-        )
