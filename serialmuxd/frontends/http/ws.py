@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ...core.access import AttachMode
-from ...hub import EndReason, Notice, Session
+from ...hub import EndReason, Notice, PortState, Session
 from ...proto import wsmsg
 from ..output import CLOSE_FLUSH_TIMEOUT_S, FrameQueue, OutputBudget
 from .common import SETTINGS_KEY, console, identity, int_param
@@ -211,7 +211,7 @@ class WebSocketConsoles:
         if from_offset is not None and from_offset > end:
             raise ApiError("bad_request", f"from={from_offset} is beyond the end of the stream ({end})")
         status = target.status()
-        if str(status.state) == "disabled":
+        if status.state is PortState.DISABLED:
             raise ApiError("console_disabled", f"console {target.name} is disabled: {status.state_reason}")
         settings = request.app[SETTINGS_KEY]
         if len(self.connections) >= settings.max_connections:
