@@ -77,9 +77,10 @@ def _run_loop(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
 
 async def _serve(config: Config, started: Callable[[Daemon], Awaitable[None]] | None = None) -> int:
     from .daemon import Daemon
-    from .obs.logging import configure_logging
+    from .obs.logging import configure_logging, install_loop_exception_handler
 
     configure_logging(config.daemon.log_level, config.daemon.log_format)
+    install_loop_exception_handler()  # e.g. accept() failing with EMFILE: one rate-limited structlog line
     daemon = Daemon(config)
     daemon.install_signal_handlers()
     try:
