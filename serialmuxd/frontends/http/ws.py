@@ -21,6 +21,7 @@ from ...core.access import AttachMode
 from ...hub import EndReason, Notice, PortState, Session
 from ...proto import wsmsg
 from ..output import CLOSE_FLUSH_TIMEOUT_S, FrameQueue, OutputBudget
+from . import wsstrict
 from .common import SETTINGS_KEY, console, identity, int_param
 from .errors import ApiError
 
@@ -219,9 +220,16 @@ class WebSocketConsoles:
                 "too_many_connections",
                 f"this server has its maximum of {settings.max_connections} WebSocket consoles",
             )
+        refusal = wsstrict.refuse_handshake(request)  # what aiohttp lets through (version 8, two Upgrades)
+        if refusal is not None:
+            return refusal
         ws = web.WebSocketResponse(
-            heartbeat=settings.ws_heartbeat_s, max_msg_size=settings.ws_max_message_bytes, compress=False
+            heartbeat=settings.ws_heartbeat_s,
+            max_msg_size=wsstrict.aiohttp_max_msg_size(settings.ws_max_message_bytes),
+            compress=False,
+            autoclose=False,  # wsstrict.receive answers close frames: 1002 for codes never sent on the wire
         )
+        wsstrict.require_masked_frames(request)
         await ws.prepare(request)
         conn = WsConnection(ws, target.config.client_buffer_bytes, request.transport)
         self.connections.add(conn)
@@ -231,15 +239,13 @@ class WebSocketConsoles:
         session = target.attach(conn, identity(request, "ws"), mode, from_offset=from_offset)
         try:
             if session is not None:
-                async for msg in ws:
+                while (msg := await wsstrict.receive(ws, settings.ws_max_message_bytes)) is not None:
                     if conn.close_code is not None:
                         break
                     if msg.type is WSMsgType.BINARY:
                         session.input(msg.data)
-                    elif msg.type is WSMsgType.TEXT:
+                    else:
                         await _control(conn, session, msg.data, target.config.key_profile)
-                    elif msg.type is WSMsgType.ERROR:
-                        break
                     await conn.input_allowed.wait()
         finally:
             self.connections.discard(conn)
