@@ -116,7 +116,7 @@ def _emit(level: str, event: str, key: str, burst: int, **fields: Any) -> None:
     """Log ``event`` unless ``key`` is over its rate; suppressed lines are counted and reported later."""
     verdict = _limiter.admit(key, time.monotonic(), burst)
     if verdict.unreported:
-        _report_suppressed(key, verdict.unreported)
+        _report_suppressed(key, verdict.unreported, level)
     if verdict.log:
         getattr(log, level)(event, **fields)
     elif verdict.flush_in_s is not None:
@@ -126,19 +126,23 @@ def _emit(level: str, event: str, key: str, burst: int, **fields: Any) -> None:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        loop.call_later(max(verdict.flush_in_s, 0.0) + 0.01, _flush, key)
+        loop.call_later(max(verdict.flush_in_s, 0.0) + 0.01, _flush, key, level)
 
 
-def _flush(key: str) -> None:
+def _flush(key: str, level: str) -> None:
     count = _limiter.flush(key, time.monotonic())
     if count:
-        _report_suppressed(key, count)
+        _report_suppressed(key, count, level)
 
 
-def _report_suppressed(key: str, count: int) -> None:
-    event = key.partition(" ")[0]
-    log.warning(
-        "log_suppressed", suppressed_event=event, key=key, suppressed=count, interval_s=_limiter.interval_s
+def _report_suppressed(key: str, count: int, level: str) -> None:
+    # At the level of what was suppressed: a log level that shows those lines shows their count too.
+    getattr(log, level)(
+        "log_suppressed",
+        suppressed_event=key.partition(" ")[0],
+        key=key,
+        suppressed=count,
+        interval_s=_limiter.interval_s,
     )
 
 
