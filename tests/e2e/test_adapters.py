@@ -9,13 +9,15 @@ must reach it through a file or the environment, never through argv.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import stat
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,7 @@ from serialmuxd.adapters import (
 from serialmuxd.guest import KERNEL_START, LOGIN_PROMPT, POWER_BUTTON, POWER_DOWN, GuestVM
 
 from .guest_support import BOOT_TIMEOUT_S, SerialConsole
+from .support import FdReader
 
 RECORD_ARGV = "import json, sys; json.dump(sys.argv[1:], open(sys.argv[1], 'w'))"
 
@@ -59,15 +62,48 @@ def process_gone(pid: int) -> bool:
     return fields[0] in ("Z", "X")
 
 
-async def wait_gone(pid: int, within_s: float = 3.0) -> bool:
-    # The killed grandchild is reaped by init, not by us: there is no event to wait for, so poll briefly.
+async def wait_gone(pid: int, within_s: float = 10.0) -> bool:
+    """Whether ``pid`` exits within ``within_s``.  A pidfd becomes readable when its process exits, also for
+    a process that is not our child (the killed grandchild is reaped by init, not by us)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True  # exited and reaped already
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while not process_gone(pid):  # a non-child's exit sends us no notification: poll
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.02)
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(pidfd, readable)
+    try:
+        async with asyncio.timeout(within_s):
+            await exited
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
     return True
+
+
+@contextlib.contextmanager
+def pid_fifo(path: Path) -> Iterator[FdReader]:
+    """A FIFO at ``path`` that a child writes its pid into (``echo $$ > path``), read on the loop: the pid
+    arrives as bytes, no polling for a file to appear.  Opened for reading first, so the child's open for
+    writing does not block."""
+    os.mkfifo(path)
+    reader = FdReader(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+    try:
+        yield reader
+    finally:
+        reader.stop()
+        os.close(reader.fd)
+
+
+async def read_pid(reader: FdReader) -> int:
+    return int((await reader.expect(re.compile(rb"(\d+)\n"))).group(1))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -127,36 +163,41 @@ async def test_missing_program_is_a_clear_error() -> None:
 
 @pytest.mark.asyncio
 async def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
-    pid_file = tmp_path / "sleep.pid"
     # sh starts sleep in the background (it inherits our pipes) and waits: killing sh alone is not enough.
     adapter = command_adapter(
-        timeout_s=0.5, nmi=["/bin/sh", "-c", f"sleep 10 & echo $! > {pid_file}; wait", "{port}"]
+        timeout_s=0.5,
+        nmi=["/bin/sh", "-c", 'sleep 60 & echo $! > "$1"; wait', "{port}", str(tmp_path / "pid")],
     )
     loop = asyncio.get_running_loop()
-    started = loop.time()
-    with pytest.raises(AdapterError) as caught:
-        await adapter.nmi()
-    assert loop.time() - started < 0.5 + 1.0
+    with pid_fifo(tmp_path / "pid") as pid_reader:
+        started = loop.time()
+        with pytest.raises(AdapterError) as caught:
+            await adapter.nmi()
+        elapsed = loop.time() - started
+        sleep_pid = await read_pid(pid_reader)
+    # Not before the timeout; and long before the background sleep would have ended by itself (a generous
+    # bound any loaded machine meets: the error text says which timeout fired).
+    assert 0.5 <= elapsed < 30
     assert caught.value.kind is AdapterErrorKind.TIMEOUT
     assert (
         str(caught.value)
         == "command hypervisor of port vm1: nmi: /bin/sh did not finish within 0.5 s (killed)"
     )
-    assert await wait_gone(int(pid_file.read_text()))
+    assert await wait_gone(sleep_pid)
 
 
 @pytest.mark.asyncio
 async def test_cancelled_caller_kills_the_child(tmp_path: Path) -> None:
-    pid_file = tmp_path / "sh.pid"
-    adapter = command_adapter(reset=["/bin/sh", "-c", f"echo $$ > {pid_file}; exec sleep 10"])
-    task = asyncio.get_running_loop().create_task(adapter.reset())
-    async with asyncio.timeout(5):
-        while not pid_file.exists() or not pid_file.read_text().strip():  # noqa: ASYNC110 - another process writes it
-            await asyncio.sleep(0.01)
+    adapter = command_adapter(
+        reset=["/bin/sh", "-c", 'echo $$ > "$1"; exec sleep 60', "sh", str(tmp_path / "pid")]
+    )
+    with pid_fifo(tmp_path / "pid") as pid_reader:
+        task = asyncio.get_running_loop().create_task(adapter.reset())
+        sh_pid = await read_pid(pid_reader)  # the child runs: now cancel its caller
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert process_gone(int(pid_file.read_text()))  # killed and reaped before the cancellation returned
+    assert process_gone(sh_pid)  # killed and reaped before the cancellation returned
 
 
 @pytest.mark.asyncio

@@ -1,7 +1,8 @@
 """Device links through real components: PTYs, socat, unix/tcp servers, programs on a PTY.
 
-Every test waits on events (a recording listener, futures set from fd callbacks) with a timeout, never on a
-sleep; the two places that sleep wait for *time itself* to pass (a BREAK's duration, a connection's age).
+Every test waits on events (a recording listener, futures set from fd callbacks) or on state (``eventually``)
+with a timeout, never on a sleep.  Reconnect timing is checked on the delays the link asks its ``Backoff``
+for; real time is only ever checked from below (the link waited at least that long).
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ import pytest
 from structlog.testing import capture_logs
 
 from serialmuxd.config import DeviceKind, DeviceSpec
+from serialmuxd.core.backoff import Backoff, BackoffPolicy
 from serialmuxd.devices import DeviceLink, LinkState, base, open_link
 from serialmuxd.devices import tty as tty_backend
 from serialmuxd.devices.base import Channel, ReconnectingLink, os_error_text
 from serialmuxd.devices.program import ExecLink
 from serialmuxd.devices.sockets import UnixLink
 from serialmuxd.devices.tty import OpenedTty, TtyChannel, TtyLink
+
+from .support import eventually
 
 TIMEOUT_S = 10.0
 ALL_BYTES = bytes(range(256))
@@ -117,6 +121,41 @@ class Attempts:
     async def wait(self, count: int) -> None:
         async with asyncio.timeout(TIMEOUT_S):
             while len(self.times) < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+
+class RecordingBackoff(Backoff):
+    """The link's backoff with the same policy, recording the delays it hands out and its resets."""
+
+    def __init__(self, policy: BackoffPolicy) -> None:
+        super().__init__(policy)  # no jitter: the delays are the policy's exact doubling sequence
+        self.delays: list[float] = []
+        self.resets = 0
+        self._changed = asyncio.Event()
+
+    @classmethod
+    def install(cls, link: DeviceLink, monkeypatch: pytest.MonkeyPatch) -> RecordingBackoff:
+        assert isinstance(link, ReconnectingLink)
+        assert link._backoff.policy.jitter == 0.0
+        recording = cls(link._backoff.policy)
+        monkeypatch.setattr(link, "_backoff", recording)
+        return recording
+
+    def next_delay_s(self) -> float:
+        delay = super().next_delay_s()
+        self.delays.append(delay)
+        self._changed.set()
+        return delay
+
+    def reset(self) -> None:
+        super().reset()
+        self.resets += 1
+
+    async def wait(self, count: int) -> None:
+        """Until ``count`` delays have been handed out."""
+        async with asyncio.timeout(TIMEOUT_S):
+            while len(self.delays) < count:
                 self._changed.clear()
                 await self._changed.wait()
 
@@ -430,8 +469,7 @@ async def test_tty_send_break(pty_device: PtyDevice) -> None:
         assert link.send_break(0.01)
         assert channel.break_active
         assert not link.send_break(0.01), "one break at a time"
-        await asyncio.sleep(0.1)  # waiting for the break's duration itself, not for I/O
-        assert not channel.break_active
+        await eventually(lambda: not channel.break_active, "the break's timer ended it")
         assert link.send_break(10)  # still active when the link closes: close() ends it
     assert not channel.break_active
 
@@ -729,28 +767,54 @@ async def test_unix_backoff_is_bounded(tmp_path: Path, monkeypatch: pytest.Monke
         reconnect_jitter=0.0,
     )
     attempts = Attempts(link, monkeypatch)
+    backoff = RecordingBackoff.install(link, monkeypatch)
     link.start()
     try:
         async with closing(link):
             await attempts.wait(7)
     finally:
         stale.close()
+    # The delays handed out: doubling, then capped at reconnect_max_s.
+    assert backoff.delays[:6] == [0.02, 0.04, 0.08, 0.08, 0.08, 0.08], backoff.delays
+    # And the link really waits them: each gap between attempts is at least its delay (from below only:
+    # a loaded machine may always wait longer).
     gaps = [b - a for a, b in zip(attempts.times, attempts.times[1:], strict=False)]
-    for gap, expected in zip(gaps, [0.02, 0.04, 0.08, 0.08, 0.08, 0.08], strict=True):
-        assert expected * 0.9 <= gap <= expected + 0.25, (gaps, expected)
+    for gap, delay in zip(gaps, backoff.delays, strict=False):
+        assert gap >= delay * 0.9, (gaps, backoff.delays)
+    assert backoff.resets == 0
     assert recorder.texts("offline") == [f"{tmp_path / 's'}: connection refused"]
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("stable_after_s", "resets", "delay_after_loss"),
+    [
+        pytest.param(0.0, 1, 0.02, id="stable-resets-to-initial"),
+        pytest.param(3600.0, 0, 0.64, id="short-lived-keeps-the-grown-delay"),
+    ],
+)
 async def test_unix_backoff_resets_after_a_stable_connection(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    stable_after_s: float,
+    resets: int,
+    delay_after_loss: float,
 ) -> None:
+    """A connection that lasted ``stable_after_s`` resets the backoff; one that did not keeps the delay the
+    failures had grown to.  0 makes every connection stable and an hour none, so no test waits for time."""
     path = tmp_path / "vm1.sock"
     recorder = Recorder()
     link = UnixLink(
-        "vm1", str(path), recorder, reconnect_initial_s=0.02, reconnect_max_s=0.64, stable_after_s=0.1
+        "vm1",
+        str(path),
+        recorder,
+        reconnect_initial_s=0.02,
+        reconnect_max_s=0.64,
+        reconnect_jitter=0.0,
+        stable_after_s=stable_after_s,
     )
     attempts = Attempts(link, monkeypatch)
+    backoff = RecordingBackoff.install(link, monkeypatch)
     link.start()
     async with closing(link):
         await attempts.wait(6)  # missing: delays grew 0.02, 0.04, 0.08, 0.16, 0.32 → the next one is 0.64
@@ -758,14 +822,17 @@ async def test_unix_backoff_resets_after_a_stable_connection(
         server = await asyncio.get_running_loop().create_unix_server(peer, str(path))
         try:
             await recorder.wait_for("online")
-            await asyncio.sleep(0.15)  # let the connection age past stable_after_s (time, not I/O)
+            assert backoff.delays[:5] == [0.02, 0.04, 0.08, 0.16, 0.32], backoff.delays
+            handed_out = len(backoff.delays)  # while online the link asks for no delay
+            await peer.wait_until(lambda: bool(peer.connections))  # the server side has accepted it too
             assert peer.current.transport is not None
             peer.current.transport.close()
             await recorder.wait_for("offline", 2)
-            lost_at = asyncio.get_running_loop().time()
+            await backoff.wait(handed_out + 1)
+            assert backoff.resets == resets
+            assert backoff.delays[handed_out] == delay_after_loss, backoff.delays
             count = len(attempts.times)
-            await attempts.wait(count + 1)
-            assert attempts.times[-1] - lost_at < 0.3, "reset to initial, not 0.64 s"
+            await attempts.wait(count + 1)  # and it does reconnect after that delay
         finally:
             server.close()
             await server.wait_closed()
@@ -1078,8 +1145,7 @@ async def test_close_while_a_tty_open_is_in_flight(
     async with asyncio.timeout(TIMEOUT_S):
         await started.wait()
     closer = asyncio.create_task(link.close())
-    await asyncio.sleep(0)  # one yield: the closer runs up to awaiting the link's task
-    assert link.state is LinkState.CLOSED
+    await eventually(lambda: link.state is LinkState.CLOSED, "close() under way")
     assert not closer.done(), "close() waits for the open in flight"
     release.set()
     await closer

@@ -21,11 +21,12 @@ from serialmuxd.daemon import Daemon
 from serialmuxd.hub import PortState
 from serialmuxd.proto.telnet import TelnetCodec
 
-from .support import GuestPty, PtyChild, TcpClient, eventually, running_daemon
+from .support import FdReader, GuestPty, PtyChild, TcpClient, eventually, running_daemon
 
 pytestmark = pytest.mark.asyncio
 
 CTRL_E = b"\x05"
+END_OF_STREAM = b"\r\n-- end of stream --\r\n"
 
 
 def _config(body: str) -> str:
@@ -207,16 +208,11 @@ reconnect_max_s = 0.2
             os.write(fd, b"back again\r\n")
             await client.expect(b"back again")
             await client.send(b"typed after return\r")
-            got = b""
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 5
-            os.set_blocking(fd, False)
-            while b"typed after return" not in got and loop.time() < deadline:
-                try:
-                    got += os.read(fd, 4096)
-                except BlockingIOError:
-                    await asyncio.sleep(0.01)
-            assert b"typed after return" in got
+            device = FdReader(fd)
+            try:
+                await device.expect(b"typed after return")
+            finally:
+                device.stop()
         finally:
             os.close(fd)
         assert not client.eof
@@ -325,21 +321,21 @@ client_buffer_bytes = 16384
             # Pace the guest by the fast reader so that only the slow one falls behind.
             await fast.wait_bytes(mark + min(total, i + 65536), timeout_s=30)
         assert bytes(fast.buffer[mark : mark + total]) == stream
-        # Now drain the slow reader: it must see a prefix, a "missed N" notice, then exactly the rest.
-        slow.setblocking(False)
-        loop = asyncio.get_running_loop()
-        received = bytearray()
+        # The end of the stream: a marker the stream cannot contain (it has no CR or LF), written after it.
+        await guest.send(END_OF_STREAM)
+        await fast.expect(END_OF_STREAM, timeout_s=30, start=mark + total)
+        # Now drain the slow reader: it must see a prefix, a "missed N" notice, then exactly the rest, then
+        # the marker (the newest bytes in the ring, so never skipped).  Reading stops at the marker, not at a
+        # pause in the flow.
+        slow_reader = FdReader(slow.fileno())
+        try:
+            at_end = await slow_reader.expect(END_OF_STREAM, timeout_s=30)
+        finally:
+            slow_reader.stop()
+            slow.close()
+        received = bytes(slow_reader.buffer[: at_end.start()])
+        assert slow_reader.buffer[at_end.end() :] == b"", "nothing after the marker"
         pattern = re.compile(rb"\r\n\[serialmuxd\] your connection fell behind: (\d+) bytes[^\r]*\r\n")
-        deadline = loop.time() + 20
-        while loop.time() < deadline:
-            try:
-                chunk = await asyncio.wait_for(loop.sock_recv(slow, 65536), 0.5)
-            except TimeoutError:
-                break
-            if not chunk:
-                break
-            received += chunk
-        slow.close()
         notices = list(pattern.finditer(received))
         assert notices, "slow reader was not told it missed bytes"
         # Reassemble: segments between notices must be exact slices with the reported gaps.
