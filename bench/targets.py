@@ -435,6 +435,9 @@ class Serialmuxd(Target):
                 f"scrollback_bytes = {options.scrollback_bytes}",
                 "replay_bytes = 0",
                 f"client_buffer_bytes = {options.client_buffer_bytes}",
+                # Every bench client comes from 127.0.0.1: the per-address cap must not count them.
+                "max_sessions = 1000",
+                "max_sessions_per_address = 1000",
                 "",
             ]
         return "\n".join(lines)

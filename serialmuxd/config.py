@@ -162,8 +162,9 @@ class PortConfig:
     key_profile: str = "xterm"  # how named keys (F1-F12) are sent: xterm (Linux) | vt100+ (Windows EMS/SAC)
     max_sessions: int = 100  # sessions on this port over all its listeners and WebSockets
     # Sessions from one source IP address on this port; never above max_sessions (the validator lowers the
-    # built-in 20 to a smaller max_sessions, and refuses an explicit value above it).
-    max_sessions_per_address: int = 20
+    # built-in 50 to a smaller max_sessions, and refuses an explicit value above it).  Half the port, not
+    # less: behind a reverse proxy or a jump host every session comes from one address.
+    max_sessions_per_address: int = 50
     serial: SerialSettings = field(default_factory=SerialSettings)
     hypervisor: HypervisorConfig | None = None  # [ports.hypervisor]: NMI / reset / restart / VM state
 
@@ -722,7 +723,7 @@ def _effective_escape(values: Layered, notices: NoticePolicy) -> str:
 
 
 def _sessions_per_address(values: Layered) -> Setting[int] | None:
-    """max_sessions_per_address, whose built-in 20 yields to a smaller max_sessions instead of refusing it.
+    """max_sessions_per_address, whose built-in 50 yields to a smaller max_sessions instead of refusing it.
 
     Only a value someone wrote can contradict max_sessions; ``max_sessions = 5`` alone means 5 and 5.
     None when the value is invalid (already reported).

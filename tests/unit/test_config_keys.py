@@ -36,7 +36,7 @@ def test_builtin_defaults_of_the_new_keys() -> None:
     assert p.ask_timeout_s == 10.0
     assert p.notices is NoticePolicy.INBAND
     assert p.escape == "^E"
-    assert (p.max_sessions, p.max_sessions_per_address) == (100, 20)
+    assert (p.max_sessions, p.max_sessions_per_address) == (100, 50)
     assert parse_config(port(), SOURCE).http.max_connections == 1000
 
 
@@ -202,7 +202,8 @@ def test_builtin_per_address_yields_to_a_smaller_max_sessions() -> None:
     assert (p.max_sessions, p.max_sessions_per_address) == (5, 5)
     p = only_port("[defaults]\nmax_sessions = 8\n" + port())
     assert (p.max_sessions, p.max_sessions_per_address) == (8, 8)
-    assert only_port(port("max_sessions = 30")).max_sessions_per_address == 20
+    assert only_port(port("max_sessions = 30")).max_sessions_per_address == 30
+    assert only_port(port("max_sessions = 80")).max_sessions_per_address == 50
 
 
 def test_invalid_limit_does_not_also_fail_the_cross_check() -> None:
