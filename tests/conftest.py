@@ -19,7 +19,7 @@ try:
 except ImportError:  # the fast extra is optional
     uvloop = None
 
-_BOTH_LOOPS_MODULES = {"test_telnet", "test_http", "test_devices"}
+_BOTH_LOOPS_MODULES = {"test_telnet", "test_http", "test_devices", "test_ws_strict", "test_http_static"}
 
 
 def pytest_asyncio_loop_factories(

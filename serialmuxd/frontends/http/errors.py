@@ -26,6 +26,7 @@ ERROR_CODES = {
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "offset_unavailable": 416,
+    "upgrade_required": 426,
     "console_disabled": 503,
     "console_offline": 503,
     "input_queue_full": 503,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ... import __version__
+from .errors import ERROR_CODES
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -72,9 +73,9 @@ def openapi_document() -> dict[str, Any]:
                 "messages (client: resize, break, take_over, read_only, answer_takeover, key, sysrq, who, "
                 "ping) and events (server: hello, notice{kind}, closing, pong). Close codes: 4000 evicted, "
                 "4001 disabled, 4002 bad message, 4003 fell behind, 4005 denied, 4006 too many sessions, "
-                "1001 shutdown, 1009 message too big.",
+                "1001 shutdown, 1002 protocol error, 1009 message too big.",
                 ok="101 Switching Protocols",
-                errors=(400, 404, 503),
+                errors=(400, 404, 426, 503),
                 params=[
                     _q("mode", {"enum": ["rw", "ro"]}, "rw asks for the writer lease; ro watches"),
                     _q(
@@ -194,24 +195,7 @@ def openapi_document() -> dict[str, Any]:
                     "type": "object",
                     "required": ["code", "message"],
                     "properties": {
-                        "code": {
-                            "enum": [
-                                "bad_request",
-                                "forbidden",
-                                "misdirected",
-                                "unknown_port",
-                                "not_found",
-                                "method_not_allowed",
-                                "console_in_use",
-                                "not_supported",
-                                "payload_too_large",
-                                "unsupported_media_type",
-                                "offset_unavailable",
-                                "console_disabled",
-                                "console_offline",
-                                "input_queue_full",
-                            ]
-                        },
+                        "code": {"enum": list(ERROR_CODES)},
                         "message": {"type": "string"},
                     },
                 },
