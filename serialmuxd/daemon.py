@@ -28,7 +28,7 @@ from .errors import StartupError
 from .frontends.telnet import start_listener
 from .hub import PortHub, RefusalKind, Refused
 from .obs.sdnotify import sd_notify, watchdog_interval_s
-from .rlimits import raise_nofile_limit
+from .rlimits import DescriptorWatch, open_descriptors, raise_nofile_limit
 from .state import DaemonState, PortSwitch, StateStore
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ log = structlog.get_logger("serialmuxd")
 # every port's stream end, raised (and saved) before a port's end can reach it.
 _OFFSET_RESERVE = 1 << 32
 _OFFSET_CHECK_S = 10.0
+_DESCRIPTOR_CHECK_S = 5.0
 _VM_POLL_S = 10.0
 
 
@@ -95,6 +96,7 @@ class Daemon:
         self._offset_task: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._watchdog_task: asyncio.Task[None] | None = None
+        self._fd_task: asyncio.Task[None] | None = None
         self.stop_requested = asyncio.Event()
 
     def _build_hubs(self) -> None:
@@ -152,6 +154,7 @@ class Daemon:
                 await hub.vm.adapter.open()
         loop = asyncio.get_running_loop()
         self._offset_task = loop.create_task(self._watch_offsets())
+        self._fd_task = loop.create_task(self._watch_descriptors(soft))
         if any(h.vm.adapter is not None and h.vm.adapter.kind != "qmp" for h in self.hubs.values()):
             self._poll_task = loop.create_task(self._poll_vm_states())
         interval = watchdog_interval_s()
@@ -228,6 +231,26 @@ class Daemon:
             await asyncio.sleep(_OFFSET_CHECK_S)
             self._raise_offset_floors()
 
+    async def _watch_descriptors(self, soft_limit: int) -> None:
+        """Log when open descriptors near the limit (new clients would get an immediate EOF) and when
+        they are back to normal; sessions that exist keep being served either way."""
+        watch = DescriptorWatch()
+        while True:
+            await asyncio.sleep(_DESCRIPTOR_CHECK_S)
+            in_use = open_descriptors(soft_limit)
+            if in_use is None:
+                return  # no /proc: nothing to watch
+            event = watch.check(in_use, soft_limit)
+            if event == "low":
+                log.error(
+                    "file_descriptors_low",
+                    open=in_use,
+                    soft_limit=soft_limit,
+                    hint="new connections may be refused; raise LimitNOFILE or lower max_sessions",
+                )
+            elif event == "recovered":
+                log.info("file_descriptors_recovered", open=in_use, soft_limit=soft_limit)
+
     async def _feed_watchdog(self, interval_s: float) -> None:
         """Pinged from the event loop itself: if the loop stalls, systemd notices and restarts us."""
         while True:
@@ -277,7 +300,7 @@ class Daemon:
 
     async def stop(self) -> None:
         sd_notify("STOPPING=1")
-        for task in (self._offset_task, self._poll_task, self._watchdog_task):
+        for task in (self._offset_task, self._poll_task, self._watchdog_task, self._fd_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

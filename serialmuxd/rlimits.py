@@ -20,6 +20,8 @@ not an error: the daemon runs with what it has, and the caller logs the values i
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import resource
 
 
@@ -35,3 +37,42 @@ def raise_nofile_limit() -> tuple[int, int]:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return soft, hard
+
+
+def open_descriptors(soft_limit: int) -> int | None:
+    """How many file descriptors this process has open now (Linux ``/proc/self/fd``); None if unknown.
+
+    Listing the directory needs a descriptor itself: when none is left, that failure is the answer (all of
+    them are in use)."""
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1  # minus the one listdir itself held open
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return soft_limit
+        return None
+
+
+class DescriptorWatch:
+    """Says when open descriptors near the soft limit, and when they are back to normal (with hysteresis).
+
+    Both event loops recover from EMFILE on their own, but neither says so usefully: asyncio logs from inside
+    its accept loop (routed to ``accept_failed``), uvloop (libuv) accepts and drops the excess connection
+    silently.  A periodic look at the count makes exhaustion visible on either loop, before and while it
+    happens, at the cost of one directory listing every few seconds for the whole daemon.
+    """
+
+    HIGH = 0.9  # warn at 90 % of the soft limit ...
+    LOW = 0.8  # ... and say it recovered below 80 %
+
+    def __init__(self) -> None:
+        self.high = False
+
+    def check(self, in_use: int, soft_limit: int) -> str | None:
+        """``"low"`` when usage crosses HIGH, ``"recovered"`` when it falls below LOW again, else None."""
+        if not self.high and in_use >= self.HIGH * soft_limit:
+            self.high = True
+            return "low"
+        if self.high and in_use < self.LOW * soft_limit:
+            self.high = False
+            return "recovered"
+        return None

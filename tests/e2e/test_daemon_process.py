@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .support import GuestPty, TcpClient
+from .support import GuestPty, TcpClient, eventually
 from .test_cli import free_port
 from .test_http import WsClient
 
@@ -191,6 +191,43 @@ async def test_session_caps_keep_a_daemon_with_few_descriptors_serving(tmp_path:
             for client in attached:
                 await client.expect(b"still served")
             assert len(daemon.events("attach_refused")) == 50
+    finally:
+        for client in clients:
+            await client.close()
+        guest.close()
+
+
+async def test_descriptor_exhaustion_is_logged_and_existing_sessions_keep_working(tmp_path: Path) -> None:
+    """With caps above what the descriptor limit allows, the limit itself is hit: the daemon says so in its
+    log (on either event loop: uvloop drops excess connections without a word), keeps serving the sessions
+    it has, and says when it has recovered."""
+    guest = GuestPty()
+    http_port = free_port()
+    config = _config(tmp_path, guest, http_port, "max_sessions = 500\nmax_sessions_per_address = 500")
+    clients: list[TcpClient] = []
+    try:
+        async with daemon_process(config, nofile=64) as daemon:
+            (listening,) = [e for e in daemon.events("listening") if e["kind"] == "raw-readonly"]
+            port = int(listening["address"].rsplit(":", 1)[1])
+            first = await TcpClient.connect("127.0.0.1", port)
+            await first.expect(b"read-only")
+            for _ in range(70):
+                with contextlib.suppress(OSError):
+                    clients.append(await TcpClient.connect("127.0.0.1", port))
+            await eventually(
+                lambda: bool(daemon.events("file_descriptors_low")), "the low-descriptor line", 20
+            )
+            (low,) = daemon.events("file_descriptors_low")
+            assert low["soft_limit"] == 64 and low["open"] >= 0.9 * 64
+            await guest.send(b"still served")
+            await first.expect(b"still served")
+            for client in clients:
+                await client.close()
+            clients.clear()
+            await eventually(
+                lambda: bool(daemon.events("file_descriptors_recovered")), "the recovered line", 20
+            )
+            await first.close()
     finally:
         for client in clients:
             await client.close()
