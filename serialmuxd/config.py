@@ -32,7 +32,7 @@ import re
 import shlex
 import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from .configcheck import (
     GIB,
     KIB,
     MIB,
+    REQUIRED,
     UNIX_PATH_MAX_BYTES,
     CheckedTable,
     Invalid,
@@ -67,8 +68,11 @@ from .configcheck import (
     seconds,
     show,
     string,
+    text,
     unknown_key,
 )
+from .core.access import Verb
+from .core.grants import BUILTIN_ROLES, GROUP_PREFIX, Grant
 from .core.policy import NoticePolicy, SlowReaderPolicy, TakeoverPolicy
 from .errors import ConfigError
 from .proto.escape import parse_escape_key
@@ -165,6 +169,9 @@ class PortConfig:
     # built-in 50 to a smaller max_sessions, and refuses an explicit value above it).  Half the port, not
     # less: behind a reverse proxy or a jump host every session comes from one address.
     max_sessions_per_address: int = 50
+    telnet_tls: bool = False  # both listeners speak TLS (telnet or raw inside it), with [tls]'s certificate
+    # Consoles of one group (the instances of a scale set) share grants: ports = ["group:web"].
+    group: str | None = None
     serial: SerialSettings = field(default_factory=SerialSettings)
     hypervisor: HypervisorConfig | None = None  # [ports.hypervisor]: NMI / reset / restart / VM state
 
@@ -188,6 +195,47 @@ class HttpSettings:
     ws_heartbeat_s: float = 20.0  # ping idle WebSockets so proxies and load balancers keep them open
     allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides the listen address and localhost
     max_connections: int = 1000  # concurrent WebSocket consoles on this listener
+    tls: bool = False  # serve HTTPS with [tls]'s certificate
+
+
+@dataclass(frozen=True, slots=True)
+class OidcConfig:
+    """[auth.oidc]: bearer JWTs from an OpenID provider, and (with a client) the page's sign-in."""
+
+    issuer: str
+    audience: str
+    client_id: str = ""  # for the console page's sign-in (authorization code + PKCE)
+    client_secret_file: Path | None = None
+    user_claim: str = "preferred_username"
+    groups_claim: str = "groups"
+    group_grants: tuple[tuple[str, tuple[Grant, ...]], ...] = ()  # identity-provider group -> grants
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """[auth]: with it present nothing is reachable without credentials (deny by default)."""
+
+    users_file: Path | None = None  # TOML with [[users]] and [[tokens]] (serialmuxd.auth.users)
+    anonymous: str | None = None  # role for peers without credentials; loopback-only configurations
+    roles: tuple[tuple[str, frozenset[Verb]], ...] = ()  # [auth.roles]: custom roles from verbs
+    oidc: OidcConfig | None = None
+    login_grace_s: float = 30.0  # telnet: time to complete the login prompt
+    session_idle_s: float = 3600.0  # console page: a signed-in session unused this long ends
+    session_max_s: float = 12 * 3600.0  # ... and any session ends this long after sign-in
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """[tls]: the certificate of every TLS listener (http.tls, ports' telnet_tls)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None  # clients presenting a certificate from this CA are mapped to users
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSettings:
+    file: Path | None = None  # JSON lines, one per event (every event is also in the daemon's log)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +244,9 @@ class Config:
     daemon: DaemonSettings
     http: HttpSettings
     ports: tuple[PortConfig, ...]
+    auth: AuthSettings | None = None  # None: no authentication, loopback listeners only (the demo)
+    tls: TlsSettings | None = None
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -283,6 +334,8 @@ MAX_SESSIONS_RANGE = (1, 100_000)  # for max_sessions and max_sessions_per_addre
 RECONNECT_MAX_S = 3600.0
 SHUTDOWN_TIMEOUT_MAX_S = 300.0
 ASK_TIMEOUT_MAX_S = 300.0  # longer than anyone waits at a console for a yes or no
+LOGIN_GRACE_MAX_S = 600.0  # a telnet login prompt left open longer is an idle connection, not a person
+SESSION_MAX_S = 30 * 24 * 3600.0  # a signed-in page session: a month at the very most
 WS_HEARTBEAT_MAX_S = 3600.0
 BAUD_RANGE = (50, 4_000_000)
 BYTESIZE_RANGE = (5, 8)
@@ -442,6 +495,86 @@ def _device(value: object) -> DeviceSpec:
     return DeviceSpec(kind, raw, argv=tuple(argv))
 
 
+def _path(value: object) -> Path:
+    return Path(absolute_path(value))
+
+
+_PORT_PATTERN_RE = re.compile(r"[A-Za-z0-9._\-*?\[\]!]{1,64}")
+_VERB_NAMES = tuple(verb.value for verb in Verb)
+
+
+def _port_selector(value: object) -> str:
+    """A console name, a shell-style pattern (vm*, web-ss-?), group:NAME, or * (every console, the host)."""
+    item = string(value)
+    if item.startswith(GROUP_PREFIX):
+        group = item[len(GROUP_PREFIX) :]
+        if not PORT_NAME_RE.fullmatch(group):
+            raise Invalid(f"group:NAME needs a group name like a console name, got {show(item)}")
+        return item
+    if not _PORT_PATTERN_RE.fullmatch(item):
+        raise Invalid(
+            "must be a console name, a pattern such as 'vm*' (letters, digits, . _ - and * ? [ ] !), "
+            f"'group:NAME' or '*', got {show(item)}"
+        )
+    return item
+
+
+_port_selectors = array_of(_port_selector, "console names, patterns or group:NAME")
+
+
+def check_grant(value: object) -> Grant:
+    """One ``{ role = "operator", ports = ["vm*"] }``; whether the role exists is checked by the caller."""
+    if not isinstance(value, dict):
+        raise Invalid(f'expected a table such as {{ role = "viewer", ports = ["vm1"] }}, {got(value)}')
+    found: list[tuple[str, str]] = []
+    for name in value:
+        if name not in ("role", "ports"):
+            found.append((f".{name}", unknown_key(name, ("role", "ports"))))
+    role, ports = value.get("role"), value.get("ports")
+    for name, item in (("role", role), ("ports", ports)):
+        if item is None:
+            found.append((f".{name}", REQUIRED))
+    checked_role, checked_ports = "", tuple[str, ...]()
+    try:
+        checked_role = text(role) if role is not None else ""
+    except Invalid as exc:
+        found.extend((f".role{at}", reason) for at, reason in exc.found)
+    try:
+        checked_ports = _port_selectors(ports) if ports is not None else ()
+        if ports is not None and not checked_ports:
+            found.append((".ports", "must not be empty: name the consoles this grant covers, or '*'"))
+    except Invalid as exc:
+        found.extend((f".ports{at}", reason) for at, reason in exc.found)
+    if found:
+        raise Invalid.of_items(found)
+    return Grant(checked_role, checked_ports)
+
+
+check_grants = array_of(check_grant, "grants (tables with role and ports)")
+
+
+def _verbs(value: object) -> frozenset[Verb]:
+    names = array_of(choice(_VERB_NAMES), "verbs")(value)
+    if not names:
+        raise Invalid(f"must not be empty: a role needs at least one of {', '.join(_VERB_NAMES)}")
+    return frozenset(Verb(name) for name in names)
+
+
+def _issuer(value: object) -> str:
+    url = text(value)
+    scheme, _, rest = url.partition("://")
+    host = rest.split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+    if scheme == "https" and host:
+        return url.rstrip("/") if url.endswith("/") and url.count("/") == 3 else url
+    if scheme == "http" and host and _is_loopback(host):
+        return url  # a provider on this host (tests, a local IdP); anything else must be https
+    raise Invalid(f"must be an https:// URL (http:// only for a loopback issuer), got {show(url)}")
+
+
+def unknown_role(role: str, known: Iterable[str]) -> str:
+    return f"unknown role {show(role)}{did_you_mean(role, known) or ''} (roles: {', '.join(sorted(known))})"
+
+
 # ----------------------------------------------------------------------------------------------------
 # Schemas: the keys of each table and how each value is checked.  The TOML key names are the dataclass field
 # names; the builders below pass each one explicitly, so mypy checks names and types against the dataclass.
@@ -462,6 +595,34 @@ class _Http:
     ws_heartbeat_s = Key("ws_heartbeat_s", seconds(WS_HEARTBEAT_MAX_S))
     allowed_hosts = Key("allowed_hosts", array_of(_host_name, "host names"))
     max_connections = Key("max_connections", integer(*HTTP_MAX_CONNECTIONS_RANGE))
+    tls = Key("tls", boolean)
+
+
+class _Auth:
+    users_file = Key("users_file", _path)
+    anonymous = Key("anonymous", text)
+    login_grace_s = Key("login_grace_s", seconds(LOGIN_GRACE_MAX_S))
+    session_idle_s = Key("session_idle_s", seconds(SESSION_MAX_S))
+    session_max_s = Key("session_max_s", seconds(SESSION_MAX_S))
+
+
+class _Oidc:
+    issuer = Key("issuer", _issuer)
+    audience = Key("audience", text)
+    client_id = Key("client_id", text)
+    client_secret_file = Key("client_secret_file", _path)
+    user_claim = Key("user_claim", text)
+    groups_claim = Key("groups_claim", text)
+
+
+class _Tls:
+    cert_file = Key("cert_file", _path)
+    key_file = Key("key_file", _path)
+    client_ca_file = Key("client_ca_file", _path)
+
+
+class _Audit:
+    file = Key("file", _path)
 
 
 class _Serial:
@@ -479,6 +640,7 @@ class _Port:
     device = Key("device", _device)
     telnet = Key("telnet", _listen)
     telnet_readonly = Key("telnet_readonly", _listen)
+    group = Key("group", _name)
     # Inheritable: [defaults] may set them for every port.
     raw = Key("raw", boolean)
     takeover = Key("takeover", enum_choice(TakeoverPolicy))
@@ -498,6 +660,7 @@ class _Port:
     key_profile = Key("key_profile", choice(KEY_PROFILES))
     max_sessions = Key("max_sessions", integer(*MAX_SESSIONS_RANGE))
     max_sessions_per_address = Key("max_sessions_per_address", integer(*MAX_SESSIONS_RANGE))
+    telnet_tls = Key("telnet_tls", boolean)
 
 
 def _keys_of(schema: type) -> tuple[Key[Any], ...]:
@@ -507,7 +670,11 @@ def _keys_of(schema: type) -> tuple[Key[Any], ...]:
 _DAEMON_KEYS = _keys_of(_Daemon)
 _HTTP_KEYS = _keys_of(_Http)
 _SERIAL_KEYS = _keys_of(_Serial)
-_PORT_ONLY_KEYS = (_Port.name, _Port.device, _Port.telnet, _Port.telnet_readonly)
+_PORT_ONLY_KEYS = (_Port.name, _Port.device, _Port.telnet, _Port.telnet_readonly, _Port.group)
+_AUTH_KEYS = _keys_of(_Auth)
+_OIDC_KEYS = _keys_of(_Oidc)
+_TLS_KEYS = _keys_of(_Tls)
+_AUDIT_KEYS = _keys_of(_Audit)
 _INHERITABLE_KEYS = tuple(key for key in _keys_of(_Port) if key not in _PORT_ONLY_KEYS)
 
 _SERIAL_TABLE = "serial"  # the one sub-table of [[ports]] and [defaults]
@@ -523,6 +690,8 @@ _BUILTIN_DAEMON = DaemonSettings()
 _BUILTIN_HTTP = HttpSettings()
 _BUILTIN_SERIAL = SerialSettings()
 _BUILTIN_PORT = PortConfig(name="", device=DeviceSpec(DeviceKind.EXEC, ""))
+_BUILTIN_AUTH = AuthSettings()
+_BUILTIN_OIDC = OidcConfig(issuer="", audience="")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -534,6 +703,9 @@ class _Claims:
     """What only one port may have, and who had it first: names, devices, listen addresses."""
 
     allow_remote: bool
+    authenticated: bool = False  # [auth] is configured
+    remote: list[str] = field(default_factory=list)  # key paths of non-loopback listeners
+    tls_users: list[str] = field(default_factory=list)  # key paths that need [tls]
     names: dict[str, str] = field(default_factory=dict)  # name -> path of the port that has it
     devices: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # identity -> (path, how)
     listeners: list[tuple[ListenAddress, str]] = field(default_factory=list)  # (address, key path)
@@ -548,16 +720,162 @@ class _Defaults:
 
 
 def _build_config(document: Mapping[str, object], source: str, problems: Problems) -> Config:
-    known = ("daemon", "http", "defaults", "ports")
+    known = ("daemon", "auth", "tls", "audit", "http", "defaults", "ports")
     for key in document:
         if key not in known:
             problems.add(key_path("", key), unknown_key(key, known))
     daemon = _parse_daemon(document.get("daemon", {}), problems)
-    claims = _Claims(allow_remote=daemon.allow_remote_unauthenticated)
+    auth = _parse_auth(document["auth"], problems) if "auth" in document else None
+    tls = _parse_tls(document["tls"], problems) if "tls" in document else None
+    audit = _parse_audit(document.get("audit", {}), problems)
+    claims = _Claims(allow_remote=daemon.allow_remote_unauthenticated, authenticated=auth is not None)
     http = _parse_http(document.get("http", {}), claims, problems)
     defaults = _parse_defaults(document.get("defaults", {}), problems)
     ports = _parse_ports(document.get("ports"), defaults, claims, problems)
-    return Config(source=source, daemon=daemon, http=http, ports=ports)
+    if tls is None and "tls" not in document:
+        for at in claims.tls_users:
+            problems.add(at, "needs a [tls] table with cert_file and key_file")
+    if auth is not None and auth.anonymous is not None and claims.remote:
+        problems.add(
+            "auth.anonymous",
+            f"anonymous access is allowed only when every listener is on loopback; {claims.remote[0]} is not",
+        )
+    if auth is not None:
+        _check_group_names(auth, ports, problems)
+    return Config(source=source, daemon=daemon, http=http, ports=ports, auth=auth, tls=tls, audit=audit)
+
+
+def _parse_auth(raw: object, problems: Problems) -> AuthSettings | None:
+    table = as_table(raw, "auth", problems)
+    if table is None:
+        return None
+    own = check_table(table, "auth", _AUTH_KEYS, problems, sub_tables=["roles", "oidc"])
+    roles = _parse_roles(table.get("roles", {}), problems)
+    known_roles = {*BUILTIN_ROLES, *(name for name, _ in roles)}
+    anonymous = own.get(_Auth.anonymous)
+    if anonymous is not None and anonymous not in known_roles:
+        problems.add("auth.anonymous", unknown_role(anonymous, known_roles))
+    oidc = _parse_oidc(table["oidc"], known_roles, problems) if "oidc" in table else None
+    if not own.has(_Auth.users_file) and "oidc" not in table and not own.has(_Auth.anonymous):
+        problems.add(
+            "auth",
+            "names no way to sign in: set users_file (local users and tokens) or [auth.oidc], or both",
+        )
+    values, builtin = Layered(own), _BUILTIN_AUTH
+    settings = AuthSettings(
+        users_file=own.get(_Auth.users_file),
+        anonymous=anonymous,
+        roles=roles,
+        oidc=oidc,
+        login_grace_s=values.value(_Auth.login_grace_s, builtin.login_grace_s),
+        session_idle_s=values.value(_Auth.session_idle_s, builtin.session_idle_s),
+        session_max_s=values.value(_Auth.session_max_s, builtin.session_max_s),
+    )
+    check_not_above(
+        "session_idle_s",
+        values.setting(_Auth.session_idle_s, builtin.session_idle_s),
+        "session_max_s",
+        values.setting(_Auth.session_max_s, builtin.session_max_s),
+        "auth",
+        problems,
+    )
+    return settings
+
+
+def _parse_roles(raw: object, problems: Problems) -> tuple[tuple[str, frozenset[Verb]], ...]:
+    table = as_table(raw, "auth.roles", problems)
+    if table is None:
+        return ()
+    roles = []
+    for name, value in table.items():
+        at = key_path("auth.roles", name)
+        if name in BUILTIN_ROLES:
+            problems.add(at, f"{show(name)} is a built-in role; give a custom role another name")
+            continue
+        if not PORT_NAME_RE.fullmatch(name):
+            problems.add(at, f"a role name is letters, digits, . _ - (like a console name), got {show(name)}")
+            continue
+        try:
+            roles.append((name, _verbs(value)))
+        except Invalid as exc:
+            problems.invalid(at, exc)
+    return tuple(roles)
+
+
+def _parse_oidc(raw: object, known_roles: set[str], problems: Problems) -> OidcConfig | None:
+    table = as_table(raw, "auth.oidc", problems)
+    if table is None:
+        return None
+    own = check_table(table, "auth.oidc", _OIDC_KEYS, problems, sub_tables=["group_grants"])
+    complete = require(own, (_Oidc.issuer, _Oidc.audience), problems)
+    group_grants = []
+    grants_table = as_table(table.get("group_grants", {}), "auth.oidc.group_grants", problems) or {}
+    for group, value in grants_table.items():
+        at = key_path("auth.oidc.group_grants", group)
+        try:
+            grants = check_grants(value)
+        except Invalid as exc:
+            problems.invalid(at, exc)
+            continue
+        check_grant_roles(grants, at, known_roles, problems)
+        group_grants.append((group, grants))
+    issuer, audience = own.get(_Oidc.issuer), own.get(_Oidc.audience)
+    if not complete or issuer is None or audience is None:
+        return None
+    values, builtin = Layered(own), _BUILTIN_OIDC
+    return OidcConfig(
+        issuer=issuer,
+        audience=audience,
+        client_id=values.value(_Oidc.client_id, builtin.client_id),
+        client_secret_file=own.get(_Oidc.client_secret_file),
+        user_claim=values.value(_Oidc.user_claim, builtin.user_claim),
+        groups_claim=values.value(_Oidc.groups_claim, builtin.groups_claim),
+        group_grants=tuple(group_grants),
+    )
+
+
+def check_grant_roles(grants: Iterable[Grant], at: str, known_roles: set[str], problems: Problems) -> None:
+    """Each grant's role must exist: built in, or defined in [auth.roles]."""
+    for index, grant in enumerate(grants):
+        if grant.role not in known_roles:
+            problems.add(f"{at}[{index}].role", unknown_role(grant.role, known_roles))
+
+
+def _check_group_names(auth: AuthSettings, ports: tuple[PortConfig, ...], problems: Problems) -> None:
+    """A group:NAME no console is in is a typo (or a group nobody uses yet: say so either way)."""
+    groups = {port.group for port in ports if port.group is not None}
+    if auth.oidc is None:
+        return
+    for group, grants in auth.oidc.group_grants:
+        for index, grant in enumerate(grants):
+            for item_index, item in enumerate(grant.ports):
+                name = item[len(GROUP_PREFIX) :] if item.startswith(GROUP_PREFIX) else None
+                if name is not None and name not in groups:
+                    problems.add(
+                        f"{key_path('auth.oidc.group_grants', group)}[{index}].ports[{item_index}]",
+                        f"no console has group = {show(name)}{did_you_mean(name, groups)}",
+                    )
+
+
+def _parse_tls(raw: object, problems: Problems) -> TlsSettings | None:
+    table = as_table(raw, "tls", problems)
+    if table is None:
+        return None
+    own = check_table(table, "tls", _TLS_KEYS, problems)
+    require(own, (_Tls.cert_file, _Tls.key_file), problems)
+    cert, key = own.get(_Tls.cert_file), own.get(_Tls.key_file)
+    if cert is None or key is None:
+        return None
+    # The files themselves are read and checked at start-up (serialmuxd.tls): mode, match, expiry.
+    return TlsSettings(cert_file=cert, key_file=key, client_ca_file=own.get(_Tls.client_ca_file))
+
+
+def _parse_audit(raw: object, problems: Problems) -> AuditSettings:
+    table = as_table(raw, "audit", problems)
+    if table is None:
+        return AuditSettings()
+    own = check_table(table, "audit", _AUDIT_KEYS, problems)
+    return AuditSettings(file=own.get(_Audit.file))
 
 
 def _parse_daemon(raw: object, problems: Problems) -> DaemonSettings:
@@ -585,8 +903,11 @@ def _parse_http(raw: object, claims: _Claims, problems: Problems) -> HttpSetting
         return _BUILTIN_HTTP
     own = check_table(table, "http", _HTTP_KEYS, problems)
     listen = own.get(_Http.listen)  # no [http] listen: no HTTP server
+    tls = own.get(_Http.tls) is True
+    if tls:
+        claims.tls_users.append("http.tls")
     if listen is not None:
-        _claim_listener(listen, "http.listen", "type into the console", claims, problems)
+        _claim_listener(listen, "http.listen", "type into the console", claims, problems, tls=tls)
     values, builtin = Layered(own), _BUILTIN_HTTP
     return HttpSettings(
         listen=listen,
@@ -595,6 +916,7 @@ def _parse_http(raw: object, claims: _Claims, problems: Problems) -> HttpSetting
         ws_heartbeat_s=values.value(_Http.ws_heartbeat_s, builtin.ws_heartbeat_s),
         allowed_hosts=values.value(_Http.allowed_hosts, builtin.allowed_hosts),
         max_connections=values.value(_Http.max_connections, builtin.max_connections),
+        tls=tls,
     )
 
 
@@ -662,12 +984,17 @@ def _parse_port(
     if device is not None:
         _claim_device(device, path, claims, problems)
     telnet, telnet_readonly = own.get(_Port.telnet), own.get(_Port.telnet_readonly)
+    telnet_tls = values.value(_Port.telnet_tls, builtin.telnet_tls)
+    if telnet_tls and (telnet is not None or telnet_readonly is not None):
+        tls_setting = values.setting(_Port.telnet_tls, False)
+        claims.tls_users.append(tls_setting.origin or path if tls_setting else path)
     for key, address, capability in (
         (_Port.telnet, telnet, "type into the console"),
         (_Port.telnet_readonly, telnet_readonly, "read the console"),
     ):
         if address is not None:
-            _claim_listener(address, key_path(path, key.name), capability, claims, problems)
+            at = key_path(path, key.name)
+            _claim_listener(address, at, capability, claims, problems, tls=telnet_tls)
     serial = _parse_port_serial(table, path, device, defaults.serial, problems)
     hypervisor = None
     if _HYPERVISOR_TABLE in table:
@@ -704,6 +1031,8 @@ def _parse_port(
         max_sessions_per_address=(
             builtin.max_sessions_per_address if per_address is None else per_address.value
         ),
+        telnet_tls=telnet_tls,
+        group=own.get(_Port.group),
         serial=serial,
         hypervisor=hypervisor,
     )
@@ -868,7 +1197,13 @@ def _is_loopback(host: str) -> bool:
 
 
 def _claim_listener(
-    address: ListenAddress, at: str, capability: str, claims: _Claims, problems: Problems
+    address: ListenAddress,
+    at: str,
+    capability: str,
+    claims: _Claims,
+    problems: Problems,
+    *,
+    tls: bool = False,
 ) -> None:
     for other, other_path in claims.listeners:
         if _listeners_clash(address, other):
@@ -876,10 +1211,20 @@ def _claim_listener(
             problems.add(at, f"{show(str(address))} is already used by {other_path}{same}")
             break
     claims.listeners.append((address, at))
-    if not claims.allow_remote and not _is_loopback(address.host):
-        problems.add(
-            at,
-            f"{show(str(address))} is not a loopback address; bind 127.0.0.1, or set "
-            "daemon.allow_remote_unauthenticated = true: there is no authentication yet, "
-            f"anyone who can reach it can {capability}",
-        )
+    if _is_loopback(address.host):
+        return
+    claims.remote.append(at)
+    # Off this host only with credentials and encryption both; the explicit override stays (and is logged
+    # loudly at start-up) for networks the operator has secured otherwise.
+    if claims.allow_remote or (claims.authenticated and tls):
+        return
+    missing = " and ".join(
+        what for what, absent in (("[auth]", not claims.authenticated), ("TLS", not tls)) if absent
+    )
+    problems.add(
+        at,
+        f"{show(str(address))} is not a loopback address and has no {missing}: anyone who can reach it "
+        f"could {capability}{' unseen on the wire' if claims.authenticated else ''}; bind 127.0.0.1, "
+        "configure [auth] and TLS for it (http.tls or the port's telnet_tls, with [tls]), or set "
+        "daemon.allow_remote_unauthenticated = true",
+    )

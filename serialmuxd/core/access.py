@@ -41,11 +41,18 @@ class AttachMode(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """A peer as the front end knows it.  ``user`` is None until authentication exists."""
+    """A peer as the front end knows it: where it came from and, once authenticated, who it is.
+
+    ``user`` is None for a peer without credentials (no ``[auth]``, or anonymous access); ``groups`` come
+    from an identity provider (OIDC); ``method`` says how the user was authenticated (``password``,
+    ``token``, ``certificate``, ``oidc``, ``session``), for the audit trail.
+    """
 
     transport: str  # "telnet", "raw", "ws", "http", ...
     address: str  # "127.0.0.1:51234"
     user: str | None = None
+    groups: frozenset[str] = frozenset()
+    method: str = ""
 
     @property
     def host(self) -> str:

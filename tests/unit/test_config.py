@@ -11,15 +11,19 @@ from typing import Any
 import pytest
 
 from serialmuxd.config import (
+    AuditSettings,
+    AuthSettings,
     Config,
     DaemonSettings,
     DeviceKind,
     HttpSettings,
     ListenAddress,
+    OidcConfig,
     PortConfig,
     SerialSettings,
     SlowReaderPolicy,
     TakeoverPolicy,
+    TlsSettings,
     load_config,
     parse_config,
 )
@@ -87,7 +91,19 @@ def test_example_listeners_are_all_loopback() -> None:
     assert {a.host for a in listeners if a is not None} == {"127.0.0.1"}
 
 
-@pytest.mark.parametrize("settings", [PortConfig, DaemonSettings, SerialSettings, HttpSettings])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        PortConfig,
+        DaemonSettings,
+        SerialSettings,
+        HttpSettings,
+        AuthSettings,
+        OidcConfig,
+        TlsSettings,
+        AuditSettings,
+    ],
+)
 def test_example_documents_every_key(settings: type) -> None:
     text = EXAMPLE.read_text()
     missing = [f.name for f in dataclasses.fields(settings) if not re.search(rf"\b{f.name}\b", text)]
@@ -99,7 +115,7 @@ def test_example_shows_the_real_defaults() -> None:
     from serialmuxd.adapters.base import DEFAULT_TIMEOUT_S
 
     defaults: dict[str, object] = {"timeout_s": DEFAULT_TIMEOUT_S}  # [ports.hypervisor]
-    for settings in (PortConfig, DaemonSettings, SerialSettings, HttpSettings):
+    for settings in (PortConfig, DaemonSettings, SerialSettings, HttpSettings, AuthSettings, OidcConfig):
         for item in dataclasses.fields(settings):
             if item.default is not dataclasses.MISSING:
                 defaults[item.name] = item.default
@@ -476,9 +492,9 @@ def test_non_loopback_listener_refused(host: str, key: str, capability: str) -> 
         port(extra=f"{key} = '{host}:7001'"), f"ports[0].{key}", "is not a loopback address"
     )
     assert line == (
-        f"{SOURCE}: ports[0].{key}: '{host}:7001' is not a loopback address; bind 127.0.0.1, or set "
-        "daemon.allow_remote_unauthenticated = true: there is no authentication yet, anyone who can reach it "
-        f"can {capability}"
+        f"{SOURCE}: ports[0].{key}: '{host}:7001' is not a loopback address and has no [auth] and TLS: "
+        f"anyone who can reach it could {capability}; bind 127.0.0.1, configure [auth] and TLS for it "
+        "(http.tls or the port's telnet_tls, with [tls]), or set daemon.allow_remote_unauthenticated = true"
     )
 
 
@@ -486,7 +502,7 @@ def test_non_loopback_http_refused() -> None:
     assert_problem(
         "[http]\nlisten = '0.0.0.0:8480'\n" + PORT,
         "http.listen",
-        "'0.0.0.0:8480' is not a loopback address; bind 127.0.0.1, or set daemon.allow_remote_unauth",
+        "'0.0.0.0:8480' is not a loopback address and has no [auth] and TLS",
     )
 
 
@@ -812,9 +828,10 @@ telnet = "127.0.0.1:7002"
 """
     assert problems(text) == [
         f"{SOURCE}: daemon.log_level: must be one of 'debug', 'info', 'warning', 'error', got 'loud'",
-        f"{SOURCE}: http.listen: '0.0.0.0:8480' is not a loopback address; bind 127.0.0.1, or set "
-        "daemon.allow_remote_unauthenticated = true: there is no authentication yet, anyone who can reach it "
-        "can type into the console",
+        f"{SOURCE}: http.listen: '0.0.0.0:8480' is not a loopback address and has no [auth] and TLS: "
+        "anyone who can reach it could type into the console; bind 127.0.0.1, configure [auth] and TLS for "
+        "it (http.tls or the port's telnet_tls, with [tls]), or set "
+        "daemon.allow_remote_unauthenticated = true",
         f"{SOURCE}: defaults.scrolback_bytes: unknown key; did you mean 'scrollback_bytes'?",
         f"{SOURCE}: ports[0].name: must be 1-64 characters from A-Z a-z 0-9 . _ - starting with a letter or "
         "digit (names appear in URLs, file names and metric labels), got 'vm 1'",
