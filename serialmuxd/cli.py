@@ -1,7 +1,8 @@
-"""Command line: ``serialmuxd run|check-config|demo``.
+"""Command line: ``serialmuxd run|check-config|demo|hash-password|new-token``.
 
-Exit codes: 0 success; 1 start-up failure (busy listen address, unusable state directory); 2 invalid
-configuration or usage.  Every failure is one line per problem on stderr, naming the thing at fault.
+Exit codes: 0 success; 1 start-up failure (busy listen address, unusable state directory), or no usable
+password for hash-password; 2 invalid configuration or usage.  Every failure is one line per problem on
+stderr, naming the thing at fault.
 """
 
 from __future__ import annotations
@@ -166,6 +167,92 @@ async def _demo(args: argparse.Namespace) -> int:
             await vm.close()
 
 
+# ----------------------------------------------------------------------------------------------------
+# hash-password and new-token: credentials for the users file ([auth] users_file).
+
+_EXIT_REFUSED = 1  # hash-password: no usable password (mismatch, empty, not UTF-8, nothing on stdin)
+_MAX_PIPED_PASSWORD_BYTES = 4096  # one line; stops a mistaken `< /dev/zero` from filling the memory
+
+
+class _PasswordRefused(Exception):
+    """Why no hash is printed; the message is shown as it is."""
+
+
+def _password_from_terminal() -> str:
+    import getpass
+
+    # getpass turns echo off on the terminal and writes its prompts there, never on stdout, so
+    # `serialmuxd hash-password > FILE` leaves exactly the hash in FILE.
+    try:
+        first = getpass.getpass("Password: ")
+        if not first:
+            raise _PasswordRefused("an empty password is refused")
+        second = getpass.getpass("Password again: ")
+    except (EOFError, KeyboardInterrupt):
+        raise _PasswordRefused("no password entered") from None
+    if second != first:
+        raise _PasswordRefused("the two passwords do not match")
+    return first
+
+
+def _password_from_pipe() -> str:
+    line = sys.stdin.buffer.readline(_MAX_PIPED_PASSWORD_BYTES + 1)
+    if not line:
+        raise _PasswordRefused("no password on stdin (expected one line)")
+    # Only the line end goes: spaces may be part of the password.
+    line = line.removesuffix(b"\n").removesuffix(b"\r")
+    if len(line) > _MAX_PIPED_PASSWORD_BYTES:
+        raise _PasswordRefused(f"the password is longer than {_MAX_PIPED_PASSWORD_BYTES} bytes")
+    if not line:
+        raise _PasswordRefused("an empty password is refused")
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _PasswordRefused("the password is not valid UTF-8") from None
+
+
+def _cmd_hash_password(args: argparse.Namespace) -> int:
+    from .auth.passwords import hash_password
+
+    try:
+        if sys.stdin is None:
+            raise _PasswordRefused("no stdin to read the password from")
+        password = _password_from_terminal() if sys.stdin.isatty() else _password_from_pipe()
+    except _PasswordRefused as exc:
+        print(f"serialmuxd hash-password: {exc}; nothing printed", file=sys.stderr)
+        return _EXIT_REFUSED
+    print(hash_password(password))
+    return EXIT_OK
+
+
+def _user_name_argument(text: str) -> str:
+    from .auth.tokens import user_name_problem
+
+    problem = user_name_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{problem}, got {text!r}")
+    return text
+
+
+def _cmd_new_token(args: argparse.Namespace) -> int:
+    from .auth.tokens import new_token, token_digest
+
+    token = new_token()
+    # stdout holds the secret and nothing else (`TOKEN=$(serialmuxd new-token ci)`); stderr is TOML as a
+    # whole, comments included, so it can be appended to the users file as it is.
+    print(token, flush=True)
+    print(
+        "# Add to the users file ([auth] users_file).  The token was printed once, on stdout; only its\n"
+        "# SHA-256 is stored, so it cannot be shown again (lost: make a new one, delete this entry).\n"
+        "[[tokens]]\n"
+        f"name = {_toml_str(args.name)}\n"
+        f"sha256 = {_toml_str(token_digest(token))}\n"
+        'grants = []  # fill in, e.g. [{ role = "operator", ports = ["vm*"] }]: no grants, no access',
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="serialmuxd",
@@ -174,7 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
             "chardev sockets, programs such as ipmitool SOL) and lets people attach over telnet/raw TCP: "
             "one writer at a time with takeover, read-only viewers, scrollback replayed on attach."
         ),
-        epilog="Exit codes: 0 ok, 1 start-up failure (e.g. busy listen address), 2 invalid configuration.",
+        epilog=(
+            "Exit codes: 0 ok, 1 start-up failure (e.g. busy listen address) or no usable password "
+            "(hash-password), 2 invalid configuration or usage."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"serialmuxd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -214,6 +304,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="use a real QEMU guest (Debian kernel + busybox, built and cached on first use) with NMI/reset",
     )
     demo.set_defaults(func=_cmd_demo)
+
+    hash_password = sub.add_parser(
+        "hash-password",
+        help="print the argon2id hash of a password for the users file (reads stdin; no echo on a terminal)",
+        description=(
+            "Print the argon2id hash of a password, for password_hash in the users file. On a terminal it "
+            "asks twice without echo; from a pipe it reads one line (the line end is not part of it)."
+        ),
+        epilog="Exit codes: 0 hash printed, 1 no usable password (empty, mismatched, not UTF-8, no input).",
+    )
+    hash_password.set_defaults(func=_cmd_hash_password)
+
+    token = sub.add_parser(
+        "new-token",
+        help="print a new API token once; on stderr, its [[tokens]] entry (a SHA-256) for the users file",
+    )
+    token.add_argument(
+        "name",
+        metavar="NAME",
+        type=_user_name_argument,
+        help="user name the token acts as: 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit",
+    )
+    token.set_defaults(func=_cmd_new_token)
     return parser
 
 
