@@ -82,7 +82,11 @@ async def _serve(config: Config, started: Callable[[Daemon], Awaitable[None]] | 
 
     configure_logging(config.daemon.log_level, config.daemon.log_format)
     install_loop_exception_handler()  # e.g. accept() failing with EMFILE: one rate-limited structlog line
-    daemon = Daemon(config)
+    try:
+        daemon = Daemon(config)  # reads the users file: its problems are configuration problems (exit 2)
+    except ConfigError as exc:
+        print("\n".join(exc.lines()), file=sys.stderr)
+        return EXIT_CONFIG
     daemon.install_signal_handlers()
     try:
         await daemon.start()
@@ -107,10 +111,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.file)
+        users = ""
+        if config.auth is not None and config.auth.users_file is not None:
+            from .auth.users import load_users
+
+            directory = load_users(config.auth.users_file, [name for name, _ in config.auth.roles])
+            users = f", {len(directory.users)} users and {len(directory.tokens)} tokens"
     except ConfigError as exc:
         print("\n".join(exc.lines()), file=sys.stderr)
         return EXIT_CONFIG
-    print(f"{args.file}: OK ({len(config.ports)} ports)")
+    print(f"{args.file}: OK ({len(config.ports)} ports{users})")
     return EXIT_OK
 
 

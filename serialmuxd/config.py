@@ -566,7 +566,7 @@ def _issuer(value: object) -> str:
     host = rest.split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
     if scheme == "https" and host:
         return url.rstrip("/") if url.endswith("/") and url.count("/") == 3 else url
-    if scheme == "http" and host and _is_loopback(host):
+    if scheme == "http" and host and is_loopback_host(host):
         return url  # a provider on this host (tests, a local IdP); anything else must be https
     raise Invalid(f"must be an https:// URL (http:// only for a loopback issuer), got {show(url)}")
 
@@ -1184,7 +1184,7 @@ def _listeners_clash(a: ListenAddress, b: ListenAddress) -> bool:
     )
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
     if host.lower() == "localhost":
         return True
     try:
@@ -1211,7 +1211,7 @@ def _claim_listener(
             problems.add(at, f"{show(str(address))} is already used by {other_path}{same}")
             break
     claims.listeners.append((address, at))
-    if _is_loopback(address.host):
+    if is_loopback_host(address.host):
         return
     claims.remote.append(at)
     # Off this host only with credentials and encryption both; the explicit override stays (and is logged

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .adapters import Action, StateReport
+from .auth.setup import FrontDoor
 from .config import PortConfig
 from .core.access import AttachMode, Identity
 from .hub.session import Session, SessionSink
@@ -63,9 +64,15 @@ class ConsoleSwitch:
 class ConsoleControl(Protocol):
     """The daemon as front ends see it (``daemon.Daemon`` implements it)."""
 
-    def consoles(self) -> Sequence[Console]: ...
+    def consoles(self, identity: Identity) -> Sequence[Console]:
+        """The consoles ``identity`` may view."""
 
-    def console(self, name: str) -> Console | None: ...
+    def console(self, name: str, identity: Identity) -> Console | None:
+        """None for an unknown console and for one ``identity`` may not view alike (no name probing)."""
+
+    @property
+    def authentication(self) -> FrontDoor | None:
+        """None without ``[auth]``: front ends then ask for no credentials."""
 
     def console_switch(self) -> ConsoleSwitch: ...
 

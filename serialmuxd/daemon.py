@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 
 from .adapters import make_adapter
+from .auth.setup import FrontDoor, build_access
 from .config import Config, ListenAddress
+from .config import is_loopback_host as _is_loopback
 from .control import Console, ConsoleSwitch
 from .core.access import AccessPolicy, AttachMode, Identity, Verb
 from .devices import open_link
@@ -27,6 +30,7 @@ from .devices.program import hide_from_programs
 from .errors import StartupError
 from .frontends.telnet import start_listener
 from .hub import PortHub, RefusalKind, Refused
+from .obs.audit import AuditLog
 from .obs.sdnotify import sd_notify, watchdog_interval_s
 from .rlimits import DescriptorWatch, open_descriptors, raise_nofile_limit
 from .state import DaemonState, PortSwitch, StateStore
@@ -50,10 +54,6 @@ class BoundListener:
     kind: str  # "telnet" | "raw" | "telnet-readonly" | "raw-readonly"
     host: str
     tcp_port: int  # the real port (differs from the config when it asked for 0)
-
-
-def _audit_to_log(event: str, /, **fields: Any) -> None:
-    structlog.get_logger("serialmuxd.audit").info(event, **fields)
 
 
 def _default_link_factory(hub: PortHub) -> DeviceLink:
@@ -87,12 +87,19 @@ class Daemon:
         self._store = StateStore(config.daemon.state_dir)
         self.state = DaemonState()
         self._link_factory = link_factory
-        self.access = access if access is not None else AccessPolicy()
+        # With [auth], deny by default: the policy's grants come from the users file and [auth.oidc]; a bad
+        # users file is a ConfigError (exit 2) raised here, before anything is bound.
+        # Every access and privileged action: JSON lines in [audit] file, and the daemon's log.  No I/O here
+        # (Daemon() runs before start-up errors are handled): start() opens the file.
+        self.audit = AuditLog(config.audit.file)
+        built_access, self.front_door = build_access(config, self.audit)
+        self.access = access if access is not None else built_access
         self.hubs: dict[str, PortHub] = {}
         self.listeners: list[BoundListener] = []
         self.http_address: tuple[str, int] | None = None
         self._servers: list[asyncio.Server] = []
         self._http: HttpFrontend | None = None
+        self._tls: ssl.SSLContext | None = None
         self._offset_task: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._watchdog_task: asyncio.Task[None] | None = None
@@ -111,7 +118,7 @@ class Daemon:
                 self._link_factory,
                 access=self.access,
                 adapter=None if port.hypervisor is None else make_adapter(port.hypervisor, port.name),
-                audit=_audit_to_log,
+                audit=self.audit,
                 start_offset=offset,
                 previous_end=offset if self.state.clean_stop else None,
             )
@@ -131,8 +138,11 @@ class Daemon:
 
     async def start(self) -> None:
         """Load state, bind every listener, then open devices.  On a listener error nothing stays open."""
+        self.audit.open()  # StartupError naming the file if it cannot be written
         soft, hard = raise_nofile_limit()
         log.info("file_descriptor_limit", soft=soft, hard=hard)
+        self._tls = self._load_tls()  # a bad key or certificate is a StartupError naming the file
+        self._warn_if_exposed()
         self.state = self._store.load()
         self._build_hubs()
         # From here until a clean stop the saved offsets are floors, not exact ends (a SIGKILL keeps them).
@@ -141,8 +151,11 @@ class Daemon:
         try:
             for port in self.config.ports:
                 hub = self.hubs[port.name]
-                await self._listen(hub, port.telnet, raw=port.raw, mode=AttachMode.INTERACTIVE)
-                await self._listen(hub, port.telnet_readonly, raw=port.raw, mode=AttachMode.READ_ONLY)
+                tls = self._tls if port.telnet_tls else None
+                await self._listen(hub, port.telnet, raw=port.raw, mode=AttachMode.INTERACTIVE, tls=tls)
+                await self._listen(
+                    hub, port.telnet_readonly, raw=port.raw, mode=AttachMode.READ_ONLY, tls=tls
+                )
             await self._start_http()
         except StartupError:
             await self._close_servers()
@@ -173,17 +186,30 @@ class Daemon:
         from .frontends.http import HttpFrontend  # aiohttp is loaded only when HTTP is configured
 
         frontend = HttpFrontend(
-            self, self.config.http, shutdown_timeout_s=self.config.daemon.shutdown_timeout_s
+            self,
+            self.config.http,
+            shutdown_timeout_s=self.config.daemon.shutdown_timeout_s,
+            tls=self._tls if self.config.http.tls else None,
         )
         self.http_address = await frontend.start()
         self._http = frontend
 
     # -- ConsoleControl: what front ends may do ----------------------------------------------------------
-    def consoles(self) -> Sequence[Console]:
-        return list(self.hubs.values())
+    def consoles(self, identity: Identity) -> Sequence[Console]:
+        """The consoles ``identity`` may view (a listing never shows the others)."""
+        return [hub for name, hub in self.hubs.items() if self.access.decide(identity, Verb.VIEW, name)]
 
-    def console(self, name: str) -> Console | None:
-        return self.hubs.get(name)
+    def console(self, name: str, identity: Identity) -> Console | None:
+        """None when there is no such console or ``identity`` may not view it: the two are not told apart,
+        so names cannot be probed."""
+        hub = self.hubs.get(name)
+        if hub is None or not self.access.decide(identity, Verb.VIEW, name):
+            return None
+        return hub
+
+    @property
+    def authentication(self) -> FrontDoor | None:
+        return self.front_door
 
     def console_switch(self) -> ConsoleSwitch:
         return ConsoleSwitch(self.state.console_enabled, self.state.console_reason)
@@ -195,14 +221,14 @@ class Daemon:
 
     async def set_port_enabled(self, identity: Identity, name: str, enabled: bool, reason: str) -> None:
         self._require_admin(identity, name)
-        _audit_to_log("port_switch", port=name, enabled=enabled, reason=reason, peer=str(identity))
+        self.audit("port_switch", port=name, enabled=enabled, reason=reason, peer=str(identity))
         self.state.ports[name] = PortSwitch(enabled, reason)
         self._save_state()
         await self._apply_switch(name)
 
     async def set_console_enabled(self, identity: Identity, enabled: bool, reason: str) -> None:
         self._require_admin(identity, "*")
-        _audit_to_log("console_switch", enabled=enabled, reason=reason, peer=str(identity))
+        self.audit("console_switch", enabled=enabled, reason=reason, peer=str(identity))
         self.state.console_enabled = enabled
         self.state.console_reason = reason
         self._save_state()
@@ -272,12 +298,55 @@ class Daemon:
         except OSError as exc:
             log.error("state_save_failed", path=str(self._store.path), error=exc.strerror or str(exc))
 
+    def _load_tls(self) -> ssl.SSLContext | None:
+        tls = self.config.tls
+        needed = self.config.http.tls or any(port.telnet_tls for port in self.config.ports)
+        if tls is None or not needed:
+            return None
+        from .tls import load_server_context
+
+        return load_server_context(tls.cert_file, tls.key_file, tls.client_ca_file)
+
+    def _warn_if_exposed(self) -> None:
+        """The override lets a listener off loopback without [auth] or TLS: say so, loudly, every start."""
+        if not self.config.daemon.allow_remote_unauthenticated:
+            return
+        exposed = [
+            str(address)
+            for port in self.config.ports
+            for address in (port.telnet, port.telnet_readonly)
+            if address is not None
+            and not _is_loopback(address.host)
+            and not (self.front_door and port.telnet_tls)
+        ]
+        http = self.config.http
+        if (
+            http.listen is not None
+            and not _is_loopback(http.listen.host)
+            and not (self.front_door and http.tls)
+        ):
+            exposed.append(str(http.listen))
+        if exposed:
+            log.warning(
+                "listeners_exposed",
+                addresses=exposed,
+                authentication=self.front_door is not None,
+                hint="daemon.allow_remote_unauthenticated is set: these listeners lack [auth] or TLS; "
+                "anyone who can reach them can read the consoles, or sniff credentials",
+            )
+
     async def _listen(
-        self, hub: PortHub, address: ListenAddress | None, *, raw: bool, mode: AttachMode
+        self,
+        hub: PortHub,
+        address: ListenAddress | None,
+        *,
+        raw: bool,
+        mode: AttachMode,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if address is None:
             return
-        server = await start_listener(hub, address, raw=raw, mode=mode)
+        server = await start_listener(hub, address, raw=raw, mode=mode, door=self.front_door, tls=tls)
         self._servers.append(server)
         kind = ("raw" if raw else "telnet") + ("-readonly" if mode is AttachMode.READ_ONLY else "")
         for sock in server.sockets:
@@ -326,6 +395,7 @@ class Daemon:
             self.state.offsets[name] = hub.ring.end
         self.state.clean_stop = True
         self._save_state()
+        self.audit.close()  # last: the hubs' detach events of the shutdown are in it
 
     def _hangup(self) -> None:
         log.warning("reload_not_supported", hint="restart serialmuxd to apply configuration changes")

@@ -19,7 +19,16 @@ try:
 except ImportError:  # the fast extra is optional
     uvloop = None
 
-_BOTH_LOOPS_MODULES = {"test_telnet", "test_http", "test_devices", "test_ws_strict", "test_http_static"}
+_BOTH_LOOPS_MODULES = {
+    "test_telnet",
+    "test_http",
+    "test_devices",
+    "test_ws_strict",
+    "test_http_static",
+    "test_tls",
+    "test_telnet_auth",
+    "test_http_auth",
+}
 
 
 def pytest_asyncio_loop_factories(

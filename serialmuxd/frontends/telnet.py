@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from typing import cast
 
 import structlog
 
 from ..adapters import Action
+from ..auth.setup import FrontDoor
 from ..config import ListenAddress
 from ..control import Console
 from ..core.access import AttachMode, Identity
@@ -26,6 +28,7 @@ from ..hub import EndReason, Notice, NoticeKind, Session
 from ..proto import escape as esc
 from ..proto import telnet as tn
 from .output import CLOSE_FLUSH_TIMEOUT_S, OutputBudget
+from .telnet_login import TelnetLogin
 
 log = structlog.get_logger("serialmuxd.telnet")
 
@@ -51,6 +54,15 @@ def peer_text(peer: object) -> str:
     return str(peer)
 
 
+def _certificate_names(transport: asyncio.BaseTransport) -> tuple[str, ...]:
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return ()
+    from ..tls import client_identities  # the ssl module only where TLS is in use
+
+    return client_identities(ssl_object)
+
+
 def escape_controls(text: str) -> str:
     """``text`` with every control character (C0, DEL, C1) shown as ``\\xNN``."""
     return "".join(f"\\x{ord(ch):02x}" if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 else ch for ch in text)
@@ -63,8 +75,11 @@ class TelnetConnection(asyncio.Protocol):
     not do (a read-only listener's take-over, a viewer's BREAK) and says why in a notice.
     """
 
-    def __init__(self, hub: Console, *, raw: bool, mode: AttachMode) -> None:
+    def __init__(self, hub: Console, *, raw: bool, mode: AttachMode, door: FrontDoor | None = None) -> None:
         self.hub = hub
+        self._door = door
+        self._login: TelnetLogin | None = None
+        self._pending_size: tuple[int, int] | None = None  # NAWS received before the session existed
         self.raw = raw
         self.mode = mode
         self.codec: tn.TelnetCodec | None = None if raw else tn.TelnetCodec()
@@ -96,10 +111,31 @@ class TelnetConnection(asyncio.Protocol):
             self.codec.start()
             self._flush_codec()
         identity = Identity("raw" if self.raw else "telnet", peer_text(transport.get_extra_info("peername")))
+        if self._door is None:
+            self._attach(identity)
+            return
+        by_certificate = self._door.authenticator.certificate(identity, _certificate_names(transport))
+        if by_certificate is not None:
+            self._attach(by_certificate)
+            return
+        self._login = TelnetLogin(
+            self._door, identity, write=self._write_raw, succeeded=self._attach, failed=self._login_failed
+        )
+        self._login.start()
+
+    def _attach(self, identity: Identity) -> None:
         self.hub.attach(self, identity, self.mode)  # calls session_started, or closes us with a reason
+        if self.session is not None and self._pending_size is not None:
+            self.session.window_size_changed(*self._pending_size)
+
+    def _login_failed(self, reason: str) -> None:
+        self.close_session(reason, EndReason.DENIED)
 
     def data_received(self, data: bytes) -> None:
-        if self._closing or self.session is None:
+        if self._closing:
+            return
+        logging_in = self._login is not None and not self._login.done
+        if self.session is None and not logging_in:
             return
         if self.codec is None:
             self._keyboard(data)
@@ -112,8 +148,14 @@ class TelnetConnection(asyncio.Protocol):
             return
         self._flush_codec()
         for event in self.codec.events_received():
-            if self.session is None or self._closing:
+            if self._closing:
                 return
+            if self.session is None:  # at the login prompt: only typed bytes and the window size matter
+                if isinstance(event, tn.DataReceived) and self._login is not None:
+                    self._login.feed(event.data)
+                elif isinstance(event, tn.WindowSizeChanged):
+                    self._pending_size = (event.cols, event.rows)
+                continue
             if isinstance(event, tn.DataReceived):
                 self._keyboard(event.data)
             elif isinstance(event, tn.BreakReceived):
@@ -131,6 +173,8 @@ class TelnetConnection(asyncio.Protocol):
             self._abort_timer.cancel()
         # A started hypervisor action is not cancelled: half an IPMI exchange is worse than a finished one.
         self._closing = True
+        if self._login is not None:
+            self._login.close()
         if self.session is not None:
             self.session.detach()
 
@@ -177,6 +221,8 @@ class TelnetConnection(asyncio.Protocol):
     def _keyboard(self, data: bytes) -> None:
         session = self.session
         if session is None:
+            if self._login is not None:
+                self._login.feed(data)
             return
         for event in self.escape.feed(data):
             if self._closing:
@@ -306,17 +352,27 @@ class TelnetConnection(asyncio.Protocol):
 
 
 async def start_listener(
-    hub: Console, address: ListenAddress, *, raw: bool, mode: AttachMode
+    hub: Console,
+    address: ListenAddress,
+    *,
+    raw: bool,
+    mode: AttachMode,
+    door: FrontDoor | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> asyncio.Server:
-    """Listen for one port's clients; a busy or unusable address raises ``StartupError`` naming it."""
+    """Listen for one port's clients; a busy or unusable address raises ``StartupError`` naming it.
+
+    ``door``: authenticate every connection first (``[auth]``); ``tls``: speak TLS (``telnet_tls``)."""
     loop = asyncio.get_running_loop()
     try:
         return await loop.create_server(
-            lambda: TelnetConnection(hub, raw=raw, mode=mode),
+            lambda: TelnetConnection(hub, raw=raw, mode=mode, door=door),
             host=address.host,
             port=address.port,
             reuse_address=True,
             backlog=128,
+            ssl=tls,
+            ssl_handshake_timeout=10.0 if tls is not None else None,
         )
     except OSError as exc:
         kind = "read-only listener" if mode is AttachMode.READ_ONLY else "listener"

@@ -202,6 +202,7 @@ class PortHub(DeviceListener):
         ring = self.ring
         return PortStatus(
             name=self.name,
+            group=self.config.group,
             state=self.state,
             state_reason=self.state_reason,
             state_since=self.state_since,
@@ -570,6 +571,7 @@ class PortHub(DeviceListener):
     def _refuse_api_line_use(self, identity: Identity, verb: Verb, what: str) -> None:
         """API calls without a session may use the line only while nobody holds the writer lease (the
         one-writer rule) and the device is online.  Raises ``Refused``."""
+        self._require(identity, verb)  # first: without the verb, nothing of the console's state is told
         holder = self.arbiter.lease.holder
         if holder is not None:
             raise Refused(
@@ -577,7 +579,6 @@ class PortHub(DeviceListener):
                 f"{self.name} has a writer ({holder.who}); {what} from its session, or take over first",
                 holder.who,
             )
-        self._require(identity, verb)
         if self.state is PortState.DISABLED:
             raise Refused(RefusalKind.DISABLED, f"console {self.name} is disabled: {self.state_reason}")
         if not self.input.online:

@@ -62,6 +62,7 @@ class ScrollbackStatus:
 @dataclass(frozen=True, slots=True)
 class PortStatus:
     name: str
+    group: str | None
     state: PortState
     state_reason: str
     state_since: float

@@ -3,6 +3,7 @@ and strict parsing of query parameters and JSON bodies."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -15,6 +16,8 @@ from ..telnet import peer_text
 from .errors import ApiError
 
 CONTROL_KEY: web.AppKey[ConsoleControl] = web.AppKey("control")
+# The request's authenticated identity (authn.py's middleware sets it before any handler runs).
+IDENTITY_KEY: web.RequestKey[Identity] = web.RequestKey("identity", Identity)
 SETTINGS_KEY: web.AppKey[HttpSettings] = web.AppKey("settings")
 
 
@@ -23,15 +26,21 @@ def control(request: web.Request) -> ConsoleControl:
 
 
 def console(request: web.Request) -> Console:
-    """The console named in the URL, or a 404 ``unknown_port``."""
+    """The console named in the URL, or a 404 ``unknown_port`` (also when the caller may not view it)."""
     name = request.match_info["name"]
-    found = control(request).console(name) if PORT_NAME_RE.fullmatch(name) else None
+    found = (
+        control(request).console(name, identity(request, "http")) if PORT_NAME_RE.fullmatch(name) else None
+    )
     if found is None:
         raise ApiError("unknown_port", f"no console named {name[:64]!r}")
     return found
 
 
 def identity(request: web.Request, transport: str) -> Identity:
+    """Who sent the request (authenticated by authn.py's middleware), as seen by ``transport``."""
+    found: Identity | None = request.get(IDENTITY_KEY)
+    if found is not None:
+        return dataclasses.replace(found, transport=transport)
     peer = request.transport.get_extra_info("peername") if request.transport else None
     return Identity(transport, peer_text(peer) if peer else str(request.remote))
 

@@ -16,6 +16,7 @@ from ...hub.status import RefusalKind, Refused
 
 ERROR_CODES = {
     "bad_request": 400,
+    "unauthorized": 401,
     "forbidden": 403,
     "misdirected": 421,
     "unknown_port": 404,
@@ -26,6 +27,7 @@ ERROR_CODES = {
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "offset_unavailable": 416,
+    "too_many_attempts": 429,
     "upgrade_required": 426,
     "console_disabled": 503,
     "console_offline": 503,
@@ -67,18 +69,20 @@ SECURITY_HEADERS = {
 class ApiError(Exception):
     """An error answer: JSON ``{"code", "message"}`` with the status of ``ERROR_CODES[code]``."""
 
-    def __init__(self, code: str, message: str, **extra: Any) -> None:
+    def __init__(self, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(message)
         self.code = code
+        self.headers = headers
         self.body = {"code": code, "message": message, **extra}
 
     @classmethod
     def from_refusal(cls, refusal: Refused) -> ApiError:
-        extra = {"writer": refusal.writer} if refusal.writer else {}
-        return cls(REFUSAL_CODES[refusal.kind], str(refusal), **extra)
+        if refusal.writer:
+            return cls(REFUSAL_CODES[refusal.kind], str(refusal), writer=refusal.writer)
+        return cls(REFUSAL_CODES[refusal.kind], str(refusal))
 
     def response(self) -> web.Response:
-        return web.json_response(self.body, status=ERROR_CODES[self.code])
+        return web.json_response(self.body, status=ERROR_CODES[self.code], headers=self.headers)
 
 
 def _error_for(exc: web.HTTPException) -> web.Response:

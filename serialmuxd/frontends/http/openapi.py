@@ -203,6 +203,7 @@ def openapi_document() -> dict[str, Any]:
                     "type": "object",
                     "properties": {
                         "name": {"type": "string"},
+                        "group": {"type": ["string", "null"]},
                         "state": {"enum": ["connecting", "online", "offline", "disabled"]},
                         "state_reason": {"type": "string"},
                         "device": {"type": "string"},

@@ -49,7 +49,7 @@ def sanitize(data: bytes) -> str:
 
 async def healthz(request: web.Request) -> web.Response:
     states: dict[str, int] = {}
-    consoles = control(request).consoles()
+    consoles = control(request).consoles(identity(request, "http"))
     for item in consoles:
         state = str(item.status().state)
         states[state] = states.get(state, 0) + 1
@@ -57,7 +57,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def list_ports(request: web.Request) -> web.Response:
-    return web.json_response({"ports": [port_json(c.status()) for c in control(request).consoles()]})
+    visible = control(request).consoles(identity(request, "http"))
+    group = request.query.get("group")
+    ports = [port_json(c.status()) for c in visible if group is None or c.config.group == group]
+    return web.json_response({"ports": ports})
 
 
 async def get_port(request: web.Request) -> web.Response:
