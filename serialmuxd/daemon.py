@@ -36,6 +36,7 @@ from .rlimits import DescriptorWatch, open_descriptors, raise_nofile_limit
 from .state import DaemonState, PortSwitch, StateStore
 
 if TYPE_CHECKING:
+    from .auth.oidc import JwtVerifier
     from .frontends.http import HttpFrontend
 
 log = structlog.get_logger("serialmuxd")
@@ -100,6 +101,8 @@ class Daemon:
         self._servers: list[asyncio.Server] = []
         self._http: HttpFrontend | None = None
         self._tls: ssl.SSLContext | None = None
+        self._oidc: JwtVerifier | None = None
+        self._oidc_refresh: asyncio.Task[bool] | None = None
         self._offset_task: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._watchdog_task: asyncio.Task[None] | None = None
@@ -142,6 +145,7 @@ class Daemon:
         soft, hard = raise_nofile_limit()
         log.info("file_descriptor_limit", soft=soft, hard=hard)
         self._tls = self._load_tls()  # a bad key or certificate is a StartupError naming the file
+        await self._start_oidc()
         self._warn_if_exposed()
         self.state = self._store.load()
         self._build_hubs()
@@ -298,6 +302,26 @@ class Daemon:
         except OSError as exc:
             log.error("state_save_failed", path=str(self._store.path), error=exc.strerror or str(exc))
 
+    async def _start_oidc(self) -> None:
+        oidc = self.config.auth.oidc if self.config.auth is not None else None
+        if oidc is None or self.front_door is None:
+            return
+        import aiohttp
+
+        from .auth.oidc import JwtVerifier, OidcSettings
+
+        settings = OidcSettings(
+            issuer=oidc.issuer,
+            audience=oidc.audience,
+            user_claim=oidc.user_claim,
+            groups_claim=oidc.groups_claim,
+        )
+        self._oidc = JwtVerifier(settings, aiohttp.ClientSession)
+        self.front_door.authenticator.use_oidc(self._oidc)
+        # Fetch the provider's keys now, in the background: the first sign-in then does not wait, and a
+        # provider that is down at start-up does not keep the consoles from starting.
+        self._oidc_refresh = asyncio.get_running_loop().create_task(self._oidc.refresh())
+
     def _load_tls(self) -> ssl.SSLContext | None:
         tls = self.config.tls
         needed = self.config.http.tls or any(port.telnet_tls for port in self.config.ports)
@@ -395,6 +419,12 @@ class Daemon:
             self.state.offsets[name] = hub.ring.end
         self.state.clean_stop = True
         self._save_state()
+        if self._oidc_refresh is not None:
+            self._oidc_refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._oidc_refresh
+        if self._oidc is not None:
+            await self._oidc.close()
         self.audit.close()  # last: the hubs' detach events of the shutdown are in it
 
     def _hangup(self) -> None:

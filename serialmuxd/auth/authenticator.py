@@ -76,6 +76,10 @@ class Authenticator:
         self.throttle = throttle if throttle is not None else LoginThrottle()
         self._clock = clock
 
+    def use_oidc(self, verifier: JwtCheck) -> None:
+        """Accept bearer JWTs checked by ``verifier`` (built by the daemon once its loop runs)."""
+        self._oidc = verifier
+
     # -- how long a front end must hold the next attempt --------------------------------------------
     def delay_s(self, peer: Identity, user: str) -> float:
         return float(self.throttle.delay_s(throttle_source(peer), user, self._clock()))

@@ -968,3 +968,41 @@ async def test_a_stale_key_set_is_used_at_once_while_a_slow_provider_is_asked_fo
         assert verified.user == "bob"
         await asyncio.wait_for(server.asked.wait(), 10)
         assert harness.fetches.paths == [DISCOVERY_PATH, JWKS_PATH, DISCOVERY_PATH]
+
+
+async def test_the_daemon_accepts_a_bearer_id_token_and_its_groups(provider: Provider, tmp_path: Any) -> None:
+    """Through the real daemon's HTTP API: an ID token from the real provider is a Bearer credential; the
+    groups claim grants consoles through [auth.oidc] group_grants; a token of another audience is 401."""
+    from .support import running_daemon
+
+    config = f"""
+[daemon]
+log_level = "warning"
+[auth.oidc]
+issuer = "{provider.issuer}"
+audience = "{AUDIENCE}"
+[auth.oidc.group_grants]
+console-ops = [{{ role = "operator", ports = ["group:web"] }}]
+[http]
+listen = "127.0.0.1:0"
+[[ports]]
+name = "web-ss-0"
+group = "web"
+device = "exec:/bin/cat"
+[[ports]]
+name = "db1"
+device = "exec:/bin/cat"
+"""
+    async with running_daemon(config, online=("web-ss-0",)) as daemon, aiohttp.ClientSession() as http:
+        assert daemon.http_address is not None
+        base = "http://{}:{}".format(*daemon.http_address)
+        token = await sign_in(http, provider, {"preferred_username": "olga", "groups": ["console-ops"]})
+        auth = {"Authorization": f"Bearer {token}"}
+        async with http.get(f"{base}/api/v1/ports", headers=auth) as response:
+            assert response.status == 200
+            assert [p["name"] for p in (await response.json())["ports"]] == ["web-ss-0"]
+        async with http.get(f"{base}/api/v1/ports/db1", headers=auth) as response:
+            assert response.status == 404
+        other = await sign_in(http, provider, {"preferred_username": "olga"}, client_id="someone-else")
+        async with http.get(f"{base}/api/v1/ports", headers={"Authorization": f"Bearer {other}"}) as response:
+            assert response.status == 401
