@@ -225,14 +225,14 @@ class Daemon:
 
     async def set_port_enabled(self, identity: Identity, name: str, enabled: bool, reason: str) -> None:
         self._require_admin(identity, name)
-        self.audit("port_switch", port=name, enabled=enabled, reason=reason, peer=str(identity))
+        self.audit("port_switch", port=name, enabled=enabled, reason=reason, **identity.audit_fields())
         self.state.ports[name] = PortSwitch(enabled, reason)
         self._save_state()
         await self._apply_switch(name)
 
     async def set_console_enabled(self, identity: Identity, enabled: bool, reason: str) -> None:
         self._require_admin(identity, "*")
-        self.audit("console_switch", enabled=enabled, reason=reason, peer=str(identity))
+        self.audit("console_switch", enabled=enabled, reason=reason, **identity.audit_fields())
         self.state.console_enabled = enabled
         self.state.console_reason = reason
         self._save_state()

@@ -129,16 +129,17 @@ class Authenticator:
                 return self._ok(peer, user, "certificate")
         if names:
             self._audit(
-                "login_failed", method="certificate", peer=str(peer), reason="no user for certificate"
+                "login_failed", method="certificate", **peer.audit_fields(), reason="no user for certificate"
             )
         return None
 
     # -- outcomes ------------------------------------------------------------------------------------
     def _ok(self, peer: Identity, user: str, method: str, groups: frozenset[str] = frozenset()) -> Identity:
         self.throttle.succeeded(throttle_source(peer), user, self._clock())
-        self._audit("login_ok", method=method, user=user, peer=str(peer))
+        self._audit("login_ok", method=method, **{**peer.audit_fields(), "user": user}, result="ok")
         return replace(peer, user=user, groups=groups, method=method)
 
     def _failed(self, peer: Identity, user: str, method: str, reason: str = "bad credentials") -> None:
         self.throttle.failed(throttle_source(peer), user, self._clock())
-        self._audit("login_failed", method=method, user=user or None, peer=str(peer), reason=reason)
+        fields = {**peer.audit_fields(), "user": user or None}
+        self._audit("login_failed", method=method, **fields, result="failed", reason=reason)

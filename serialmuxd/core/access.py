@@ -61,6 +61,10 @@ class Identity:
             return self.address[1:].partition("]")[0]
         return self.address.rpartition(":")[0] or self.address
 
+    def audit_fields(self) -> dict[str, str | None]:
+        """Who and from where, as the audit trail records it (never a credential)."""
+        return {"user": self.user, "source": self.address, "transport": self.transport}
+
     def __str__(self) -> str:
         where = f"{self.transport} {self.address}"
         return f"{self.user} ({where})" if self.user else where

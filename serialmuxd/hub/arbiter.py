@@ -137,7 +137,9 @@ class WriterArbiter:
         self._on_writer_changed()  # nothing typed by a previous writer may follow the handover
         displaced = decision.displaced
         if displaced is None:
-            self._audit("write_granted", port=self.port, session=session.id, peer=str(session.identity))
+            self._audit(
+                "write_granted", port=self.port, session=session.id, **session.identity.audit_fields()
+            )
             session.notify(Notice(NoticeKind.WRITE_GRANTED, "you have write access"))
             return
         self.takeovers += 1
@@ -146,7 +148,7 @@ class WriterArbiter:
             "takeover",
             port=self.port,
             session=session.id,
-            peer=str(session.identity),
+            **session.identity.audit_fields(),
             displaced=displaced.who,
             action="evict" if evicting else "demote",
         )
@@ -258,7 +260,7 @@ class WriterArbiter:
             "takeover",
             port=self.port,
             session=asker.id,
-            peer=str(asker.identity),
+            **asker.identity.audit_fields(),
             displaced=displaced.who if displaced else None,
             action="ask",
             answer=how,

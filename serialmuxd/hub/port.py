@@ -283,7 +283,7 @@ class PortHub(DeviceListener):
         """
         decision = self.access.decide(identity, Verb.VIEW, self.name, mode)
         if not decision:
-            self._audit("attach_denied", port=self.name, peer=str(identity), reason=decision.reason)
+            self._audit("attach_denied", port=self.name, **identity.audit_fields(), reason=decision.reason)
             sink.close_session(f"access to console {self.name} denied", EndReason.DENIED)
             return None
         if self.state is PortState.DISABLED:
@@ -291,13 +291,13 @@ class PortHub(DeviceListener):
             return None
         limit = self._session_limit(identity)
         if limit is not None:
-            self._audit("attach_refused", port=self.name, peer=str(identity), reason=limit)
+            self._audit("attach_refused", port=self.name, **identity.audit_fields(), reason=limit)
             sink.close_session(limit, EndReason.LIMIT)
             return None
         session = Session(self, self.name, next(self._ids), identity, mode, sink, self.ring.end)
         self.sessions[session.id] = session
         sink.session_started(session)
-        self._audit("attach", port=self.name, session=session.id, peer=str(identity), mode=str(mode))
+        self._audit("attach", port=self.name, session=session.id, **identity.audit_fields(), mode=str(mode))
         session.notify(
             Notice(
                 NoticeKind.ATTACHED,
@@ -372,7 +372,7 @@ class PortHub(DeviceListener):
                 Notice(NoticeKind.INFO, f"BREAK not sent: not supported by {self.device_text} or offline")
             )
             return False
-        self._audit("break", port=self.name, session=session.id, peer=str(session.identity))
+        self._audit("break", port=self.name, session=session.id, **session.identity.audit_fields())
         session.notify(Notice(NoticeKind.INFO, "BREAK sent"))
         return True
 
@@ -450,7 +450,7 @@ class PortHub(DeviceListener):
             "detach",
             port=self.name,
             session=session.id,
-            peer=str(session.identity),
+            **session.identity.audit_fields(),
             missed=session.missed_bytes,
         )
 
@@ -459,7 +459,7 @@ class PortHub(DeviceListener):
         """Bytes from an API call (named keys, SysRq), paced like typed input; audited by size only (input
         may be a secret).  Raises ``Refused``."""
         self._refuse_api_line_use(identity, Verb.BREAK, what)
-        self._audit("api_input", port=self.name, peer=str(identity), what=what, bytes=len(data))
+        self._audit("api_input", port=self.name, **identity.audit_fields(), what=what, bytes=len(data))
         self.input.write(data)
 
     def api_keys(self, identity: Identity, names: list[str]) -> int:
@@ -480,7 +480,7 @@ class PortHub(DeviceListener):
         assert self.link is not None
         if not self.link.send_break():
             raise Refused(RefusalKind.NOT_SUPPORTED, f"{self.device_text} cannot send a serial BREAK")
-        self._audit("break", port=self.name, peer=str(identity))
+        self._audit("break", port=self.name, **identity.audit_fields())
 
     async def api_sysrq(self, identity: Identity, key: str) -> None:
         self.api_break(identity)

@@ -112,12 +112,12 @@ class VmControl:
                 "vm_action",
                 port=self.port,
                 action=str(action),
-                peer=str(identity),
+                **identity.audit_fields(),
                 result="failed",
                 error=str(exc),
             )
             raise
-        self._audit("vm_action", port=self.port, action=str(action), peer=str(identity), result="ok")
+        self._audit("vm_action", port=self.port, action=str(action), **identity.audit_fields(), result="ok")
         self._broadcast(
             Notice(
                 NoticeKind.VM_ACTION,
