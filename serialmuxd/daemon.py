@@ -221,6 +221,14 @@ class Daemon:
     def _require_admin(self, identity: Identity, scope: str) -> None:
         decision = self.access.decide(identity, Verb.ADMIN, scope)
         if not decision:
+            self.audit(
+                "access_denied",
+                port=scope,
+                verb=str(Verb.ADMIN),
+                **identity.audit_fields(),
+                result="denied",
+                reason=decision.reason,
+            )
             raise Refused(RefusalKind.FORBIDDEN, decision.reason)
 
     async def set_port_enabled(self, identity: Identity, name: str, enabled: bool, reason: str) -> None:
@@ -351,13 +359,14 @@ class Daemon:
         ):
             exposed.append(str(http.listen))
         if exposed:
-            log.warning(
-                "listeners_exposed",
-                addresses=exposed,
-                authentication=self.front_door is not None,
-                hint="daemon.allow_remote_unauthenticated is set: these listeners lack [auth] or TLS; "
-                "anyone who can reach them can read the consoles, or sniff credentials",
+            hint = (
+                "daemon.allow_remote_unauthenticated is set: these listeners lack [auth] or TLS; "
+                "anyone who can reach them can read the consoles, or sniff credentials"
             )
+            log.warning(
+                "listeners_exposed", addresses=exposed, authentication=self.front_door is not None, hint=hint
+            )
+            self.audit("config_problem", reason=hint, addresses=exposed, result="accepted by override")
 
     async def _listen(
         self,

@@ -410,6 +410,14 @@ class PortHub(DeviceListener):
         session.notify(self.who_notice())
 
     def session_check_action(self, session: Session, action: Action) -> str | None:
+        """Why ``session`` may not run ``action`` now, or None.  A refusal is audited: asking for an NMI
+        one may not send is an access attempt even when a confirmation prompt would have come next."""
+        refusal = self._action_refusal(session, action)
+        if refusal is not None:
+            self._denied(session.identity, ACTION_VERBS[action], refusal, session)
+        return refusal
+
+    def _action_refusal(self, session: Session, action: Action) -> str | None:
         if not self.vm.offers(action):
             return f"{action}: no hypervisor action configured for console {self.name}"
         decision = self.access.decide(session.identity, ACTION_VERBS[action], self.name, session.mode)
@@ -420,7 +428,7 @@ class PortHub(DeviceListener):
         return None
 
     async def session_action(self, session: Session, action: Action) -> None:
-        refusal = self.session_check_action(session, action)
+        refusal = self.session_check_action(session, action)  # audits a refusal
         if refusal is not None:
             session.notify(Notice(NoticeKind.REFUSED, refusal))
             return
@@ -517,25 +525,41 @@ class PortHub(DeviceListener):
     def _require(self, identity: Identity, verb: Verb) -> None:
         decision = self.access.decide(identity, verb, self.name)
         if not decision:
+            self._denied(identity, verb, decision.reason)
             raise Refused(RefusalKind.FORBIDDEN, decision.reason)
 
     def _session_may(self, session: Session, verb: Verb) -> bool:
         decision = self.access.decide(session.identity, verb, self.name, session.mode)
         if not decision:
+            self._denied(session.identity, verb, decision.reason, session)
             session.notify(Notice(NoticeKind.REFUSED, decision.reason))
         return decision.allowed
+
+    def _denied(self, identity: Identity, verb: Verb, reason: str, session: Session | None = None) -> None:
+        self._audit(
+            "access_denied",
+            port=self.name,
+            session=None if session is None else session.id,
+            verb=str(verb),
+            **identity.audit_fields(),
+            result="denied",
+            reason=reason,
+        )
 
     def _request_write(self, session: Session, kind: LeaseInput) -> None:
         if session.closed:  # a detached session's late command must not take the lease
             return
         decision = self.access.decide(session.identity, Verb.WRITE, self.name, session.mode)
         if not decision:
+            if kind is LeaseInput.TAKE_OVER:  # asked for; an attach that merely watches is no denial
+                self._denied(session.identity, Verb.WRITE, decision.reason, session)
             session.notify(Notice(NoticeKind.REFUSED, decision.reason))
             return
         holder = self.arbiter.lease.holder
         if holder is not None and holder.session_id != session.id:
             decision = self.access.decide(session.identity, Verb.TAKE_OVER, self.name, session.mode)
             if not decision:
+                self._denied(session.identity, Verb.TAKE_OVER, decision.reason, session)
                 session.notify(Notice(NoticeKind.REFUSED, f"{holder.who} is writing; {decision.reason}"))
                 return
         self.arbiter.request(session, kind)
