@@ -3,24 +3,33 @@
 ``HttpFrontend`` runs the aiohttp app on the daemon's loop (``AppRunner`` + ``TCPSite`` in our own
 lifecycle; ``web.run_app`` would own the loop) and talks to the daemon only through ``ConsoleControl``.
 Modules by concern: ``guard`` (Host/Origin checks), ``errors`` (the JSON error shape and every mapping to
-HTTP), ``rest`` (the API), ``ws`` (WebSocket sessions), ``pages`` (the console page), ``common`` (request
-helpers), ``openapi`` (the API document, kept equal to the routes by a test).
+HTTP), ``authn`` (who is asking), ``signin`` (the page's sign-in and console tickets), ``sessions`` (what
+the app keeps for them, and the audit record of HTTP events), ``rest`` (the API), ``ws`` (WebSocket
+sessions), ``pages`` (the console page), ``common`` (request helpers), ``openapi`` (the API document, kept
+equal to the routes by a test).
 """
 
 from __future__ import annotations
 
 import ssl
+import time
+from collections.abc import Callable
 
 from aiohttp import web
 
-from ...config import HttpSettings, ListenAddress
+from ...auth.authenticator import AuditFn
+from ...auth.tickets import TicketBook
+from ...auth.websessions import WebSessions
+from ...config import AuthSettings, HttpSettings, ListenAddress
 from ...control import ConsoleControl
 from ...errors import StartupError
-from . import pages, rest
+from ...obs.audit import AuditLog
+from . import pages, rest, signin
 from .authn import authentication_middleware
 from .common import CONTROL_KEY, SETTINGS_KEY
 from .errors import ERROR_CODES, ApiError, errors_and_headers
 from .guard import browser_guard
+from .sessions import AUDIT_KEY, CLOCK_KEY, SESSIONS_KEY, TICKETS_KEY
 from .ws import WebSocketConsoles, WsConnection
 
 __all__ = ["ERROR_CODES", "ApiError", "HttpFrontend", "WsConnection", "build_app"]
@@ -28,7 +37,18 @@ __all__ = ["ERROR_CODES", "ApiError", "HttpFrontend", "WsConnection", "build_app
 _WS_KEY: web.AppKey[WebSocketConsoles] = web.AppKey("websockets")
 
 
-def build_app(control: ConsoleControl, settings: HttpSettings) -> web.Application:
+def build_app(
+    control: ConsoleControl,
+    settings: HttpSettings,
+    *,
+    audit: AuditFn | None = None,
+    auth: AuthSettings | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> web.Application:
+    """``audit``: the daemon's audit trail (without one, HTTP events reach the daemon's log only);
+    ``auth``: the page sessions' lifetimes (``[auth]``'s defaults without); ``clock``: monotonic seconds
+    for session and ticket lifetimes (tests pass their own)."""
+    lifetimes = auth if auth is not None else AuthSettings()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         # In this order: the browser guard and the error shape wrap everything, authentication every handler.
@@ -36,10 +56,15 @@ def build_app(control: ConsoleControl, settings: HttpSettings) -> web.Applicatio
     )
     app[CONTROL_KEY] = control
     app[SETTINGS_KEY] = settings
+    app[AUDIT_KEY] = audit if audit is not None else AuditLog(None)
+    app[CLOCK_KEY] = clock
+    app[SESSIONS_KEY] = WebSessions(lifetimes.session_idle_s, lifetimes.session_max_s)
+    app[TICKETS_KEY] = TicketBook()
     websockets = WebSocketConsoles()
     app[_WS_KEY] = websockets
     rest.add_routes(app)
     app.router.add_get("/api/v1/ports/{name}/ws", websockets.handle)
+    signin.add_routes(app)
     pages.add_routes(app)
     app.on_shutdown.append(_close_websockets)
     return app
@@ -59,11 +84,14 @@ class HttpFrontend:
         *,
         shutdown_timeout_s: float,
         tls: ssl.SSLContext | None = None,
+        audit: AuditFn | None = None,
+        auth: AuthSettings | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if settings.listen is None:
             raise ValueError("HttpFrontend needs http.listen")
         self._listen: ListenAddress = settings.listen
-        self._app = build_app(control, settings)
+        self._app = build_app(control, settings, audit=audit, auth=auth, clock=clock)
         self._shutdown_timeout_s = shutdown_timeout_s
         self._tls = tls
         self._runner: web.AppRunner | None = None

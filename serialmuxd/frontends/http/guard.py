@@ -8,6 +8,10 @@
   own origin and origins on ``http.allowed_hosts`` (a TLS-terminating proxy's page is ``https://name`` while
   the request reaching us is plain http).  Tools such as curl or websocat send no Origin and are not
   affected.
+
+Both refusals are audited (``host_refused``, ``origin_refused``) with the source address and what was
+asked for; the user is not known yet, since the guard runs before authentication (so that a cross-site
+request costs no password check).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from aiohttp import web
 
 from ...config import HttpSettings
 from .errors import ApiError
+from .sessions import audit
 
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -55,6 +60,14 @@ def browser_guard(settings: HttpSettings) -> Callable[[web.Request], None]:
     def guard(request: web.Request) -> None:
         host, port = host_and_port(request.host)
         if host not in named and not (wildcard and _is_ip_literal(host)):
+            audit(
+                "host_refused",
+                request,
+                host=host[:64],
+                path=request.path[:200],
+                result="refused",
+                reason="Host is not a name this server serves (DNS rebinding?)",
+            )
             raise ApiError("misdirected", f"this server does not serve host {host[:64]!r}")
         upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
         origin = request.headers.get("Origin")
@@ -65,6 +78,15 @@ def browser_guard(settings: HttpSettings) -> Callable[[web.Request], None]:
         default_port = 443 if scheme == "https" else 80
         same_origin = (origin_host, origin_port or default_port) == (host, port or 80)
         if not (same_origin or origin_host in allowed_origins):
+            audit(
+                "origin_refused",
+                request,
+                origin=origin[:80],
+                path=request.path[:200],
+                upgrade=upgrade,
+                result="refused",
+                reason="cross-origin request",
+            )
             raise ApiError("forbidden", f"cross-origin request from {origin[:80]!r} refused")
 
     return guard

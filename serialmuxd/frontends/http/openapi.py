@@ -48,6 +48,64 @@ _NAME = {
     "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
 }
 _PORT = {"$ref": "#/components/schemas/Port"}
+_TICKET = {
+    "type": "object",
+    "required": ["ticket", "expires_in"],
+    "properties": {
+        "ticket": {"type": "string"},
+        "expires_in": {"type": "integer", "description": "seconds"},
+        "mode": {"enum": ["rw", "ro"]},
+    },
+}
+_SESSION = {
+    "type": "object",
+    "properties": {
+        "auth": {"type": "boolean", "description": "false: this serialmuxd asks for no credentials"},
+        "user": {"type": ["string", "null"]},
+        "method": {"type": ["string", "null"], "description": "password, token, certificate, oidc, session"},
+        "csrf": {"type": "string", "description": "send as X-CSRF-Token (cookie sessions only)"},
+        "idle_timeout_s": {"type": "number"},
+        "expires_in": {"type": "integer", "description": "seconds until the absolute lifetime"},
+    },
+}
+_SIGN_IN = {
+    "type": "object",
+    "required": ["user", "password"],
+    "properties": {"user": {"type": "string"}, "password": {"type": "string", "format": "password"}},
+}
+
+
+def _session_paths() -> dict[str, Any]:
+    sign_in = _op(
+        "Sign in (the console page's form): sets the HttpOnly cookie serialmuxd_session and returns the "
+        "CSRF token that every state-changing request authenticated by that cookie must send as "
+        "X-CSRF-Token. Throttled like Basic (429 with Retry-After).",
+        errors=(400, 401, 409, 415, 429),
+        ok_content={
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"user": {"type": "string"}, "csrf": {"type": "string"}},
+                }
+            }
+        },
+    )
+    sign_in["requestBody"] = {"required": True, "content": {"application/json": {"schema": _SIGN_IN}}}
+    return {
+        "get": _op(
+            "Who this request is authenticated as (and the CSRF token of a cookie session)",
+            errors=(401,),
+            ok_content={"application/json": {"schema": _SESSION}},
+        ),
+        "post": sign_in,
+        "delete": _op(
+            "Sign out: ends the cookie's session (everywhere=1: all of this user's), clears the cookie",
+            errors=(400, 401, 403),
+            params=[_q("everywhere", {"enum": ["1"]}, "end every signed-in session of this user")],
+        ),
+    }
+
+
 _JSON_PORT = {"application/json": {"schema": _PORT}}
 
 
@@ -75,13 +133,28 @@ def openapi_document() -> dict[str, Any]:
                 "4001 disabled, 4002 bad message, 4003 fell behind, 4005 denied, 4006 too many sessions, "
                 "1001 shutdown, 1002 protocol error, 1009 message too big.",
                 ok="101 Switching Protocols",
-                errors=(400, 404, 426, 503),
+                errors=(400, 401, 403, 404, 426, 503),
                 params=[
                     _q("mode", {"enum": ["rw", "ro"]}, "rw asks for the writer lease; ro watches"),
                     _q(
                         "from", {"type": "integer", "minimum": 0}, "resume from this offset instead of replay"
                     ),
+                    _q(
+                        "ticket",
+                        {"type": "string"},
+                        "single-use console ticket (POST .../ticket) for this console and mode, instead of "
+                        "credentials; a replayed, expired or mismatched one is 401",
+                    ),
                 ],
+            )
+        },
+        "/api/v1/ports/{name}/ticket": {
+            "post": _op(
+                "A single-use ticket for this console's WebSocket (?ticket=): valid 60 s, bound to the "
+                "caller, the console and the mode",
+                errors=(400, 401, 403, 404, 415),
+                body={"type": "object", "properties": {"mode": {"enum": ["rw", "ro"], "default": "rw"}}},
+                ok_content={"application/json": {"schema": _TICKET}},
             )
         },
         "/api/v1/ports/{name}/break": {
@@ -163,6 +236,7 @@ def openapi_document() -> dict[str, Any]:
         "paths": {
             "/healthz": {"get": _op("Liveness and port states", errors=())},
             "/api/v1/openapi.json": {"get": _op("This document", errors=())},
+            "/api/v1/session": _session_paths(),
             "/api/v1/ports": {
                 "get": _op(
                     "All consoles",

@@ -18,6 +18,7 @@ from ...hub.status import PortStatus
 from .common import console, control, identity, int_param, json_body
 from .errors import ADAPTER_ERROR_CODES, ApiError
 from .openapi import openapi_document
+from .sessions import audit
 
 log = structlog.get_logger("serialmuxd.http")
 
@@ -88,7 +89,20 @@ async def scrollback(request: web.Request) -> web.StreamResponse:
     fmt = request.query.get("format", "raw")
     if fmt not in ("raw", "text"):
         raise ApiError("bad_request", f"format must be raw or text, got {fmt[:20]!r}")
-    result = target.scrollback(identity(request, "http"), start, limit)
+    who = identity(request, "http")
+    result = target.scrollback(who, start, limit)
+    # Who read how much of a console's past, never what it said (the audit trail holds no console text).
+    audit(
+        "scrollback_download",
+        request,
+        who,
+        port=target.name,
+        bytes=len(result.data),
+        offset=result.offset,
+        format=fmt,
+        attachment=request.query.get("download") == "1",
+        result="ok",
+    )
     headers = {
         "X-Scrollback-Start": str(result.start),
         "X-Scrollback-End": str(result.end),

@@ -17,13 +17,14 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ...core.access import AttachMode
+from ...core.access import AttachMode, Identity
 from ...hub import EndReason, Notice, PortState, Session
 from ...proto import wsmsg
 from ..output import CLOSE_FLUSH_TIMEOUT_S, FrameQueue, OutputBudget
 from . import wsstrict
 from .common import SETTINGS_KEY, console, identity, int_param
 from .errors import ApiError
+from .sessions import audit
 
 # WebSocket close codes (4000-4999 are ours; documented in the README and the OpenAPI document).
 WS_CLOSE_EVICTED = 4000
@@ -195,6 +196,24 @@ async def _control(conn: WsConnection, session: Session, text: str, key_profile:
             conn.send_event({"type": "pong"})
 
 
+class _CloseAudit:
+    """``wsstrict.CloseReport`` for one connection: audits a protocol close or a heartbeat cut with who was
+    on it, the console and the hub session (once attached)."""
+
+    def __init__(self, request: web.Request, who: Identity, port: str) -> None:
+        self._request = request
+        self._who = who
+        self._port = port
+        self.session_id: int | None = None
+
+    def __call__(self, fault: wsstrict.PeerFault, code: int, reason: str) -> None:
+        fields = {"port": self._port, "session": self.session_id, "code": code, "reason": reason}
+        if fault is wsstrict.PeerFault.HEARTBEAT:
+            audit("heartbeat_cut", self._request, self._who, result="closed", **fields)
+        else:
+            audit("ws_protocol_close", self._request, self._who, result="closed", **fields)
+
+
 class WebSocketConsoles:
     """The WebSocket endpoint and the connections it holds (capped by ``http.max_connections``)."""
 
@@ -229,17 +248,20 @@ class WebSocketConsoles:
             compress=False,
             autoclose=False,  # wsstrict.receive answers close frames: 1002 for codes never sent on the wire
         )
-        wsstrict.require_masked_frames(request)
+        who = identity(request, "ws")
+        report = _CloseAudit(request, who, target.name)
+        wsstrict.require_masked_frames(request, report)
         await ws.prepare(request)
         conn = WsConnection(ws, target.config.client_buffer_bytes, request.transport)
         self.connections.add(conn)
         conn.send_event(
             {"type": "hello", "port": target.name, "mode": mode_text, "offset": target.stream_end}
         )
-        session = target.attach(conn, identity(request, "ws"), mode, from_offset=from_offset)
+        session = target.attach(conn, who, mode, from_offset=from_offset)
         try:
             if session is not None:
-                while (msg := await wsstrict.receive(ws, settings.ws_max_message_bytes)) is not None:
+                report.session_id = session.id
+                while (msg := await wsstrict.receive(ws, settings.ws_max_message_bytes, report)) is not None:
                     if conn.close_code is not None:
                         break
                     if msg.type is WSMsgType.BINARY:

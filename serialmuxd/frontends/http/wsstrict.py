@@ -19,6 +19,11 @@ What aiohttp does not do, and where it is done here (the rules themselves are in
   larger ones (``http.ws_max_message_bytes``).  ``aiohttp_max_msg_size`` converts, and ``receive`` checks
   the size again so the documented limit holds even if aiohttp's comparison changes.
 
+Every close for a protocol error (1002 from the filter, from a close code, or from aiohttp's frame reader;
+1007 for text that is not UTF-8; 1009 for a message too big) and every heartbeat cut (aiohttp's ping got
+no pong: a dead peer or a broken path) is passed to the handler's ``CloseReport``, which audits it
+(``ws_protocol_close``, ``heartbeat_cut``).
+
 Known limit: frames a client sends before it has read the 101 response (RFC 6455 §4.1 forbids that) may
 reach aiohttp before the filter is in place and are not checked.
 """
@@ -26,15 +31,33 @@ reach aiohttp before the filter is in place and are not checked.
 from __future__ import annotations
 
 import asyncio
+import enum
+from collections.abc import Callable
 from typing import Any
 
 import structlog
-from aiohttp import WSMessage, WSMsgType, web
+from aiohttp import WebSocketError, WSMessage, WSMsgType, web
 
 from ...proto import wshandshake
 from .errors import ApiError
 
 log = structlog.get_logger("serialmuxd.http")
+
+
+class PeerFault(enum.Enum):
+    """How a connection ended when it was the peer's fault."""
+
+    PROTOCOL = "protocol"  # closed with 1002, 1007 or 1009
+    HEARTBEAT = "heartbeat"  # no pong: cut
+
+
+# (fault, close code, reason)
+CloseReport = Callable[[PeerFault, int, str], None]
+_PROTOCOL_CODES = frozenset({1002, 1007, 1009})
+
+
+def _ignore(fault: PeerFault, code: int, reason: str) -> None:
+    return None
 
 
 def refuse_handshake(request: web.Request) -> web.Response | None:
@@ -59,15 +82,21 @@ def aiohttp_max_msg_size(limit_bytes: int) -> int:
     return limit_bytes + 1
 
 
-async def receive(ws: web.WebSocketResponse, limit_bytes: int) -> WSMessage | None:
+async def receive(
+    ws: web.WebSocketResponse, limit_bytes: int, report: CloseReport = _ignore
+) -> WSMessage | None:
     """The next text or binary message, or None once the connection is closing (for ``autoclose=False``).
 
     A client's close frame is answered here: with 1000, or with 1002 when its code is one that must never
-    be sent.  Pings and pongs are handled inside aiohttp (``autoping``).
+    be sent.  Pings and pongs are handled inside aiohttp (``autoping``).  Closes that are the peer's fault
+    go to ``report``.
     """
     msg = await ws.receive()
     if msg.type is WSMsgType.CLOSE:
-        await ws.close(code=wshandshake.close_reply_code(msg.data))
+        code = wshandshake.close_reply_code(msg.data)
+        if code == wshandshake.CLOSE_PROTOCOL_ERROR:
+            report(PeerFault.PROTOCOL, code, f"close frame with code {msg.data}, which is never sent")
+        await ws.close(code=code)
         return None
     if msg.type is WSMsgType.BINARY:
         size = len(msg.data)
@@ -75,20 +104,38 @@ async def receive(ws: web.WebSocketResponse, limit_bytes: int) -> WSMessage | No
         text: str = msg.data
         size = len(text) if len(text) * 4 <= limit_bytes else len(text.encode())
     else:
+        _report_end(ws, msg, report)
         return None  # CLOSING, CLOSED, ERROR: aiohttp has closed or is closing with the right code
     if size > limit_bytes:
+        report(
+            PeerFault.PROTOCOL,
+            wshandshake.CLOSE_MESSAGE_TOO_BIG,
+            f"message of {size} bytes (limit {limit_bytes})",
+        )
         await ws.close(code=wshandshake.CLOSE_MESSAGE_TOO_BIG, message=b"message too big")
         return None
     return msg
 
 
+def _report_end(ws: web.WebSocketResponse, msg: WSMessage, report: CloseReport) -> None:
+    """Why aiohttp ended the connection, if it was the peer's fault: its frame reader's protocol errors come
+    as an ERROR message with a ``WebSocketError``; a missed pong leaves a ``TimeoutError`` as the socket's
+    exception (also when the handler was not waiting in ``receive`` at the time)."""
+    error = msg.data if msg.type is WSMsgType.ERROR else ws.exception()
+    if isinstance(error, WebSocketError) and error.code in _PROTOCOL_CODES:
+        report(PeerFault.PROTOCOL, int(error.code), str(error)[:120])
+    elif isinstance(error, asyncio.TimeoutError):
+        report(PeerFault.HEARTBEAT, int(ws.close_code or 1006), "no pong within the heartbeat")
+
+
 class _MaskedFramesOnly(asyncio.Protocol):
     """Sits between a WebSocket connection's transport and aiohttp's protocol; see the module docstring."""
 
-    def __init__(self, transport: asyncio.Transport, inner: Any, peer: str) -> None:
+    def __init__(self, transport: asyncio.Transport, inner: Any, peer: str, report: CloseReport) -> None:
         self._transport = transport
         self._inner = inner  # aiohttp's RequestHandler: every callback is passed on to it
         self._peer = peer
+        self._report = report
         self._checker = wshandshake.ClientFrameChecker()
 
     def data_received(self, data: bytes) -> None:
@@ -97,6 +144,7 @@ class _MaskedFramesOnly(asyncio.Protocol):
             self._inner.data_received(data if passed == len(data) else data[:passed])
         if self._checker.violation is not None and not self._transport.is_closing():
             log.info("ws_protocol_error", peer=self._peer, reason=self._checker.violation)
+            self._report(PeerFault.PROTOCOL, wshandshake.CLOSE_PROTOCOL_ERROR, self._checker.violation)
             # Frames are written whole, never across an await, so this cannot land inside one of aiohttp's.
             self._transport.write(
                 wshandshake.close_frame(wshandshake.CLOSE_PROTOCOL_ERROR, b"unmasked frame")
@@ -117,8 +165,9 @@ class _MaskedFramesOnly(asyncio.Protocol):
         self._inner.resume_writing()
 
 
-def require_masked_frames(request: web.Request) -> None:
+def require_masked_frames(request: web.Request, report: CloseReport = _ignore) -> None:
     """Close the connection with 1002 at the first unmasked client frame (call just before ``prepare``)."""
     transport = request.transport
     if transport is not None:
-        transport.set_protocol(_MaskedFramesOnly(transport, transport.get_protocol(), str(request.remote)))
+        inner = transport.get_protocol()
+        transport.set_protocol(_MaskedFramesOnly(transport, inner, str(request.remote), report))

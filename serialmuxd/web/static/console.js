@@ -2,7 +2,8 @@
 // and a status line.  Protocol: binary frames carry console bytes both ways; text frames carry JSON
 // (server: hello / notice / offset / closing; client: resize / break / take_over / read_only / key / sysrq).
 import {
-  api, ApiError, confirmAction, describeState, describeWriter, plainLine, portPath, setText,
+  api, ApiError, confirmAction, currentAccount, describeState, describeWriter, plainLine, portPath, setText,
+  showAccount,
 } from "./common.js";
 
 const $ = (id) => document.getElementById(id);
@@ -119,6 +120,7 @@ const conn = {
   lastReminder: 0,
   pendingClick: null, // "ro" | "rw": the role change the user just asked for, until the daemon answers
   noteIsReminder: false, // the status note is a "not sent" reminder, stale once we can write
+  attempt: 0, // which connect() is current: one that awaited its ticket while a newer one began gives up
 };
 const encoder = new TextEncoder();
 
@@ -342,7 +344,34 @@ function sendJson(message) {
   return false;
 }
 
-function connect() {
+// With [auth] every upgrade carries a single-use console ticket (?ticket=, valid 60 s, for this console
+// and mode), asked for just before: the cookie would do for this same-origin page too, but a ticket is the
+// one mechanism that also works through proxies and for other clients, and nothing else secret is ever
+// put in a URL.  Without [auth] no ticket is needed (and none is asked for).
+async function consoleTicket(mode) {
+  const account = await currentAccount();
+  if (!account || !account.auth) return null;
+  const answer = await api(`${apiPort}/ticket`, { method: "POST", body: { mode } });
+  if (!answer || typeof answer.ticket !== "string") {
+    throw new ApiError(0, "bad_answer", "no ticket in the answer");
+  }
+  return answer.ticket;
+}
+
+function ticketFailed(err) {
+  if (err instanceof ApiError && err.status === 401) {
+    setText(ui.stConn, "Not signed in: opening the sign-in page\u2026"); // api() is on its way there
+    return;
+  }
+  if (err instanceof ApiError && err.status === 404) {
+    setText(ui.stPort, "Unknown console port.");
+    setText(ui.stConn, "Not connected.");
+    return;
+  }
+  scheduleReconnect(`could not get a console ticket (${plainLine(err.message, 200)})`);
+}
+
+async function connect() {
   clearTimeout(conn.retryTimer);
   conn.retryTimer = null;
   clearTimeout(conn.stableTimer);
@@ -354,18 +383,29 @@ function connect() {
     conn.ws = null; // its close event is ignored below: it is no longer current
     old.close(1000, "reconnecting");
   }
+  conn.attempt += 1;
+  const attempt = conn.attempt;
   const params = new URLSearchParams({ mode: conn.wantMode });
   conn.requestedFrom = conn.offset;
   if (conn.offset !== null) params.set("from", String(conn.offset));
+  conn.everOpened = false;
+  conn.closingText = "";
+  setRole(null);
+  setText(ui.stConn, "Connecting\u2026");
+  let ticket;
+  try {
+    ticket = await consoleTicket(conn.wantMode);
+  } catch (err) {
+    if (attempt === conn.attempt) ticketFailed(err);
+    return;
+  }
+  if (attempt !== conn.attempt) return; // a newer connect() (Reconnect, Take over) has taken over
+  if (ticket !== null) params.set("ticket", ticket);
   const url = new URL(`/api/v1${apiPort}/ws?${params}`, location.href);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
   const ws = new WebSocket(url);
   ws.binaryType = "arraybuffer";
   conn.ws = ws;
-  conn.everOpened = false;
-  conn.closingText = "";
-  setRole(null);
-  setText(ui.stConn, "Connecting\u2026");
 
   ws.addEventListener("open", () => {
     if (ws !== conn.ws) return;
@@ -712,6 +752,7 @@ if (portName === null) {
   term.textarea?.setAttribute("aria-describedby", "hint");
   ui.download.href = `/api/v1${apiPort}/scrollback?format=raw&download=1`;
   fitTerminal();
+  showAccount({ report: (text) => say(text) });
   connect();
   setInterval(() => {
     if (document.visibilityState === "visible") refreshPort();

@@ -1,13 +1,17 @@
 // The console list: one row per port with its state, writer and viewers, refreshed every few seconds.
 // Rows are updated in place (keyed by port name) so that a refresh never takes keyboard focus away.
+// Ports with a "group" (scale-set instances web-ss-0, web-ss-1, ...) are listed in one table per group,
+// captioned with the group's name; the others stay in the first table.
 import {
-  api, confirmAction, consoleHref, describeState, describeWriter, plainLine, portPath, setText,
+  api, confirmAction, consoleHref, describeState, describeWriter, plainLine, portPath, setText, showAccount,
 } from "./common.js";
 
 const REFRESH_MS = 5_000;
 const rows = new Map(); // port name -> { tr, cells..., toggle }
 const $ = (id) => document.getElementById(id);
 const tbody = $("port-rows");
+const groupTables = new Map(); // group name -> { table, tbody }
+const COLUMNS = ["Console", "State", "Writer", "Viewers", "Device"];
 const status = $("status");
 let consoleEnabled = null;
 
@@ -111,6 +115,42 @@ async function refreshGlobal() {
   }
 }
 
+function makeGroupTable(name) {
+  const table = document.createElement("table");
+  table.className = "ports";
+  table.dataset.group = name;
+  table.createCaption().textContent = `Group ${plainLine(name, 80)}`;
+  const head = table.createTHead().insertRow();
+  for (const label of COLUMNS) {
+    const th = document.createElement("th");
+    th.scope = "col";
+    th.textContent = label;
+    head.appendChild(th);
+  }
+  const actions = document.createElement("th");
+  actions.scope = "col";
+  const hidden = document.createElement("span");
+  hidden.className = "visually-hidden";
+  hidden.textContent = "Actions";
+  actions.appendChild(hidden);
+  head.appendChild(actions);
+  return { table, tbody: table.createTBody() };
+}
+
+// The tbody for a group, creating its table (in name order) if needed; "" is the first table.
+function bodyFor(group) {
+  if (group === "") return tbody;
+  let entry = groupTables.get(group);
+  if (!entry) {
+    entry = makeGroupTable(group);
+    groupTables.set(group, entry);
+    const container = $("groups");
+    const after = [...container.children].find((t) => t.dataset.group > group);
+    container.insertBefore(entry.table, after || null);
+  }
+  return entry.tbody;
+}
+
 async function refreshPorts() {
   let data;
   try {
@@ -122,6 +162,7 @@ async function refreshPorts() {
   if (status.textContent.startsWith("Could not load")) setText(status, "");
   const ports = Array.isArray(data && data.ports) ? data.ports : [];
   const seen = new Set();
+  const placed = new Map(); // tbody -> rows placed in it so far
   for (const port of ports) {
     if (!port || typeof port.name !== "string") continue;
     seen.add(port.name);
@@ -131,10 +172,13 @@ async function refreshPorts() {
       rows.set(port.name, row);
     }
     updateRow(row, port);
+    const body = bodyFor(typeof port.group === "string" ? port.group : "");
+    const index = placed.get(body) || 0;
+    placed.set(body, index + 1);
     // Keep the daemon's order, but only move a row that is out of place: moving a node blurs the
     // control inside it that has focus.
-    const at = tbody.children[seen.size - 1];
-    if (at !== row.tr) tbody.insertBefore(row.tr, at || null);
+    const at = body.children[index];
+    if (at !== row.tr) body.insertBefore(row.tr, at || null);
   }
   for (const [name, row] of rows) {
     if (!seen.has(name)) {
@@ -142,6 +186,19 @@ async function refreshPorts() {
       rows.delete(name);
     }
   }
+  for (const [name, entry] of groupTables) {
+    if (entry.tbody.children.length === 0) {
+      entry.table.remove();
+      groupTables.delete(name);
+    }
+  }
+  // With groups, the first table holds the consoles without one (and is hidden when there are none).
+  const grouped = groupTables.size > 0;
+  $("ports").hidden = grouped && tbody.children.length === 0;
+  const caption = $("ports-caption");
+  caption.classList.toggle("visually-hidden", !grouped);
+  setText(caption, grouped ? "Consoles without a group"
+    : "Console ports, their state, who is typing and how many are watching");
   $("empty").hidden = rows.size > 0;
   setText($("updated"), `Updated ${new Date().toLocaleTimeString()}.`);
 }
@@ -150,6 +207,7 @@ async function refresh() {
   await Promise.all([refreshPorts(), refreshGlobal()]);
 }
 
+showAccount({ report: (text) => setText(status, text) });
 refresh();
 setInterval(() => {
   if (document.visibilityState === "visible") refresh();
