@@ -402,7 +402,7 @@ async def test_a_ticket_for_another_console_or_mode_is_refused_and_used_up(env: 
             await anonymous.ws_connect(f"{env.ws_base}/api/v1/ports/vm1/ws?mode=rw&ticket={in_url}")
 
 
-async def test_a_console_one_may_not_view_gets_no_ticket(env: Env) -> None:
+async def test_a_viewer_gets_a_ticket_but_the_hub_refuses_her_typing(env: Env) -> None:
     async with aiohttp.ClientSession(headers=_basic("vera", VIEWER_PASSWORD)) as http:
         # vera views vm*: she gets a ticket for a console she may only watch; the hub decides the rest.
         ticket = await _ticket(env, http, "vm1", "rw")
