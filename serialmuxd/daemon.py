@@ -194,6 +194,8 @@ class Daemon:
             self.config.http,
             shutdown_timeout_s=self.config.daemon.shutdown_timeout_s,
             tls=self._tls if self.config.http.tls else None,
+            audit=self.audit,
+            auth=self.config.auth,
         )
         self.http_address = await frontend.start()
         self._http = frontend

@@ -28,6 +28,7 @@ _BOTH_LOOPS_MODULES = {
     "test_tls",
     "test_telnet_auth",
     "test_http_auth",
+    "test_tickets",
 }
 
 

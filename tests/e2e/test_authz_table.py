@@ -48,6 +48,11 @@ ROUTES: dict[tuple[str, str], str | Verb] = {
     ("POST", "/api/v1/ports/{name}/disable"): Verb.ADMIN,
     ("GET", "/"): SIGNED_IN,
     ("GET", "/console/{name}"): Verb.VIEW,
+    ("GET", "/signin"): OPEN,
+    ("POST", "/api/v1/session"): OPEN,  # the sign-in itself (a POST without a body is 400)
+    ("GET", "/api/v1/session"): SIGNED_IN,
+    ("DELETE", "/api/v1/session"): SIGNED_IN,  # 400 for bearer callers: no cookie session to end
+    ("POST", "/api/v1/ports/{name}/ticket"): Verb.VIEW,
 }
 BODIES = {
     "/api/v1/console": {"enabled": True},
