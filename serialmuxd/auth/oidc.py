@@ -21,7 +21,16 @@ in this order (the first one that fails names the refusal, see ``RefusalReason``
    audience in ``aud`` (``algorithms``, ``audience`` and ``issuer`` are always passed);
 5. the user claim is a plain, non-empty string.  The groups claim is used only if it is a list of strings;
    anything else gives no groups rather than an error: a provider that sends groups in another shape still
-   lets its users in with their own grants, and a half-understood claim never grants anything.
+   lets its users in with their own grants, and a half-understood claim never grants anything;
+6. only for an ID token from the page's sign-in (``verify(token, nonce=...)``): its ``nonce`` claim equals,
+   in constant time, the one the sign-in put into its authorization request.  That binds the token to the
+   browser's own sign-in, so an ID token issued for another sign-in (one leaked, or one an attacker
+   obtained for themselves) is refused.  Bearer tokens carry no nonce of ours and are not checked.
+
+The same discovery document also names the endpoints of the page's sign-in (authorization and token
+endpoints, the client authentication methods the token endpoint takes): ``endpoints()`` returns them from
+the last fetch (with the same https rule as ``jwks_uri``), so the sign-in needs no fetch of its own.  A
+document without them is still good for bearer tokens: only the sign-in is then unavailable.
 
 Keys come from ``{issuer}/.well-known/openid-configuration`` (whose ``issuer`` must equal the configured one
 exactly, per OpenID Connect Discovery §4.3, so a document served for another tenant is not trusted) and
@@ -52,6 +61,7 @@ are short fixed strings meant for the audit trail; nothing from the token is eve
 from __future__ import annotations
 
 import asyncio
+import hmac
 import ipaddress
 import json
 import math
@@ -115,6 +125,7 @@ class RefusalReason(StrEnum):
     WRONG_ISSUER = "wrong issuer"
     WRONG_AUDIENCE = "wrong audience"
     NO_USER_CLAIM = "no user claim"
+    WRONG_NONCE = "wrong nonce"
     PROVIDER_UNREACHABLE = "provider unreachable"
 
 
@@ -263,6 +274,16 @@ class VerifiedToken:
 
 
 @dataclass(frozen=True, slots=True)
+class ProviderEndpoints:
+    """What the page's sign-in needs from the provider's discovery document (OpenID Connect Discovery §3)."""
+
+    authorization_endpoint: str
+    token_endpoint: str
+    # token_endpoint_auth_methods_supported; the spec's default when absent is client_secret_basic.
+    token_auth_methods: tuple[str, ...] = ("client_secret_basic",)
+
+
+@dataclass(frozen=True, slots=True)
 class _KeySet:
     """A provider's usable keys: ``kid`` → algorithm → key, plus every key for tokens without ``kid``."""
 
@@ -303,6 +324,7 @@ class JwtVerifier:
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
         self._keys: _KeySet | None = None
+        self._endpoints: ProviderEndpoints | None = None
         self._fetched_at = -math.inf  # when the current key set arrived
         self._attempted_at = -math.inf  # when the last refresh (successful or not) started
         self._refresh_task: asyncio.Task[None] | None = None
@@ -339,8 +361,18 @@ class JwtVerifier:
         await self._refresh_if_allowed()
         return self._keys is not None
 
-    async def verify(self, token: str) -> VerifiedToken:
-        """The bearer of ``token``, or ``InvalidToken`` with the first reason it is refused."""
+    async def endpoints(self) -> ProviderEndpoints | None:
+        """The sign-in endpoints from the last discovery document (fetched now if there is none yet, within
+        REFETCH_INTERVAL_S like any refresh); None while the provider is unreachable or names none usable."""
+        if self._keys is None:
+            await self._refresh_if_allowed()
+        elif self._clock() - self._fetched_at >= self.settings.jwks_cache_s:
+            self._start_refresh()  # stale: refreshed in the background, these used meanwhile (as for keys)
+        return self._endpoints
+
+    async def verify(self, token: str, *, nonce: str | None = None) -> VerifiedToken:
+        """The bearer of ``token``, or ``InvalidToken`` with the first reason it is refused.  ``nonce``: the
+        value an ID token from the page's sign-in must carry (step 6 in the module docstring)."""
         alg, kid = _read_header(token)
         if alg not in self.settings.algorithms:
             raise InvalidToken(RefusalReason.ALG_NOT_ALLOWED)
@@ -354,7 +386,15 @@ class JwtVerifier:
             candidates = keys.candidates(kid, alg)
         if not candidates:
             raise InvalidToken(RefusalReason.UNKNOWN_KEY)
-        return self._identity(self._decode(token, candidates))
+        claims = self._decode(token, candidates)
+        verified = self._identity(claims)
+        if nonce is not None:
+            presented = claims.get("nonce")
+            if not isinstance(presented, str) or not hmac.compare_digest(
+                presented.encode("utf-8", "surrogatepass"), nonce.encode("utf-8", "surrogatepass")
+            ):
+                raise InvalidToken(RefusalReason.WRONG_NONCE)
+        return verified
 
     # -- the token ---------------------------------------------------------------------------------------
     def _decode(self, token: str, candidates: list[jwt.PyJWK]) -> dict[str, Any]:
@@ -468,6 +508,7 @@ class JwtVerifier:
             discovery = await self._fetch_json(self._session, url)
             url = self._jwks_uri(discovery)
             keys = self._parse_key_set(await self._fetch_json(self._session, url))
+            endpoints = self._sign_in_endpoints(discovery)
         except (_FetchError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             error = f"{type(exc).__name__}: {exc}"[:_MAX_LOGGED_ERROR_CHARS]
             log.warning(
@@ -480,6 +521,7 @@ class JwtVerifier:
             )
             return
         self._keys = keys
+        self._endpoints = endpoints
         self._fetched_at = self._clock()
         log.info("oidc_keys_fetched", issuer=self.settings.issuer, keys=len(keys.every))
 
@@ -509,16 +551,36 @@ class JwtVerifier:
     def _jwks_uri(self, discovery: dict[str, Any]) -> str:
         if discovery.get("issuer") != self.settings.issuer:
             raise _FetchError(f"discovery document names issuer {discovery.get('issuer')!r}")
-        jwks_uri = discovery.get("jwks_uri")
-        parts = _parse_url(jwks_uri) if isinstance(jwks_uri, str) else None
-        if parts is None or not isinstance(jwks_uri, str):
-            raise _FetchError("discovery document has no usable jwks_uri")
-        # Keys over plain http could be swapped on the way; allowed only where the issuer itself may be http.
+        return self._endpoint(discovery, "jwks_uri")
+
+    def _endpoint(self, discovery: dict[str, Any], name: str) -> str:
+        url = discovery.get(name)
+        parts = _parse_url(url) if isinstance(url, str) else None
+        if parts is None or not isinstance(url, str):
+            raise _FetchError(f"discovery document has no usable {name}")
+        # Keys (or codes and tokens) over plain http could be read or swapped on the way; allowed only where
+        # the issuer itself may be http.
         if parts.scheme != "https" and not (
             urlsplit(self.settings.issuer).scheme == "http" and _is_loopback_host(parts.hostname or "")
         ):
-            raise _FetchError("jwks_uri is not https")
-        return jwks_uri
+            raise _FetchError(f"{name} is not https")
+        return url
+
+    def _sign_in_endpoints(self, discovery: dict[str, Any]) -> ProviderEndpoints | None:
+        """The page's sign-in endpoints, or None (logged): a provider used only for bearer tokens may
+        publish none, and its tokens are still good."""
+        try:
+            authorization = self._endpoint(discovery, "authorization_endpoint")
+            token = self._endpoint(discovery, "token_endpoint")
+            if "#" in authorization or "#" in token:  # RFC 6749 §3.1, §3.2: no fragment
+                raise _FetchError("a sign-in endpoint has a fragment")
+        except _FetchError as exc:
+            log.info("oidc_sign_in_unavailable", issuer=self.settings.issuer, reason=str(exc))
+            return None
+        methods = discovery.get("token_endpoint_auth_methods_supported")
+        if isinstance(methods, list) and methods and all(isinstance(m, str) for m in methods):
+            return ProviderEndpoints(authorization, token, tuple(methods))
+        return ProviderEndpoints(authorization, token)
 
     def _parse_key_set(self, document: dict[str, Any]) -> _KeySet:
         entries = document.get("keys")

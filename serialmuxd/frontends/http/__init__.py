@@ -3,10 +3,10 @@
 ``HttpFrontend`` runs the aiohttp app on the daemon's loop (``AppRunner`` + ``TCPSite`` in our own
 lifecycle; ``web.run_app`` would own the loop) and talks to the daemon only through ``ConsoleControl``.
 Modules by concern: ``guard`` (Host/Origin checks), ``errors`` (the JSON error shape and every mapping to
-HTTP), ``authn`` (who is asking), ``signin`` (the page's sign-in and console tickets), ``sessions`` (what
-the app keeps for them, and the audit record of HTTP events), ``rest`` (the API), ``ws`` (WebSocket
-sessions), ``pages`` (the console page), ``common`` (request helpers), ``openapi`` (the API document, kept
-equal to the routes by a test).
+HTTP), ``authn`` (who is asking), ``signin`` (the page's sign-in and console tickets), ``oidc_signin`` (the
+page's sign-in with the OpenID provider), ``sessions`` (what the app keeps for them, and the audit record
+of HTTP events), ``rest`` (the API), ``ws`` (WebSocket sessions), ``pages`` (the console page), ``common``
+(request helpers), ``openapi`` (the API document, kept equal to the routes by a test).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ...config import AuthSettings, HttpSettings, ListenAddress
 from ...control import ConsoleControl
 from ...errors import StartupError
 from ...obs.audit import AuditLog
-from . import pages, rest, signin
+from . import oidc_signin, pages, rest, signin
 from .authn import authentication_middleware
 from .common import CONTROL_KEY, SETTINGS_KEY
 from .errors import ERROR_CODES, ApiError, errors_and_headers
@@ -46,8 +46,9 @@ def build_app(
     clock: Callable[[], float] = time.monotonic,
 ) -> web.Application:
     """``audit``: the daemon's audit trail (without one, HTTP events reach the daemon's log only);
-    ``auth``: the page sessions' lifetimes (``[auth]``'s defaults without); ``clock``: monotonic seconds
-    for session and ticket lifetimes (tests pass their own)."""
+    ``auth``: the page sessions' lifetimes (``[auth]``'s defaults without) and ``[auth.oidc]`` for the
+    page's OIDC sign-in (its client secret file is read here: a ``StartupError`` naming it if unusable);
+    ``clock``: monotonic seconds for session, ticket and sign-in flow lifetimes (tests pass their own)."""
     lifetimes = auth if auth is not None else AuthSettings()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -65,6 +66,7 @@ def build_app(
     rest.add_routes(app)
     app.router.add_get("/api/v1/ports/{name}/ws", websockets.handle)
     signin.add_routes(app)
+    oidc_signin.add_routes(app, auth.oidc if auth is not None else None)
     pages.add_routes(app)
     app.on_shutdown.append(_close_websockets)
     return app

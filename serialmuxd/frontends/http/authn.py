@@ -25,7 +25,8 @@ certificates and tickets need none: a browser never adds such a header or query 
 another site starts.  The Origin check (``guard.py``) and ``SameSite=Strict`` stay in front of this.
 
 Open without credentials: the liveness check, the OpenAPI document, the page's static files, the sign-in
-page and ``POST /api/v1/session`` (signing in is how one gets credentials; it is throttled like Basic).
+page and ``POST /api/v1/session`` (signing in is how one gets credentials; it is throttled like Basic), and
+the OIDC sign-in's routes (``oidc_signin.OPEN_PATHS``: it gets its credentials from the provider).
 What an authenticated identity may do is decided later, by the hub's policy (``403`` when it may not).
 The identity is stored on the request for ``common.identity``; nothing here knows about consoles.
 """
@@ -47,6 +48,7 @@ from ...core.access import Identity
 from ..telnet import peer_text
 from .common import CONTROL_KEY, IDENTITY_KEY
 from .errors import ApiError
+from .oidc_signin import OPEN_PATHS as OIDC_OPEN_PATHS
 from .sessions import (
     CSRF_HEADER,
     SESSION_COOKIE,
@@ -63,8 +65,8 @@ from .sessions import (
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Open without credentials: the load balancer's liveness check, the API description, the page's own files
-# and its sign-in form.
-_OPEN_PATHS = frozenset({"/healthz", "/api/v1/openapi.json", "/favicon.ico", "/signin"})
+# and its sign-in form (with the OpenID provider's start, callback and the list of ways to sign in).
+_OPEN_PATHS = frozenset({"/healthz", "/api/v1/openapi.json", "/favicon.ico", "/signin"}) | OIDC_OPEN_PATHS
 _OPEN_PREFIXES = ("/static/",)
 _SIGN_IN = ("POST", "/api/v1/session")  # checks the password itself (signin.py)
 _WS_ROUTE = "/api/v1/ports/{name}/ws"

@@ -68,6 +68,24 @@ _SESSION = {
         "expires_in": {"type": "integer", "description": "seconds until the absolute lifetime"},
     },
 }
+_SIGN_IN_METHODS = {
+    "type": "object",
+    "required": ["oidc"],
+    "properties": {
+        "oidc": {
+            "type": ["object", "null"],
+            "description": "null without [auth.oidc] client_id",
+            "properties": {
+                "provider": {"type": "string", "description": "the name on the page's button"},
+                "start": {
+                    "type": "string",
+                    "description": "the page to navigate to (?next=PATH: a path on this server to return "
+                    "to); it redirects to the provider, whose answer comes back to /signin/oidc/callback",
+                },
+            },
+        }
+    },
+}
 _SIGN_IN = {
     "type": "object",
     "required": ["user", "password"],
@@ -237,6 +255,13 @@ def openapi_document() -> dict[str, Any]:
             "/healthz": {"get": _op("Liveness and port states", errors=())},
             "/api/v1/openapi.json": {"get": _op("This document", errors=())},
             "/api/v1/session": _session_paths(),
+            "/api/v1/signin": {
+                "get": _op(
+                    "The ways to sign in on the page besides its password form (open without credentials)",
+                    errors=(),
+                    ok_content={"application/json": {"schema": _SIGN_IN_METHODS}},
+                )
+            },
             "/api/v1/ports": {
                 "get": _op(
                     "All consoles",
