@@ -206,6 +206,9 @@ class OidcConfig:
     audience: str
     client_id: str = ""  # for the console page's sign-in (authorization code + PKCE)
     client_secret_file: Path | None = None
+    # Where the provider sends the browser back; set it behind a TLS-terminating proxy (the daemon would
+    # otherwise build it from the request's Host and its own scheme).  Must end in /signin/oidc/callback.
+    redirect_uri: str = ""
     user_claim: str = "preferred_username"
     groups_claim: str = "groups"
     group_grants: tuple[tuple[str, tuple[Grant, ...]], ...] = ()  # identity-provider group -> grants
@@ -571,6 +574,18 @@ def _issuer(value: object) -> str:
     raise Invalid(f"must be an https:// URL (http:// only for a loopback issuer), got {show(url)}")
 
 
+OIDC_CALLBACK_PATH = "/signin/oidc/callback"
+
+
+def _redirect_uri(value: object) -> str:
+    url = _issuer(value)  # the same scheme rules: https, or http to a loopback host
+    if not url.split("?", 1)[0].endswith(OIDC_CALLBACK_PATH):
+        raise Invalid(
+            f"must be this daemon's {OIDC_CALLBACK_PATH} as the browser reaches it, got {show(url)}"
+        )
+    return url
+
+
 def unknown_role(role: str, known: Iterable[str]) -> str:
     return f"unknown role {show(role)}{did_you_mean(role, known) or ''} (roles: {', '.join(sorted(known))})"
 
@@ -611,6 +626,7 @@ class _Oidc:
     audience = Key("audience", text)
     client_id = Key("client_id", text)
     client_secret_file = Key("client_secret_file", _path)
+    redirect_uri = Key("redirect_uri", _redirect_uri)
     user_claim = Key("user_claim", text)
     groups_claim = Key("groups_claim", text)
 
@@ -828,6 +844,7 @@ def _parse_oidc(raw: object, known_roles: set[str], problems: Problems) -> OidcC
         audience=audience,
         client_id=values.value(_Oidc.client_id, builtin.client_id),
         client_secret_file=own.get(_Oidc.client_secret_file),
+        redirect_uri=values.value(_Oidc.redirect_uri, builtin.redirect_uri),
         user_claim=values.value(_Oidc.user_claim, builtin.user_claim),
         groups_claim=values.value(_Oidc.groups_claim, builtin.groups_claim),
         group_grants=tuple(group_grants),

@@ -807,3 +807,19 @@ async def test_denying_consent_at_the_provider_ends_on_the_sign_in_page_in_chrom
     await audited(env.audit, "login_failed", method="oidc", reason="provider answered access_denied")
     assert SESSION_COOKIE not in {c["name"] for c in await context.cookies()}
     await context.close()
+
+
+async def test_a_configured_redirect_uri_is_what_the_provider_is_told(tmp_path: Path) -> None:
+    """Behind a TLS-terminating proxy the daemon cannot see the URL browsers use: [auth.oidc] redirect_uri."""
+    standin = StandIn()
+    async with serving(standin.app()) as base:
+        standin.base = base
+        public = "https://consoles.example/signin/oidc/callback"
+        toml = daemon_toml(tmp_path, standin.issuer).replace(
+            "[auth.oidc]\n", f'[auth.oidc]\nredirect_uri = "{public}"\n', 1
+        )
+        assert public in toml
+        async with running_daemon(toml, online=("vm1",)) as daemon, http_frontend(daemon, Clock()) as url:
+            env = Env(daemon, url, Clock(), tmp_path / "audit.jsonl", standin)
+            async with env.client() as http:
+                assert (await env.start(http))["redirect_uri"] == public

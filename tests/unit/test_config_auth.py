@@ -163,3 +163,14 @@ def test_group_is_per_port_and_named_like_a_port() -> None:
     assert any(
         line.startswith(f"{SOURCE}: ports[0].group: must be 1-64") for line in problems(port('group = "a b"'))
     )
+
+
+def test_oidc_redirect_uri() -> None:
+    base = '[auth.oidc]\nissuer = "https://idp.example"\naudience = "smx"\n'
+    config = parse_config(base + 'redirect_uri = "https://c.example/signin/oidc/callback"\n' + port(), SOURCE)
+    assert config.auth is not None and config.auth.oidc is not None
+    assert config.auth.oidc.redirect_uri == "https://c.example/signin/oidc/callback"
+    assert problems(base + 'redirect_uri = "https://c.example/elsewhere"\n' + port()) == [
+        f"{SOURCE}: auth.oidc.redirect_uri: must be this daemon's /signin/oidc/callback as the browser "
+        "reaches it, got 'https://c.example/elsewhere'"
+    ]

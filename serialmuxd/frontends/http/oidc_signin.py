@@ -230,6 +230,7 @@ class OidcClient:
     client_secret: str | None = dataclasses.field(default=None, repr=False)  # never in a repr or a log
     user_claim: str = "preferred_username"
     groups_claim: str = "groups"
+    redirect_uri: str = ""  # configured (behind a TLS-terminating proxy), else built from the request
 
     @property
     def provider_name(self) -> str:
@@ -243,7 +244,9 @@ def load_client(oidc: OidcConfig | None) -> OidcClient | None:
     if oidc is None or not oidc.client_id:
         return None
     secret = _read_secret(oidc.client_secret_file) if oidc.client_secret_file is not None else None
-    return OidcClient(oidc.issuer, oidc.client_id, secret, oidc.user_claim, oidc.groups_claim)
+    return OidcClient(
+        oidc.issuer, oidc.client_id, secret, oidc.user_claim, oidc.groups_claim, oidc.redirect_uri
+    )
 
 
 def _read_secret(path: Path) -> str:
@@ -434,7 +437,8 @@ async def start(request: web.Request) -> web.StreamResponse:
     if endpoints is None:
         return _back_to_signin(request, PageError.UNAVAILABLE, "provider unreachable", next_path)
     scheme = "https" if is_tls(request) else "http"
-    flow_id, flow = signin.flows.start(f"{scheme}://{request.host}{CALLBACK_PATH}", next_path, now(request))
+    redirect_uri = signin.client.redirect_uri or f"{scheme}://{request.host}{CALLBACK_PATH}"
+    flow_id, flow = signin.flows.start(redirect_uri, next_path, now(request))
     response = web.Response(
         status=303, headers={"Location": signin.authorization_url(endpoints, flow), **_NO_STORE}
     )
