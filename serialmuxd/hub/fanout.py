@@ -46,6 +46,8 @@ class OutputFanout:
         "_sessions",
         "bytes_from_device",
         "bytes_missed",
+        "last_output_at",
+        "observers",
         "port",
         "previous_end",
         "replay_lines",
@@ -82,13 +84,21 @@ class OutputFanout:
         self.bytes_from_device = 0
         self.bytes_missed = 0
         self.sink_errors = 0  # sessions closed because their sink raised
+        self.last_output_at: float | None = None  # monotonic time of the guest's last byte (metrics)
+        # Consumers of every guest chunk besides the sessions (console log files, guest-health matching):
+        # called as observer(data, offset_of_data[0]) after the ring append, before the fan-out.  They must
+        # not block; one that raises is logged and removed, so a bug there never stops the console.
+        self.observers: list[Callable[[bytes, int], None]] = []
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes, now: float | None = None) -> None:
         ring = self.ring
         ring.append(data)
         self.bytes_from_device += len(data)
+        self.last_output_at = now
         end = ring.end
         start = end - len(data)
+        if self.observers:
+            self._observe(data, start)
         # A tuple copy: a sink may close its session while we iterate (slow_reader = "close").
         for session in tuple(self._sessions.values()):
             if session.lagging or session.closed:  # closed: cut by a sink earlier in this loop
@@ -104,6 +114,14 @@ class OutputFanout:
                     self.catch_up(session)
             except Exception:
                 self._sink_failed(session)
+
+    def _observe(self, data: bytes, offset: int) -> None:
+        for observer in tuple(self.observers):
+            try:
+                observer(data, offset)
+            except Exception:
+                log.exception("output_observer_failed", port=self.port, observer=repr(observer))
+                self.observers.remove(observer)
 
     def catch_up(self, session: Session) -> None:
         """Send a session what it has not received yet, from its cursor, until done or it pauses again."""

@@ -241,7 +241,7 @@ class PortHub(DeviceListener):
 
     # -- device side (DeviceListener) ------------------------------------------------------------
     def device_data_received(self, data: bytes) -> None:
-        self.output.data_received(data)
+        self.output.data_received(data, self._clock())
 
     def device_online(self, description: str) -> None:
         if self.state is not PortState.CONNECTING:

@@ -684,3 +684,19 @@ def test_a_sink_that_raises_loses_its_own_session_and_nobody_else_misses_a_byte(
     assert bytes(before.output) == bytes(after.output) == b"onetwo"
     assert session.closed and broken.end_reason is EndReason.PROTOCOL
     assert hub.sink_errors == 1 and hub.state is PortState.ONLINE
+
+
+def test_observers_see_every_chunk_with_its_offset_and_a_failing_one_is_dropped() -> None:
+    hub, _ = make_hub()
+    seen: list[tuple[bytes, int]] = []
+
+    def broken(data: bytes, offset: int) -> None:
+        raise RuntimeError("observer bug")
+
+    hub.output.observers += [lambda data, offset: seen.append((data, offset)), broken]
+    _, sink = attach(hub, AttachMode.READ_ONLY)
+    hub.device_data_received(b"abc")
+    hub.device_data_received(b"de")
+    assert seen == [(b"abc", 0), (b"de", 3)]
+    assert len(hub.output.observers) == 1 and bytes(sink.output) == b"abcde"
+    assert hub.output.last_output_at is not None
