@@ -120,6 +120,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print("\n".join(exc.lines()), file=sys.stderr)
         return EXIT_CONFIG
+    for key, reason in config.warnings:
+        print(f"{args.file}: {key}: warning: {reason}", file=sys.stderr)
     print(f"{args.file}: OK ({len(config.ports)} ports{users})")
     return EXIT_OK
 

@@ -25,6 +25,7 @@ See ``config.example.toml`` for every key documented.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import ipaddress
 import os
@@ -159,7 +160,9 @@ class PortConfig:
     replay_lines: int = 0  # if > 0, replay at most this many lines (still capped by replay_bytes)
     slow_reader: SlowReaderPolicy = SlowReaderPolicy.RESYNC
     client_buffer_bytes: int = 256 * 1024  # per-session output buffered before the session counts as behind
-    input_rate_bps: int = 0  # bytes/s pacing of input to the device; 0 = as fast as the device drains
+    # Bytes (not bits) per second of input to the device, so a paste is typed at line rate; 0 = as fast as the
+    # device drains.  The old name input_rate_bps is still read, with a warning: "bps" reads as bits.
+    input_rate_bytes_per_s: int = 0
     device_buffer_bytes: int = 64 * 1024  # input queued for the device before the writer's reads pause
     reconnect_initial_s: float = 0.1
     reconnect_max_s: float = 5.0
@@ -250,6 +253,7 @@ class Config:
     auth: AuthSettings | None = None  # None: no authentication, loopback listeners only (the demo)
     tls: TlsSettings | None = None
     audit: AuditSettings = field(default_factory=AuditSettings)
+    warnings: tuple[tuple[str, str], ...] = ()  # (key path, reason): accepted, but should change
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -298,7 +302,7 @@ def parse_config(text: str, source: str) -> Config:
     config = _build_config(document, source, problems)
     if problems.items:
         raise ConfigError(source, problems.items)
-    return config
+    return dataclasses.replace(config, warnings=tuple(problems.warnings)) if problems.warnings else config
 
 
 _TOO_DEEP = (
@@ -332,7 +336,7 @@ HTTP_BODY_BYTES_RANGE = (1024, 16 * 1024 * 1024)
 HTTP_MAX_CONNECTIONS_RANGE = (1, 1_000_000)
 CLIENT_BUFFER_BYTES_RANGE = (4 * KIB, 64 * MIB)
 DEVICE_BUFFER_BYTES_RANGE = (KIB, 64 * MIB)
-INPUT_RATE_BPS_RANGE = (0, 1_000_000_000)
+INPUT_RATE_RANGE = (0, 1_000_000_000)
 MAX_SESSIONS_RANGE = (1, 100_000)  # for max_sessions and max_sessions_per_address
 RECONNECT_MAX_S = 3600.0
 SHUTDOWN_TIMEOUT_MAX_S = 300.0
@@ -669,7 +673,8 @@ class _Port:
     replay_lines = Key("replay_lines", integer(*REPLAY_LINES_RANGE))
     slow_reader = Key("slow_reader", enum_choice(SlowReaderPolicy))
     client_buffer_bytes = Key("client_buffer_bytes", integer(*CLIENT_BUFFER_BYTES_RANGE, size=True))
-    input_rate_bps = Key("input_rate_bps", integer(*INPUT_RATE_BPS_RANGE))
+    input_rate_bytes_per_s = Key("input_rate_bytes_per_s", integer(*INPUT_RATE_RANGE))
+    input_rate_bps = Key("input_rate_bps", integer(*INPUT_RATE_RANGE))  # deprecated alias
     device_buffer_bytes = Key("device_buffer_bytes", integer(*DEVICE_BUFFER_BYTES_RANGE, size=True))
     reconnect_initial_s = Key("reconnect_initial_s", seconds(RECONNECT_MAX_S))
     reconnect_max_s = Key("reconnect_max_s", seconds(RECONNECT_MAX_S))
@@ -1039,7 +1044,7 @@ def _parse_port(
         replay_lines=values.value(_Port.replay_lines, builtin.replay_lines),
         slow_reader=values.value(_Port.slow_reader, builtin.slow_reader),
         client_buffer_bytes=values.value(_Port.client_buffer_bytes, builtin.client_buffer_bytes),
-        input_rate_bps=values.value(_Port.input_rate_bps, builtin.input_rate_bps),
+        input_rate_bytes_per_s=_input_rate(values, path, problems),
         device_buffer_bytes=values.value(_Port.device_buffer_bytes, builtin.device_buffer_bytes),
         reconnect_initial_s=values.value(_Port.reconnect_initial_s, builtin.reconnect_initial_s),
         reconnect_max_s=values.value(_Port.reconnect_max_s, builtin.reconnect_max_s),
@@ -1055,6 +1060,23 @@ def _parse_port(
     )
     # An invalid value of the port's own was reported by check_table; `values` stood in the built-in for it.
     return port if values.ok else None
+
+
+def _input_rate(values: Layered, path: str, problems: Problems) -> int:
+    """``input_rate_bytes_per_s``, or its deprecated spelling ``input_rate_bps`` (same unit: bytes)."""
+    old = values.setting(_Port.input_rate_bps, 0)
+    if not values.is_set(_Port.input_rate_bps) or old is None:
+        return values.value(_Port.input_rate_bytes_per_s, _BUILTIN_PORT.input_rate_bytes_per_s)
+    at = old.origin or key_path(path, "input_rate_bps")
+    if values.is_set(_Port.input_rate_bytes_per_s):
+        problems.add(at, "set only input_rate_bytes_per_s; input_rate_bps is its old name")
+        return _BUILTIN_PORT.input_rate_bytes_per_s
+    problems.warn(
+        at,
+        "deprecated: it is read as bytes per second (not bits, as 'bps' suggests); rename it to "
+        "input_rate_bytes_per_s",
+    )
+    return old.value
 
 
 def _effective_escape(values: Layered, notices: NoticePolicy) -> str:

@@ -103,10 +103,19 @@ class Problems:
 
     def __init__(self) -> None:
         self._seen: dict[tuple[str, str], None] = {}
+        self._warned: dict[tuple[str, str], None] = {}
 
     @property
     def items(self) -> list[tuple[str, str]]:
         return list(self._seen)
+
+    @property
+    def warnings(self) -> list[tuple[str, str]]:
+        """What is accepted but should change (a deprecated key): shown, never fatal."""
+        return list(self._warned)
+
+    def warn(self, path: str, reason: str) -> None:
+        self._warned.setdefault((path, reason), None)
 
     def __len__(self) -> int:
         return len(self._seen)

@@ -147,6 +147,8 @@ class Daemon:
         self._tls = self._load_tls()  # a bad key or certificate is a StartupError naming the file
         await self._start_oidc()
         self._warn_if_exposed()
+        for key, reason in self.config.warnings:
+            log.warning("config_deprecated", file=self.config.source, key=key, reason=reason)
         self.state = self._store.load()
         self._build_hubs()
         # From here until a clean stop the saved offsets are floors, not exact ends (a SIGKILL keeps them).

@@ -3,10 +3,11 @@
 Theory of operation
 -------------------
 Bytes for the guest come from the writer's session or from an API call (named keys, SysRq).  With
-``input_rate_bps = 0`` they are written to the link at once and the link's own buffer paces them: when it
-crosses ``device_buffer_bytes`` the link reports ``paused`` and the writer's sink stops reading (a paste goes
-at the device's drain rate, nothing is cut).  With a rate set, they queue here and a token bucket lets them
-out, one timer at a time; a queue over ``device_buffer_bytes`` pauses the writer's reading the same way.
+``input_rate_bytes_per_s = 0`` they are written to the link at once and the link's own buffer paces
+them: when it crosses ``device_buffer_bytes`` the link reports ``paused`` and the writer's sink stops
+reading (a paste goes at the device's drain rate, nothing is cut).  With a rate set, they queue here and a
+token bucket lets them out, one timer at a time; a queue over ``device_buffer_bytes`` pauses the writer's
+reading the same way.
 
 Exactly one session may be paused at a time: the writer.  ``sync`` is the single place that decides it,
 called after everything that can change the answer (a new writer, the device pausing or resuming, the queue

@@ -40,6 +40,7 @@ from ..core.access import AccessPolicy, AttachMode, Identity, Verb
 from ..core.keys import key_bytes
 from ..core.lease import LeaseInput
 from ..core.ring import RingBuffer
+from ..core.timeline import Timeline
 from ..devices.base import DeviceLink, DeviceListener
 from .arbiter import WriterArbiter
 from .clock import Scheduler, loop_scheduler
@@ -50,6 +51,7 @@ from .session import EndReason, Role, Session, SessionSink
 from .status import (
     PortState,
     PortStatus,
+    RecordingSlice,
     RefusalKind,
     Refused,
     ScrollbackSlice,
@@ -123,7 +125,7 @@ class PortHub(DeviceListener):
             schedule=schedule,
         )
         self.input = DeviceInput(
-            config.input_rate_bps,
+            config.input_rate_bytes_per_s,
             config.device_buffer_bytes,
             link=lambda: self.link,
             writer=lambda: self.arbiter.writer,
@@ -142,6 +144,10 @@ class PortHub(DeviceListener):
             close_session=self._close_session,
         )
         self.device_reconnects = 0
+        # When each chunk arrived (wall clock), for the recording export; the writer's last window size.
+        self.timeline = Timeline(self.ring.end)
+        self.output.observers.append(self._record_time)
+        self.window_size: tuple[int, int] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -230,6 +236,18 @@ class PortHub(DeviceListener):
 
     def scrollback_bounds(self) -> tuple[int, int]:
         return self.ring.start, self.ring.end
+
+    def recording(self, identity: Identity, start: int | None, end: int | None) -> RecordingSlice:
+        """``scrollback`` from ``start`` to ``end`` (defaults: the ring's bounds) with each chunk's time."""
+        ring = self.ring
+        begin = ring.start if start is None else start
+        stop = ring.end if end is None else end
+        data = self.scrollback(identity, begin, max(0, stop - begin))  # decides access
+        segments = self.timeline.segments(data.offset, data.offset + len(data.data))
+        return RecordingSlice(data, tuple(segments), self.timeline.floor, self.window_size)
+
+    def _record_time(self, data: bytes, offset: int) -> None:
+        self.timeline.record(offset, len(data), self._wall())
 
     @property
     def device_text(self) -> str:
@@ -384,8 +402,10 @@ class PortHub(DeviceListener):
     def session_window_size(self, session: Session, cols: int, rows: int) -> None:
         # Only the writer's terminal decides the guest's size; a read-only session's resize is ignored
         # quietly (browsers send one on every layout change).
-        if self.arbiter.holds(session) and self.link is not None:
-            self.link.set_window_size(cols, rows)
+        if self.arbiter.holds(session):
+            self.window_size = (cols, rows)
+            if self.link is not None:
+                self.link.set_window_size(cols, rows)
 
     def session_take_over(self, session: Session) -> None:
         self._request_write(session, LeaseInput.TAKE_OVER)

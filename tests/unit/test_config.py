@@ -141,9 +141,9 @@ def test_validator_covers_every_field() -> None:
     assert keys(module._DAEMON_KEYS) == names(DaemonSettings)
     assert keys(module._HTTP_KEYS) == names(HttpSettings)
     assert keys(module._SERIAL_KEYS) == names(SerialSettings)
-    assert {*keys(module._PORT_ONLY_KEYS), *keys(module._INHERITABLE_KEYS), "serial", "hypervisor"} == names(
-        PortConfig
-    )
+    deprecated_aliases = {"input_rate_bps"}  # read into input_rate_bytes_per_s, with a warning
+    port_keys = {*keys(module._PORT_ONLY_KEYS), *keys(module._INHERITABLE_KEYS), "serial", "hypervisor"}
+    assert port_keys - deprecated_aliases == names(PortConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -599,8 +599,8 @@ def test_escape_bad_notation(escape: str, hint: str) -> None:
         ("client_buffer_bytes", "4095", "must be between 4096 (4 KiB) and 67108864 (64 MiB)"),
         ("client_buffer_bytes", "67108865", "must be between 4096 (4 KiB) and 67108864 (64 MiB)"),
         ("device_buffer_bytes", "1023", "must be between 1024 (1 KiB) and 67108864 (64 MiB)"),
-        ("input_rate_bps", "-1", "must be between 0 and 1000000000"),
-        ("input_rate_bps", "1000000001", "must be between 0 and 1000000000"),
+        ("input_rate_bytes_per_s", "-1", "must be between 0 and 1000000000"),
+        ("input_rate_bytes_per_s", "1000000001", "must be between 0 and 1000000000"),
         ("reconnect_initial_s", "0", "must be greater than 0 and at most 3600, got 0"),
         ("reconnect_max_s", "3600.5", "must be greater than 0 and at most 3600, got 3600.5"),
         ("reconnect_max_s", "nan", "must be greater than 0 and at most 3600, got nan"),
@@ -615,7 +615,7 @@ def test_range_bounds_are_inclusive() -> None:
     low = only_port(
         port(
             extra="scrollback_bytes = 4096\nreplay_bytes = 0\nreplay_lines = 0\nclient_buffer_bytes = 4096\n"
-            "device_buffer_bytes = 1024\ninput_rate_bps = 0\n"
+            "device_buffer_bytes = 1024\ninput_rate_bytes_per_s = 0\n"
             "reconnect_initial_s = 0.001\nreconnect_max_s = 0.001"
         )
     )
@@ -623,7 +623,8 @@ def test_range_bounds_are_inclusive() -> None:
     high = only_port(
         port(
             extra="scrollback_bytes = 1073741824\nreplay_bytes = 1073741824\nreplay_lines = 100000\n"
-            "client_buffer_bytes = 67108864\ndevice_buffer_bytes = 67108864\ninput_rate_bps = 1000000000\n"
+            "client_buffer_bytes = 67108864\ndevice_buffer_bytes = 67108864\n"
+            "input_rate_bytes_per_s = 1000000000\n"
             "reconnect_initial_s = 3600\nreconnect_max_s = 3600"
         )
     )
@@ -872,3 +873,19 @@ def test_hypervisor_table_parses() -> None:
 
 def test_escape_key_is_checked_by_the_front_ends_parser_too() -> None:
     assert_problem(PORT + 'escape = "^H"\n', "ports[0].escape", "")
+
+
+def test_input_rate_bps_is_read_with_a_warning_and_not_both() -> None:
+    config = parse_config(PORT + "input_rate_bps = 480\n", SOURCE)
+    assert config.ports[0].input_rate_bytes_per_s == 480
+    assert config.warnings == (
+        (
+            "ports[0].input_rate_bps",
+            "deprecated: it is read as bytes per second (not bits, as 'bps' suggests); rename it to "
+            "input_rate_bytes_per_s",
+        ),
+    )
+    assert parse_config(PORT + "input_rate_bytes_per_s = 480\n", SOURCE).warnings == ()
+    assert problems(PORT + "input_rate_bps = 1\ninput_rate_bytes_per_s = 2\n") == [
+        f"{SOURCE}: ports[0].input_rate_bps: set only input_rate_bytes_per_s; input_rate_bps is its old name"
+    ]

@@ -502,7 +502,7 @@ def test_evicted_writer_paused_by_device_is_resumed_so_its_transport_can_close()
 
 def test_paced_input_queue_is_bounded_by_pausing_the_writer() -> None:
     async def scenario() -> None:
-        hub, link = make_hub(input_rate_bps=100, device_buffer_bytes=1024)
+        hub, link = make_hub(input_rate_bytes_per_s=100, device_buffer_bytes=1024)
         writer, sink = attach(hub)
         writer.input(b"x" * 5000)
         assert sink.input_paused  # no more is read from this client until the queue drains
@@ -514,7 +514,7 @@ def test_paced_input_queue_is_bounded_by_pausing_the_writer() -> None:
 
 def test_viewer_going_read_only_keeps_the_writers_queued_input() -> None:
     async def scenario() -> None:
-        hub, _ = make_hub(input_rate_bps=100)
+        hub, _ = make_hub(input_rate_bytes_per_s=100)
         writer, _wsink = attach(hub)
         viewer, _vsink = attach(hub, AttachMode.READ_ONLY)
         writer.input(b"y" * 500)
@@ -582,7 +582,7 @@ def test_typing_into_an_offline_console_is_told_without_a_notice_per_keystroke()
 
 def test_api_input_is_refused_once_the_paced_queue_is_full() -> None:
     async def scenario() -> None:
-        hub, _ = make_hub(input_rate_bps=10, device_buffer_bytes=1024)
+        hub, _ = make_hub(input_rate_bytes_per_s=10, device_buffer_bytes=1024)
         who = Identity("http", "127.0.0.1:9")
         with pytest.raises(Refused) as refused:
             for _ in range(100):
