@@ -95,3 +95,13 @@ def test_the_example_with_the_new_keys_still_checks(tmp_path: Path) -> None:
     )
     done = serialmuxd("check-config", str(path))
     assert (done.returncode, done.stdout, done.stderr) == (0, f"{path}: OK (4 ports)\n", "")
+
+
+def test_the_old_rate_name_is_accepted_with_a_warning(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[ports]]\nname = "a"\ndevice = "exec:/bin/cat"\ninput_rate_bps = 100\n')
+    out = serialmuxd("check-config", str(path))
+    assert out.returncode == 0 and "OK" in out.stdout
+    assert out.stderr.strip() == (
+        f"{path}: ports[0].input_rate_bps: warning: deprecated: it is read as bytes per second (not bits, as "
+        "'bps' suggests); rename it to input_rate_bytes_per_s"
+    )
