@@ -17,7 +17,7 @@ from .auth.setup import FrontDoor
 from .config import PortConfig
 from .core.access import AttachMode, Identity
 from .hub.session import Session, SessionSink
-from .hub.status import PortStatus, ScrollbackSlice
+from .hub.status import PortStatus, RecordingSlice, ScrollbackSlice
 
 
 class Console(Protocol):
@@ -37,6 +37,8 @@ class Console(Protocol):
     def scrollback_bounds(self) -> tuple[int, int]: ...
 
     def scrollback(self, identity: Identity, start: int | None, limit: int) -> ScrollbackSlice: ...
+
+    def recording(self, identity: Identity, start: int | None, end: int | None) -> RecordingSlice: ...
 
     def attach(
         self, sink: SessionSink, identity: Identity, mode: AttachMode, *, from_offset: int | None = None

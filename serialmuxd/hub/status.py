@@ -86,3 +86,15 @@ class ScrollbackSlice:
     offset: int  # offset of data[0]
     start: int  # the ring's oldest offset at the time of the read
     end: int  # the ring's end at the time of the read
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingSlice:
+    """Scrollback with the time each chunk of it arrived (the recording export)."""
+
+    scrollback: ScrollbackSlice
+    # (offset, wall-clock time) of each chunk of scrollback.data, in order, the first at its offset; bytes
+    # older than timed_from had their times dropped and carry the oldest known time.
+    segments: tuple[tuple[int, float], ...]
+    timed_from: int
+    window: tuple[int, int] | None  # (cols, rows) the writer's terminal last sent, if any
