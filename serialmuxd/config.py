@@ -33,7 +33,7 @@ import re
 import shlex
 import sys
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,6 +172,13 @@ class PortConfig:
     # built-in 50 to a smaller max_sessions, and refuses an explicit value above it).  Half the port, not
     # less: behind a reverse proxy or a jump host every session comes from one address.
     max_sessions_per_address: int = 50
+    # A writer who types nothing for this long loses write access ("demote": stays and watches) or the
+    # session ("detach"), so an abandoned interactive session does not hold the console.  0 = never.
+    writer_idle_timeout_s: float = 0.0
+    writer_idle_action: str = "demote"
+    # Sent to the guest when a writer leaves, is evicted or idles out (e.g. "\u0004" or "exit\r"), so the
+    # next person does not inherit a logged-in shell.  "" = nothing (the default: not every guest wants it).
+    logout_sequence: str = ""
     telnet_tls: bool = False  # both listeners speak TLS (telnet or raw inside it), with [tls]'s certificate
     # Consoles of one group (the instances of a scale set) share grants: ports = ["group:web"].
     group: str | None = None
@@ -343,6 +350,8 @@ SHUTDOWN_TIMEOUT_MAX_S = 300.0
 ASK_TIMEOUT_MAX_S = 300.0  # longer than anyone waits at a console for a yes or no
 LOGIN_GRACE_MAX_S = 600.0  # a telnet login prompt left open longer is an idle connection, not a person
 SESSION_MAX_S = 30 * 24 * 3600.0  # a signed-in page session: a month at the very most
+WRITER_IDLE_MAX_S = 7 * 24 * 3600.0
+LOGOUT_SEQUENCE_MAX_BYTES = 256
 WS_HEARTBEAT_MAX_S = 3600.0
 BAUD_RANGE = (50, 4_000_000)
 BYTESIZE_RANGE = (5, 8)
@@ -500,6 +509,26 @@ def _device(value: object) -> DeviceSpec:
     if not argv:
         raise Invalid(f"exec: needs a command, got {show(raw)}")
     return DeviceSpec(kind, raw, argv=tuple(argv))
+
+
+def _non_negative_seconds(high: float) -> Callable[[object], float]:
+    """A duration in [0, high]: 0 means off."""
+
+    def check(value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Invalid(f"expected number, {got(value)}")
+        if not (0 <= value <= high):  # written so that nan fails too
+            raise Invalid(f"must be between 0 (off) and {high:g}, got {show(value)}")
+        return float(value)
+
+    return check
+
+
+def _logout_sequence(value: object) -> str:
+    sequence = string(value)
+    if len(sequence.encode()) > LOGOUT_SEQUENCE_MAX_BYTES:
+        raise Invalid(f"must be at most {LOGOUT_SEQUENCE_MAX_BYTES} bytes, got {len(sequence.encode())}")
+    return sequence
 
 
 def _path(value: object) -> Path:
@@ -682,6 +711,9 @@ class _Port:
     max_sessions = Key("max_sessions", integer(*MAX_SESSIONS_RANGE))
     max_sessions_per_address = Key("max_sessions_per_address", integer(*MAX_SESSIONS_RANGE))
     telnet_tls = Key("telnet_tls", boolean)
+    writer_idle_timeout_s = Key("writer_idle_timeout_s", _non_negative_seconds(WRITER_IDLE_MAX_S))
+    writer_idle_action = Key("writer_idle_action", choice(("demote", "detach")))
+    logout_sequence = Key("logout_sequence", _logout_sequence)
 
 
 def _keys_of(schema: type) -> tuple[Key[Any], ...]:
@@ -1054,6 +1086,9 @@ def _parse_port(
             builtin.max_sessions_per_address if per_address is None else per_address.value
         ),
         telnet_tls=telnet_tls,
+        writer_idle_timeout_s=values.value(_Port.writer_idle_timeout_s, builtin.writer_idle_timeout_s),
+        writer_idle_action=values.value(_Port.writer_idle_action, builtin.writer_idle_action),
+        logout_sequence=values.value(_Port.logout_sequence, builtin.logout_sequence),
         group=own.get(_Port.group),
         serial=serial,
         hypervisor=hypervisor,

@@ -59,6 +59,7 @@ from .status import (
     WriterStatus,
 )
 from .vm import ACTION_VERBS, VmControl
+from .writer_watch import WriterWatch
 
 # Scrollback replayed by the escape command when the port replays nothing on attach.
 _MIN_MANUAL_REPLAY_BYTES = 4096
@@ -132,6 +133,14 @@ class PortHub(DeviceListener):
             clock=clock,
             schedule=schedule,
         )
+        self.watch = WriterWatch(
+            config.writer_idle_timeout_s,
+            config.logout_sequence.encode(),
+            clock=clock,
+            schedule=schedule,
+            idle_out=self._writer_idled,
+            send=self._send_logout,
+        )
         self.vm = VmControl(self.name, adapter, audit=audit, broadcast=self._broadcast)
         self.output = OutputFanout(
             self.name,
@@ -161,6 +170,7 @@ class PortHub(DeviceListener):
             self._close_session(session, reason, EndReason.SHUTDOWN)
         self.input.close()
         self.arbiter.close()
+        self.watch.close()
         if self.link is not None:
             await self.link.close()
 
@@ -373,6 +383,7 @@ class PortHub(DeviceListener):
             if session.read_only_reminder.ready(self._clock()):
                 session.notify(Notice(NoticeKind.REFUSED, decision.reason))
             return
+        self.watch.typed()
         self._put_on_line(session, data)
 
     def session_key(self, session: Session, name: str) -> None:
@@ -589,6 +600,25 @@ class PortHub(DeviceListener):
         for session in self.sessions.values():
             if session.role is Role.WRITER and not self.arbiter.holds(session):
                 session.role = Role.VIEWER
+        self.watch.writer_changed(self.arbiter.writer)  # logout sequence for the one who left, idle timer
+
+    def _send_logout(self, sequence: bytes) -> None:
+        if self.input.online:
+            self.input.write(sequence)
+            self._audit("logout_sent", port=self.name, bytes=len(sequence))
+
+    def _writer_idled(self, session: Session) -> None:
+        idle = f"{self.config.writer_idle_timeout_s:g} s"
+        self._audit("writer_idle", port=self.name, session=session.id, **session.identity.audit_fields())
+        if self.config.writer_idle_action == "detach":
+            self._close_session(session, f"no input for {idle}", EndReason.DETACHED)
+            return
+        self.arbiter.release(session, "went idle")
+        session.notify(
+            Notice(
+                NoticeKind.READ_ONLY, f"no input for {idle}: you are now read-only (escape + c f takes over)"
+            )
+        )
 
     def _put_on_line(self, session: Session, data: bytes) -> None:
         if not self.input.online:

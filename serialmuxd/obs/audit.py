@@ -105,6 +105,8 @@ class AuditEvent(enum.StrEnum):
     TAKEOVER_REFUSED = "takeover_refused"  # a takeover was refused (policy, or the holder said no)
     TAKEOVER_ASKED = "takeover_asked"  # a session asked the writer to hand over
     # -- input and actions on the machine
+    WRITER_IDLE = "writer_idle"  # a writer typed nothing for writer_idle_timeout_s (demoted or detached)
+    LOGOUT_SENT = "logout_sent"  # the port's logout_sequence was sent to the guest (the writer changed)
     BREAK = "break"  # a serial BREAK (SysRq) sent to the guest
     API_INPUT = "api_input"  # keys or SysRq sent through the API (recorded by size, never content)
     VM_ACTION = "vm_action"  # NMI, reset, restart or start run through the hypervisor (result)

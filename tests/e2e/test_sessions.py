@@ -211,3 +211,20 @@ async def _wait_ring(daemon: Daemon, n: int) -> None:
     from .support import eventually
 
     await eventually(lambda: daemon.hubs["vm1"].stream_end >= n, f"{n} guest bytes in the ring")
+
+
+async def test_an_idle_writer_is_demoted_and_the_guest_gets_the_logout_sequence() -> None:
+    guest = GuestPty()
+    config = _config(guest, 'writer_idle_timeout_s = 2\nlogout_sequence = "exit\\r"')
+    async with running_daemon(config, online=("vm1",), cleanup=guest.close) as daemon:
+        writer = await TcpClient.connect("127.0.0.1", daemon.listener("vm1", "raw").tcp_port)
+        await writer.expect(b"you have write access")
+        await writer.expect(b"no input for 2 s: you are now read-only")
+        await guest.expect(b"exit\r")  # the next person does not inherit a logged-in shell
+        await writer.send(b"ignored\r")
+        await writer.send(CTRL_E + b"cf")  # taking write access back works
+        await writer.expect(b"you have write access", start=writer.buffer.find(b"no input"))
+        await _marker(writer, guest, b"mine-again\r")
+        assert b"ignored" not in guest.buffer
+        await writer.close()
+        await guest.expect(b"mine-again\rexit\r")  # and again when the writer leaves

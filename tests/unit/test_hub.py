@@ -693,10 +693,53 @@ def test_observers_see_every_chunk_with_its_offset_and_a_failing_one_is_dropped(
     def broken(data: bytes, offset: int) -> None:
         raise RuntimeError("observer bug")
 
+    before = len(hub.output.observers)  # the hub's own (the recording timeline)
     hub.output.observers += [lambda data, offset: seen.append((data, offset)), broken]
     _, sink = attach(hub, AttachMode.READ_ONLY)
     hub.device_data_received(b"abc")
     hub.device_data_received(b"de")
     assert seen == [(b"abc", 0), (b"de", 3)]
-    assert len(hub.output.observers) == 1 and bytes(sink.output) == b"abcde"
+    assert len(hub.output.observers) == before + 1 and bytes(sink.output) == b"abcde"
     assert hub.output.last_output_at is not None
+
+
+def test_an_idle_writer_is_demoted_typing_keeps_it_and_the_logout_sequence_follows_every_writer() -> None:
+    timers = FakeTimers()
+    now = [100.0]
+    cfg = PortConfig(
+        name="vm1",
+        device=DeviceSpec(DeviceKind.UNIX, "unix:/x", path="/x"),
+        replay_bytes=0,
+        writer_idle_timeout_s=60.0,
+        logout_sequence="\x04",
+    )
+    link = FakeLink()
+    hub = PortHub(cfg, lambda _hub: link, schedule=timers, clock=lambda: now[0])
+    hub.start()
+    hub.device_online("fake:")
+    writer, sink = attach(hub)
+    assert [delay for delay, _, _ in timers.pending] == [60.0]
+    now[0] += 50
+    writer.input(b"x")  # typing only records the time
+    now[0] += 10
+    assert timers.fire_all() == 1  # fired at 60 s, but the writer typed 10 s ago: set again for 50 s
+    assert writer.role is Role.WRITER and [delay for delay, _, _ in timers.pending] == [50.0]
+    now[0] += 50
+    timers.fire_all()
+    assert writer.role is Role.VIEWER and not writer.closed
+    assert any("no input for 60 s" in n.text for n in sink.notices)
+    assert bytes(link.written) == b"x\x04"  # the logout sequence after the writer lost the lease
+    writer.take_over()
+    other, _ = attach(hub)  # evicts the writer: logout again
+    assert bytes(link.written) == b"x\x04\x04" and other.role is Role.WRITER
+
+
+def test_an_idle_writer_can_be_detached_instead() -> None:
+    timers = FakeTimers()
+    hub, _ = make_hub(schedule=timers, writer_idle_timeout_s=5.0, writer_idle_action="detach")
+    writer, sink = attach(hub)
+    timers.fire_all()  # the real clock has not moved 5 s: the check is set again ...
+    assert not writer.closed
+    hub.watch._last_input -= 10  # ... and once the writer has been idle long enough, it is detached
+    timers.fire_all()
+    assert writer.closed and sink.closed_reason == "no input for 5 s"
