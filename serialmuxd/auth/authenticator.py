@@ -75,6 +75,8 @@ class Authenticator:
         self._audit = audit
         self.throttle = throttle if throttle is not None else LoginThrottle()
         self._clock = clock
+        # (method, "ok" | "failed") -> how many; read by the metrics collector at scrape time.
+        self.login_counts: dict[tuple[str, str], int] = {}
 
     def use_oidc(self, verifier: JwtCheck) -> None:
         """Accept bearer JWTs checked by ``verifier`` (built by the daemon once its loop runs)."""
@@ -128,6 +130,7 @@ class Authenticator:
             if user is not None:
                 return self._ok(peer, user, "certificate")
         if names:
+            self._count("certificate", "failed")
             self._audit(
                 "login_failed", method="certificate", **peer.audit_fields(), reason="no user for certificate"
             )
@@ -136,10 +139,16 @@ class Authenticator:
     # -- outcomes ------------------------------------------------------------------------------------
     def _ok(self, peer: Identity, user: str, method: str, groups: frozenset[str] = frozenset()) -> Identity:
         self.throttle.succeeded(throttle_source(peer), user, self._clock())
+        self._count(method, "ok")
         self._audit("login_ok", method=method, **{**peer.audit_fields(), "user": user}, result="ok")
         return replace(peer, user=user, groups=groups, method=method)
 
     def _failed(self, peer: Identity, user: str, method: str, reason: str = "bad credentials") -> None:
         self.throttle.failed(throttle_source(peer), user, self._clock())
+        self._count(method, "failed")
         fields = {**peer.audit_fields(), "user": user or None}
         self._audit("login_failed", method=method, **fields, result="failed", reason=reason)
+
+    def _count(self, method: str, result: str) -> None:
+        key = (method, result)
+        self.login_counts[key] = self.login_counts.get(key, 0) + 1

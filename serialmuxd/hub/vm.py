@@ -34,7 +34,7 @@ _DONE_TEXT = {
 
 
 class VmControl:
-    __slots__ = ("_audit", "_broadcast", "adapter", "port")
+    __slots__ = ("_audit", "_broadcast", "action_counts", "adapter", "port")
 
     def __init__(
         self,
@@ -48,6 +48,8 @@ class VmControl:
         self.adapter = adapter
         self._audit = audit
         self._broadcast = broadcast
+        # (action, "ok" | "failed") -> how many ran; read by the metrics collector at scrape time.
+        self.action_counts: dict[tuple[str, str], int] = {}
         if adapter is not None:
             adapter.on_state_change(self.state_changed)
 
@@ -108,6 +110,7 @@ class VmControl:
         try:
             await getattr(adapter, str(action))()
         except AdapterError as exc:
+            self._count(action, "failed")
             self._audit(
                 "vm_action",
                 port=self.port,
@@ -117,6 +120,7 @@ class VmControl:
                 error=str(exc),
             )
             raise
+        self._count(action, "ok")
         self._audit("vm_action", port=self.port, action=str(action), **identity.audit_fields(), result="ok")
         self._broadcast(
             Notice(
@@ -125,3 +129,7 @@ class VmControl:
                 {"action": str(action), "by": str(identity)},
             )
         )
+
+    def _count(self, action: Action, result: str) -> None:
+        key = (str(action), result)
+        self.action_counts[key] = self.action_counts.get(key, 0) + 1
