@@ -39,6 +39,8 @@ ELSEWHERE = {
     AuditEvent.READER_MISSED,  # hub-level: tests/unit/test_hub.py drives a slow reader
     AuditEvent.VM_STATE,  # adapters' state polls: tests/e2e/test_adapters.py
     AuditEvent.BREAK,  # a PTY cannot BREAK; tests/e2e/test_devices.py covers real UART paths
+    AuditEvent.WRITER_IDLE,  # idle timeout and logout sequence: tests/e2e/test_sessions.py, test_hub.py
+    AuditEvent.LOGOUT_SENT,
 }
 RECORD = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + chr(10))"
 WHO = {"user", "source", "transport"}

@@ -726,7 +726,7 @@ def test_an_idle_writer_is_demoted_typing_keeps_it_and_the_logout_sequence_follo
     assert writer.role is Role.WRITER and [delay for delay, _, _ in timers.pending] == [50.0]
     now[0] += 50
     timers.fire_all()
-    assert writer.role is Role.VIEWER and not writer.closed
+    assert str(writer.role) == "viewer" and not writer.closed  # (str: mypy narrowed role above)
     assert any("no input for 60 s" in n.text for n in sink.notices)
     assert bytes(link.written) == b"x\x04"  # the logout sequence after the writer lost the lease
     writer.take_over()
