@@ -35,6 +35,7 @@ ROUTES: dict[tuple[str, str], str | Verb] = {
     ("POST", "/api/v1/console"): Verb.ADMIN,  # host-wide: needs a grant on "*"
     ("GET", "/api/v1/ports/{name}"): Verb.VIEW,
     ("GET", "/api/v1/ports/{name}/scrollback"): Verb.VIEW,
+    ("GET", "/api/v1/ports/{name}/recording"): Verb.VIEW,
     ("GET", "/api/v1/ports/{name}/state"): Verb.VIEW,
     ("GET", "/api/v1/ports/{name}/ws"): Verb.VIEW,
     ("POST", "/api/v1/ports/{name}/break"): Verb.BREAK,

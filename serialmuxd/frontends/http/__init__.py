@@ -5,8 +5,9 @@ lifecycle; ``web.run_app`` would own the loop) and talks to the daemon only thro
 Modules by concern: ``guard`` (Host/Origin checks), ``errors`` (the JSON error shape and every mapping to
 HTTP), ``authn`` (who is asking), ``signin`` (the page's sign-in and console tickets), ``oidc_signin`` (the
 page's sign-in with the OpenID provider), ``sessions`` (what the app keeps for them, and the audit record
-of HTTP events), ``rest`` (the API), ``ws`` (WebSocket sessions), ``pages`` (the console page), ``common``
-(request helpers), ``openapi`` (the API document, kept equal to the routes by a test).
+of HTTP events), ``rest`` (the API), ``recording`` (scrollback as an asciicast recording), ``ws``
+(WebSocket sessions), ``pages`` (the console page), ``common`` (request helpers), ``openapi`` (the API
+document, kept equal to the routes by a test).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ...config import AuthSettings, HttpSettings, ListenAddress
 from ...control import ConsoleControl
 from ...errors import StartupError
 from ...obs.audit import AuditLog
-from . import oidc_signin, pages, rest, signin
+from . import oidc_signin, pages, recording, rest, signin
 from .authn import authentication_middleware
 from .common import CONTROL_KEY, SETTINGS_KEY
 from .errors import ERROR_CODES, ApiError, errors_and_headers
@@ -64,6 +65,7 @@ def build_app(
     websockets = WebSocketConsoles()
     app[_WS_KEY] = websockets
     rest.add_routes(app)
+    recording.add_routes(app)
     app.router.add_get("/api/v1/ports/{name}/ws", websockets.handle)
     signin.add_routes(app)
     oidc_signin.add_routes(app, auth.oidc if auth is not None else None)

@@ -143,6 +143,18 @@ def openapi_document() -> dict[str, Any]:
                 ok_content={"application/octet-stream": {}, "text/plain": {}},
             )
         },
+        "/api/v1/ports/{name}/recording": {
+            "get": _op(
+                "Scrollback as an asciicast v2 recording with the guest's original timing",
+                errors=(400, 404, 416),
+                params=[
+                    _q("from", {"type": "integer", "minimum": 0}, "absolute offset; default: oldest kept"),
+                    _q("to", {"type": "integer", "minimum": 0}, "absolute offset; default: the stream end"),
+                    _q("download", {"enum": ["1"]}, "send as an attachment (NAME-STAMP.cast)"),
+                ],
+                ok_content={"application/x-asciicast": {}},
+            )
+        },
         "/api/v1/ports/{name}/ws": {
             "get": _op(
                 "WebSocket console. Binary frames: console bytes both ways. Text frames: JSON control "
