@@ -74,6 +74,7 @@ from .configcheck import (
 )
 from .core.access import Verb
 from .core.grants import BUILTIN_ROLES, GROUP_PREFIX, Grant
+from .core.health import KIND_RE, HealthPattern
 from .core.policy import NoticePolicy, SlowReaderPolicy, TakeoverPolicy
 from .errors import ConfigError
 from .proto.escape import parse_escape_key
@@ -184,6 +185,10 @@ class PortConfig:
     group: str | None = None
     serial: SerialSettings = field(default_factory=SerialSettings)
     hypervisor: HypervisorConfig | None = None  # [ports.hypervisor]: NMI / reset / restart / VM state
+    # Guest-health alerts (core/health.py): match this port's output against health_patterns, [alerts]
+    # patterns and the shipped ones (panics, oopses, lockups, hung tasks, OOM kills, Windows bug checks).
+    health: bool = True
+    health_patterns: tuple[HealthPattern, ...] = ()  # the port's own, searched first
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +257,15 @@ class AuditSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertsSettings:
+    """[alerts]: guest-health events (every port with health = true) also go to a webhook."""
+
+    webhook_url: str = ""  # POST JSON {console, kind, line, offset, time}; "" = no webhook
+    webhook_timeout_s: float = 5.0  # per attempt; failed deliveries are retried with backoff
+    patterns: tuple[HealthPattern, ...] = ()  # extra patterns for every port, searched before the shipped
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: str  # file name (or "<embedded demo>") for messages
     daemon: DaemonSettings
@@ -260,6 +274,7 @@ class Config:
     auth: AuthSettings | None = None  # None: no authentication, loopback listeners only (the demo)
     tls: TlsSettings | None = None
     audit: AuditSettings = field(default_factory=AuditSettings)
+    alerts: AlertsSettings = field(default_factory=AlertsSettings)
     warnings: tuple[tuple[str, str], ...] = ()  # (key path, reason): accepted, but should change
 
 
@@ -535,6 +550,79 @@ def _path(value: object) -> Path:
     return Path(absolute_path(value))
 
 
+WEBHOOK_TIMEOUT_MAX_S = 300.0
+HEALTH_PATTERNS_MAX = 100  # per table: each is searched in every line that may match
+
+
+def _webhook_url(value: object) -> str:
+    url = text(value)
+    scheme, _, rest = url.partition("://")
+    authority = rest.split("/", 1)[0].split("?", 1)[0]
+    host = authority.rsplit("@", 1)[-1]
+    host = host[1:].split("]", 1)[0] if host.startswith("[") else host.rsplit(":", 1)[0]
+    if scheme == "https" and host:
+        return url
+    if scheme == "http" and host and is_loopback_host(host):
+        return url  # a receiver on this host (a local relay, tests); anything else must be https
+    raise Invalid(f"must be an https:// URL (http:// only to a loopback host), got {show(url)}")
+
+
+def _health_kind(value: object) -> str:
+    kind = string(value)
+    if not KIND_RE.fullmatch(kind):
+        raise Invalid(
+            f"must be 1 to 32 lower-case letters, digits or '_', starting with a letter, got {show(kind)}"
+        )
+    return kind
+
+
+def _health_regex(value: object) -> str:
+    regex = string(value)
+    if not regex:
+        raise Invalid("must not be empty (it would match every line)")
+    try:
+        compiled = re.compile(regex)
+    except re.error as exc:
+        raise Invalid(f"not a valid regular expression: {exc}") from None
+    if compiled.search(""):
+        raise Invalid(f"matches an empty line, so it would match every line: {show(regex)}")
+    return regex
+
+
+def _health_pattern(value: object) -> HealthPattern:
+    if not isinstance(value, dict):
+        raise Invalid(f'expected a table {{ kind = "...", regex = "..." }}, {got(value)}')
+    found: list[tuple[str, str]] = []
+    kind = regex = None
+    by_name = {key.name: key for key in _HEALTH_PATTERN_KEYS}
+    for name, item in value.items():
+        key = by_name.get(name)
+        if key is None:
+            found.append((f".{name}", unknown_key(name, by_name)))
+            continue
+        try:
+            if key is _HealthPattern.kind:
+                kind = _HealthPattern.kind.check(item)
+            else:
+                regex = _HealthPattern.regex.check(item)
+        except Invalid as exc:
+            found.extend((f".{name}{at}", reason) for at, reason in exc.found)
+    for name in by_name:
+        if name not in value:
+            found.append((f".{name}", REQUIRED))
+    if found:
+        raise Invalid.of_items(found)
+    assert kind is not None and regex is not None
+    return HealthPattern(kind, regex)
+
+
+def _health_patterns(value: object) -> tuple[HealthPattern, ...]:
+    patterns = array_of(_health_pattern, "tables { kind, regex }")(value)
+    if len(patterns) > HEALTH_PATTERNS_MAX:
+        raise Invalid(f"at most {HEALTH_PATTERNS_MAX} patterns, got {len(patterns)}")
+    return patterns
+
+
 _PORT_PATTERN_RE = re.compile(r"[A-Za-z0-9._\-*?\[\]!]{1,64}")
 _VERB_NAMES = tuple(verb.value for verb in Verb)
 
@@ -674,6 +762,17 @@ class _Audit:
     file = Key("file", _path)
 
 
+class _Alerts:
+    webhook_url = Key("webhook_url", _webhook_url)
+    webhook_timeout_s = Key("webhook_timeout_s", seconds(WEBHOOK_TIMEOUT_MAX_S))
+    patterns = Key("patterns", _health_patterns)
+
+
+class _HealthPattern:
+    kind = Key("kind", _health_kind)
+    regex = Key("regex", _health_regex)
+
+
 class _Serial:
     baud = Key("baud", integer(*BAUD_RANGE))
     bytesize = Key("bytesize", integer(*BYTESIZE_RANGE))
@@ -711,6 +810,8 @@ class _Port:
     max_sessions = Key("max_sessions", integer(*MAX_SESSIONS_RANGE))
     max_sessions_per_address = Key("max_sessions_per_address", integer(*MAX_SESSIONS_RANGE))
     telnet_tls = Key("telnet_tls", boolean)
+    health = Key("health", boolean)
+    health_patterns = Key("health_patterns", _health_patterns)
     writer_idle_timeout_s = Key("writer_idle_timeout_s", _non_negative_seconds(WRITER_IDLE_MAX_S))
     writer_idle_action = Key("writer_idle_action", choice(("demote", "detach")))
     logout_sequence = Key("logout_sequence", _logout_sequence)
@@ -728,6 +829,8 @@ _AUTH_KEYS = _keys_of(_Auth)
 _OIDC_KEYS = _keys_of(_Oidc)
 _TLS_KEYS = _keys_of(_Tls)
 _AUDIT_KEYS = _keys_of(_Audit)
+_ALERTS_KEYS = _keys_of(_Alerts)
+_HEALTH_PATTERN_KEYS = _keys_of(_HealthPattern)
 _INHERITABLE_KEYS = tuple(key for key in _keys_of(_Port) if key not in _PORT_ONLY_KEYS)
 
 _SERIAL_TABLE = "serial"  # the one sub-table of [[ports]] and [defaults]
@@ -773,7 +876,7 @@ class _Defaults:
 
 
 def _build_config(document: Mapping[str, object], source: str, problems: Problems) -> Config:
-    known = ("daemon", "auth", "tls", "audit", "http", "defaults", "ports")
+    known = ("daemon", "auth", "tls", "audit", "alerts", "http", "defaults", "ports")
     for key in document:
         if key not in known:
             problems.add(key_path("", key), unknown_key(key, known))
@@ -781,6 +884,7 @@ def _build_config(document: Mapping[str, object], source: str, problems: Problem
     auth = _parse_auth(document["auth"], problems) if "auth" in document else None
     tls = _parse_tls(document["tls"], problems) if "tls" in document else None
     audit = _parse_audit(document.get("audit", {}), problems)
+    alerts = _parse_alerts(document.get("alerts", {}), problems)
     claims = _Claims(allow_remote=daemon.allow_remote_unauthenticated, authenticated=auth is not None)
     http = _parse_http(document.get("http", {}), claims, problems)
     defaults = _parse_defaults(document.get("defaults", {}), problems)
@@ -795,7 +899,9 @@ def _build_config(document: Mapping[str, object], source: str, problems: Problem
         )
     if auth is not None:
         _check_group_names(auth, ports, problems)
-    return Config(source=source, daemon=daemon, http=http, ports=ports, auth=auth, tls=tls, audit=audit)
+    return Config(
+        source=source, daemon=daemon, http=http, ports=ports, auth=auth, tls=tls, audit=audit, alerts=alerts
+    )
 
 
 def _parse_auth(raw: object, problems: Problems) -> AuthSettings | None:
@@ -930,6 +1036,19 @@ def _parse_audit(raw: object, problems: Problems) -> AuditSettings:
         return AuditSettings()
     own = check_table(table, "audit", _AUDIT_KEYS, problems)
     return AuditSettings(file=own.get(_Audit.file))
+
+
+def _parse_alerts(raw: object, problems: Problems) -> AlertsSettings:
+    table = as_table(raw, "alerts", problems)
+    if table is None:
+        return AlertsSettings()
+    own = check_table(table, "alerts", _ALERTS_KEYS, problems)
+    values, builtin = Layered(own), AlertsSettings()
+    return AlertsSettings(
+        webhook_url=values.value(_Alerts.webhook_url, builtin.webhook_url),
+        webhook_timeout_s=values.value(_Alerts.webhook_timeout_s, builtin.webhook_timeout_s),
+        patterns=values.value(_Alerts.patterns, builtin.patterns),
+    )
 
 
 def _parse_daemon(raw: object, problems: Problems) -> DaemonSettings:
@@ -1092,6 +1211,8 @@ def _parse_port(
         group=own.get(_Port.group),
         serial=serial,
         hypervisor=hypervisor,
+        health=values.value(_Port.health, builtin.health),
+        health_patterns=values.value(_Port.health_patterns, builtin.health_patterns),
     )
     # An invalid value of the port's own was reported by check_table; `values` stood in the built-in for it.
     return port if values.ok else None
