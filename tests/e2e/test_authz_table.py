@@ -26,6 +26,7 @@ pytestmark = pytest.mark.asyncio
 
 OPEN = "open"  # no credentials needed
 SIGNED_IN = "signed in"  # any authenticated caller
+HOST_VIEW = "view on *"  # the policy's view on the host scope "*" (every console and the host)
 # (method, route) -> what it needs on the console in the URL (vm1 in the requests below)
 ROUTES: dict[tuple[str, str], str | Verb] = {
     ("GET", "/healthz"): OPEN,
@@ -59,6 +60,8 @@ ROUTES: dict[tuple[str, str], str | Verb] = {
     ("GET", "/signin/oidc"): OPEN,
     ("GET", "/signin/oidc/callback"): OPEN,
 }
+if hasattr(Daemon, "metrics"):  # served once the daemon offers metrics (frontends/http/metrics.py)
+    ROUTES["GET", "/metrics"] = HOST_VIEW
 BODIES = {
     "/api/v1/console": {"enabled": True},
     "/api/v1/ports/{name}/sysrq": {"key": "s"},
@@ -135,6 +138,8 @@ def _expected(caller: str, route: str, need: str | Verb) -> str:
         return "401"
     if need == SIGNED_IN:
         return "allowed"
+    if need == HOST_VIEW:  # only the admin's grant names "*"; a viewer of vm1 or of vm* does not cover it
+        return "allowed" if caller == "admin" else "403"
     assert isinstance(need, Verb)
     if "{name}" not in route:  # host-wide: no console to hide
         return "allowed" if need in verbs else "403"

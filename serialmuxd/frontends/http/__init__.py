@@ -25,7 +25,7 @@ from ...config import AuthSettings, HttpSettings, ListenAddress
 from ...control import ConsoleControl
 from ...errors import StartupError
 from ...obs.audit import AuditLog
-from . import oidc_signin, pages, recording, rest, signin
+from . import metrics, oidc_signin, pages, recording, rest, signin
 from .authn import authentication_middleware
 from .common import CONTROL_KEY, SETTINGS_KEY
 from .errors import ERROR_CODES, ApiError, errors_and_headers
@@ -70,6 +70,7 @@ def build_app(
     signin.add_routes(app)
     oidc_signin.add_routes(app, auth.oidc if auth is not None else None)
     pages.add_routes(app)
+    metrics.add_routes(app)
     app.on_shutdown.append(_close_websockets)
     return app
 
