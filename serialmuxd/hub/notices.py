@@ -37,6 +37,7 @@ class NoticeKind(enum.StrEnum):
     INFO = "info"  # answers to who/help and similar
     VM_STATE = "vm_state"  # the machine behind the port changed state (hypervisor adapter)
     VM_ACTION = "vm_action"  # someone sent an NMI / reset / restart
+    GUEST_HEALTH = "guest_health"  # the guest printed a panic, oops, lockup... (health_kind, line, offset)
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ from .arbiter import WriterArbiter
 from .clock import Scheduler, loop_scheduler
 from .device_input import DeviceInput
 from .fanout import OutputFanout
+from .health import GuestHealth
 from .notices import Notice, NoticeKind, clock_text
 from .session import EndReason, Role, Session, SessionSink
 from .status import (
@@ -153,6 +154,10 @@ class PortHub(DeviceListener):
             close_session=self._close_session,
         )
         self.device_reconnects = 0
+        # Guest-health matching (hub/health.py) sees every chunk; the daemon adds [alerts] via configure().
+        self.health = GuestHealth(config, audit=audit, broadcast=self._broadcast, wall=wall)
+        self.health_counts = self.health.counts  # kind -> events, for metrics
+        self.output.observers.append(self.health.observe)
         # When each chunk arrived (wall clock), for the recording export; the writer's last window size.
         self.timeline = Timeline(self.ring.end)
         self.output.observers.append(self._record_time)

@@ -118,6 +118,7 @@ class AuditEvent(enum.StrEnum):
     CONSOLE_SWITCH = "console_switch"  # an admin asked to enable or disable every console of this host
     DEVICE_ONLINE = "device_online"  # the console's device link is up
     DEVICE_OFFLINE = "device_offline"  # the console's device link went down (reason)
+    GUEST_HEALTH = "guest_health"  # the guest printed a panic, oops, OOM kill... (kind, line, offset)
     # -- authentication
     LOGIN_OK = "login_ok"  # a peer authenticated (method: password, token, certificate, oidc)
     LOGIN_FAILED = "login_failed"  # an authentication attempt failed (method, reason; no credentials)
