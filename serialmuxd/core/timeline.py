@@ -20,6 +20,10 @@ Memory stays bounded in two ways:
 * **A cap.**  At most ``max_samples`` samples are kept, in two flat ``array`` s (16 bytes per sample, no
   per-sample Python object).  Past the cap the oldest quarter is dropped at once (amortised O(1) per
   sample), and ``floor`` moves up to the oldest remaining sample's offset: below it times are unknown.
+  ``max_samples_for`` sizes the cap from the scrollback ring: one sample per 128 bytes of ring, 64 to 8192
+  (a 1 MiB ring: 8192 samples, 128 KiB at most, allocated only as the guest prints).
+* **Following the ring.**  ``forget_before(ring.start)`` drops samples whose bytes the ring no longer
+  holds, so a quiet guest whose ring wrapped keeps only the samples of what is still there.
 
 Invariants (after every public call):
 
@@ -39,6 +43,13 @@ from bisect import bisect_right
 
 DEFAULT_MAX_SAMPLES = 8192
 DEFAULT_COALESCE_S = 0.005
+_RING_BYTES_PER_SAMPLE = 128
+_MIN_SAMPLES = 64
+
+
+def max_samples_for(ring_bytes: int) -> int:
+    """The sample cap for a scrollback ring of ``ring_bytes`` (see the module docstring)."""
+    return max(_MIN_SAMPLES, min(DEFAULT_MAX_SAMPLES, ring_bytes // _RING_BYTES_PER_SAMPLE))
 
 
 class Timeline:
@@ -103,6 +114,22 @@ class Timeline:
             del self._offsets[:drop]
             del times[:drop]
             self._floor = self._offsets[0]
+
+    def forget_before(self, offset: int) -> None:
+        """Drop the samples whose bytes all lie below ``offset`` (the ring no longer holds them).
+
+        Amortised: samples go only once they are at least an eighth of those kept, so a ring that drops a
+        little on every chunk does not move the arrays on every chunk."""
+        offsets = self._offsets
+        if len(offsets) < 2 or offsets[1] > offset:
+            return
+        # Sample i's bytes end where sample i + 1 begins; the last one at or below offset still covers it.
+        drop = bisect_right(offsets, offset) - 1
+        if drop < max(1, len(offsets) // 8):
+            return
+        del offsets[:drop]
+        del self._times[:drop]
+        self._floor = offsets[0]
 
     def time_at(self, offset: int) -> float | None:
         """The time the byte at ``offset`` arrived: its chunk's time; None below ``floor``, at or past

@@ -40,7 +40,7 @@ from ..core.access import AccessPolicy, AttachMode, Identity, Verb
 from ..core.keys import key_bytes
 from ..core.lease import LeaseInput
 from ..core.ring import RingBuffer
-from ..core.timeline import Timeline
+from ..core.timeline import Timeline, max_samples_for
 from ..devices.base import DeviceLink, DeviceListener
 from .arbiter import WriterArbiter
 from .clock import Scheduler, loop_scheduler
@@ -159,7 +159,7 @@ class PortHub(DeviceListener):
         self.health_counts = self.health.counts  # kind -> events, for metrics
         self.output.observers.append(self.health.observe)
         # When each chunk arrived (wall clock), for the recording export; the writer's last window size.
-        self.timeline = Timeline(self.ring.end)
+        self.timeline = Timeline(self.ring.end, max_samples=max_samples_for(config.scrollback_bytes))
         self.output.observers.append(self._record_time)
         self.window_size: tuple[int, int] | None = None
 
@@ -263,6 +263,7 @@ class PortHub(DeviceListener):
 
     def _record_time(self, data: bytes, offset: int) -> None:
         self.timeline.record(offset, len(data), self._wall())
+        self.timeline.forget_before(self.ring.start)
 
     @property
     def device_text(self) -> str:

@@ -49,11 +49,13 @@ class Env:
 
 
 @pytest_asyncio.fixture
-async def env() -> AsyncIterator[Env]:
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
     guest = GuestPty()
     config = f"""
 [daemon]
 log_level = "warning"
+[audit]
+file = "{tmp_path / "audit.jsonl"}"
 [http]
 listen = "127.0.0.1:0"
 [[ports]]
@@ -140,6 +142,15 @@ async def test_asciinema_reads_the_download(env: Env, tmp_path: Path) -> None:
         assert re.fullmatch(r'attachment; filename="vm1-\d{8}T\d{6}\.cast"', disposition), disposition
         cast = tmp_path / "vm1.cast"
         cast.write_bytes(await resp.read())
+        start, end = int(resp.headers["X-Scrollback-Offset"]), int(resp.headers["X-Scrollback-Next"])
+    # Who fetched how much, never what it said.
+    audit = tmp_path / "audit.jsonl"
+    await eventually(lambda: audit.exists() and "scrollback_download" in audit.read_text(), "the audit")
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    (download,) = [r for r in records if r["event"] == "scrollback_download"]
+    assert download["format"] == "asciicast" and download["attachment"] is True
+    assert (download["port"], download["offset"], download["bytes"]) == ("vm1", start, end - start)
+    assert "Booting" not in audit.read_text()
     # asciinema cat reads keys from /dev/tty: give it a terminal of its own (a PTY as its controlling
     # terminal, as in a shell), and read what it prints from a pipe.
     master, slave = os.openpty()

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serialmuxd.core.timeline import Timeline
+from serialmuxd.core.timeline import Timeline, max_samples_for
 
 
 def test_empty_timeline_knows_no_time() -> None:
@@ -71,6 +71,29 @@ def test_the_oldest_samples_go_with_a_floor() -> None:
     assert timeline.time_at(1999) == 99.0
     # Bytes older than the floor are given the oldest known time.
     assert timeline.segments(1000, 1000 + 10 * (first + 1)) == [(1000, float(first))]
+
+
+def test_samples_of_bytes_the_ring_dropped_are_forgotten() -> None:
+    timeline = Timeline(0, max_samples=1000, coalesce_s=0)
+    for i in range(100):
+        timeline.record(10 * i, 10, float(i))
+    timeline.forget_before(5)  # nothing is wholly below 5
+    assert (len(timeline), timeline.floor) == (100, 0)
+    timeline.forget_before(95)  # samples 0..8 end at or before 90; too few to move the arrays yet
+    assert len(timeline) == 100
+    timeline.forget_before(505)  # sample 50 (bytes 500..509) still covers offset 505
+    assert (len(timeline), timeline.floor) == (50, 500)
+    assert timeline.time_at(505) == 50.0 and timeline.time_at(499) is None
+    assert timeline.segments(505, 520) == [(505, 50.0), (510, 51.0)]
+    timeline.forget_before(10_000)  # past the end: the newest sample stays
+    assert (len(timeline), timeline.floor, timeline.time_at(995)) == (1, 990, 99.0)
+
+
+def test_the_cap_follows_the_ring_size() -> None:
+    assert max_samples_for(4096) == 64
+    assert max_samples_for(64 * 1024) == 512
+    assert max_samples_for(1 << 20) == 8192
+    assert max_samples_for(1 << 30) == 8192
 
 
 def test_a_wall_clock_stepped_back_does_not_reorder() -> None:
@@ -142,6 +165,12 @@ def test_times_bounds_and_order(
             assert previous is None or got >= previous
             previous = got
     assert timeline.time_at(offset) is None
+    # Forgetting what a ring dropped never changes the time of a byte it still holds.
+    keep = start + (offset - start) // 2
+    before = [timeline.time_at(o) for o in range(keep, offset)]
+    timeline.forget_before(keep)
+    assert [timeline.time_at(o) for o in range(keep, offset)] == before
+    assert timeline.floor <= max(keep, start) or before[0] is None
 
 
 @settings(max_examples=300, deadline=None)
