@@ -119,25 +119,24 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _readme_scrape_config(target: str, token_file: Path) -> str:
+    """The README's prometheus.yml, as written, for this daemon (plain HTTP here) and every second."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("```yaml\n# prometheus.yml\n", 1)[1].split("```", 1)[0]
+    lines = [line for line in block.splitlines() if "scheme: https" not in line]
+    text = "\n".join(lines).replace("/etc/prometheus/serialmuxd.token", str(token_file))
+    text = text.replace('"console-host-1:8080"', f'"{target}"')
+    assert str(token_file) in text and target in text, text
+    return "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n" + text + "\n"
+
+
 @contextlib.asynccontextmanager
 async def _prometheus(tmp_path: Path, target: str, token_file: Path) -> AsyncIterator[str]:
-    """A real Prometheus scraping ``target`` every second with a bearer token; yields its base URL."""
+    """A real Prometheus scraping ``target`` every second with a bearer token (the README's scrape
+    config); yields its base URL."""
     port = _free_port()
     config = tmp_path / "prometheus.yml"
-    config.write_text(
-        f"""
-global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-scrape_configs:
-  - job_name: serialmuxd
-    authorization:
-      type: Bearer
-      credentials_file: {token_file}
-    static_configs:
-      - targets: ["{target}"]
-"""
-    )
+    config.write_text(_readme_scrape_config(target, token_file))
     log = (tmp_path / "prometheus.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
         "prometheus",
