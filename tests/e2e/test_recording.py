@@ -26,6 +26,7 @@ import pytest
 import pytest_asyncio
 
 from serialmuxd.daemon import Daemon
+from serialmuxd.frontends.http import recording
 
 from .support import GuestPty, TcpClient, eventually, running_daemon
 
@@ -230,3 +231,17 @@ async def test_offsets_it_cannot_serve(env: Env) -> None:
     header, events, _ = await _recording(env)
     assert header["title"] == f"vm1 {hub.ring.start}-{hub.ring.end}"
     assert "".join(e[2] for e in events).endswith("last\r\n")
+
+
+async def test_a_long_range_is_cut_and_says_where_to_go_on(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(recording, "MAX_RECORDING_BYTES", 10)
+    watcher = await _watcher(env)
+    start = env.daemon.hubs["vm1"].stream_end
+    env.guest.write(b"0123456789abcdef\r\n")
+    await watcher.expect(b"abcdef\r\n")
+    async with env.http.get(env.url(f"recording?from={start}")) as resp:
+        assert resp.status == 200
+        assert int(resp.headers["X-Scrollback-Next"]) == start + 10
+        header, *events = (json.loads(line) for line in (await resp.text()).splitlines())
+    assert header["title"] == f"vm1 {start}-{start + 10}"
+    assert "".join(e[2] for e in events) == "0123456789"

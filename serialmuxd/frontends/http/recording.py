@@ -9,12 +9,17 @@ Text: guest bytes are decoded as UTF-8 with invalid bytes replaced.  One increme
 the events, so a multi-byte character the guest wrote in two pieces comes out whole, in the event of its
 last byte; an event whose bytes are all the head of such a character is left out.
 
+Size: at most ``MAX_RECORDING_BYTES`` of scrollback per request (the scrollback endpoint's bound); a longer
+range is cut there and ``X-Scrollback-Next`` says where the next request starts.  The document is built in
+a worker thread, so a large one never holds up the event loop (and with it every console's output).
+
 Who may: the same as the scrollback (``view`` on the console), decided by ``Console.scrollback`` through
 ``Console.recording``; audited as ``scrollback_download`` with ``format=asciicast``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import json
 import time
@@ -29,6 +34,7 @@ from .sessions import audit
 
 CONTENT_TYPE = "application/x-asciicast"
 DEFAULT_WINDOW = (80, 24)
+MAX_RECORDING_BYTES = 16 * 1024 * 1024
 
 
 def asciicast_events(
@@ -87,7 +93,7 @@ async def recording(request: web.Request) -> web.Response:
             end=ring_end,
         )
     who = identity(request, "http")
-    result = target.recording(who, start, end)
+    result = target.recording(who, start, min(end, start + MAX_RECORDING_BYTES))
     data = result.scrollback
     attachment = request.query.get("download") == "1"
     # Who read how much of a console's past, never what it said (the audit trail holds no console text).
@@ -115,7 +121,7 @@ async def recording(request: web.Request) -> web.Response:
     if attachment:
         stamp = time.strftime("%Y%m%dT%H%M%S")
         headers["Content-Disposition"] = f'attachment; filename="{target.name}-{stamp}.cast"'
-    body = asciicast(result, f"{target.name} {data.offset}-{stop}", time.time())
+    body = await asyncio.to_thread(asciicast, result, f"{target.name} {data.offset}-{stop}", time.time())
     return web.Response(body=body, content_type=CONTENT_TYPE, headers=headers)
 
 
