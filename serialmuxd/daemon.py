@@ -32,6 +32,7 @@ from .frontends.telnet import start_listener
 from .hub import PortHub, RefusalKind, Refused
 from .obs.audit import AuditLog
 from .obs.sdnotify import sd_notify, watchdog_interval_s
+from .obs.webhook import WebhookSender, attach_alerts
 from .rlimits import DescriptorWatch, open_descriptors, raise_nofile_limit
 from .state import DaemonState, PortSwitch, StateStore
 
@@ -107,6 +108,7 @@ class Daemon:
         self._poll_task: asyncio.Task[None] | None = None
         self._watchdog_task: asyncio.Task[None] | None = None
         self._fd_task: asyncio.Task[None] | None = None
+        self._webhook: WebhookSender | None = None  # [alerts] webhook_url: guest-health deliveries
         self.stop_requested = asyncio.Event()
 
     def _build_hubs(self) -> None:
@@ -151,6 +153,7 @@ class Daemon:
             log.warning("config_deprecated", file=self.config.source, key=key, reason=reason)
         self.state = self._store.load()
         self._build_hubs()
+        self._webhook = attach_alerts(self.config.alerts, self.hubs.values())
         # From here until a clean stop the saved offsets are floors, not exact ends (a SIGKILL keeps them).
         self.state.clean_stop = False
         self._raise_offset_floors(force=True)
@@ -438,6 +441,8 @@ class Daemon:
                 await self._oidc_refresh
         if self._oidc is not None:
             await self._oidc.close()
+        if self._webhook is not None:
+            await self._webhook.stop()
         self.audit.close()  # last: the hubs' detach events of the shutdown are in it
 
     def _hangup(self) -> None:
