@@ -21,7 +21,10 @@ Memory stays bounded in two ways:
   per-sample Python object).  Past the cap the oldest quarter is dropped at once (amortised O(1) per
   sample), and ``floor`` moves up to the oldest remaining sample's offset: below it times are unknown.
   ``max_samples_for`` sizes the cap from the scrollback ring: one sample per 128 bytes of ring, 64 to 8192
-  (a 1 MiB ring: 8192 samples, 128 KiB at most, allocated only as the guest prints).
+  (a 1 MiB ring: 8192 samples, 128 KiB at most, allocated only as the guest prints).  A guest whose chunks
+  are smaller than that and further apart than ``coalesce_s`` (keystroke echoes) can have more chunks in
+  the ring than the cap: the oldest of them then lose their times, and a recording plays them at once at
+  its start (the recording endpoint's ``X-Recording-Timed-From`` says from where times are real).
 * **Following the ring.**  ``forget_before(ring.start)`` drops samples whose bytes the ring no longer
   holds, so a quiet guest whose ring wrapped keeps only the samples of what is still there.
 
