@@ -15,13 +15,15 @@ default registry of prometheus_client is never used.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from ..adapters import Action
 from ..core.access import AttachMode
@@ -66,65 +68,90 @@ class ConsoleCollector(Collector):
         self._hubs = hubs
         self._logins = logins
         self._clock = clock
+        # Per hub object, so a port removed (or changed) by a reload takes its entry with it.
+        self._labels: weakref.WeakKeyDictionary[PortHub, _PortLabels] = weakref.WeakKeyDictionary()
 
     def describe(self) -> Iterable[Metric]:
         # Registering must not run a scrape (the hubs may not exist yet); the names are fixed anyway.
         return ()
 
     def collect(self) -> Iterator[Metric]:
-        def counter(name: str, doc: str, extra: tuple[str, ...] = ()) -> CounterMetricFamily:
-            return CounterMetricFamily(PREFIX + name, doc, labels=(*_PORT_LABELS, *extra))
+        def family(name: str, doc: str, kind: str) -> Metric:
+            return Metric(PREFIX + name, doc, kind)
 
-        def gauge(name: str, doc: str, extra: tuple[str, ...] = (), unit: str = "") -> GaugeMetricFamily:
-            return GaugeMetricFamily(PREFIX + name, doc, labels=(*_PORT_LABELS, *extra), unit=unit)
-
-        from_guest = counter("port_guest_output_bytes", "Bytes the guest wrote (device to clients)")
-        to_guest = counter("port_guest_input_bytes", "Bytes written to the guest (clients to device)")
-        sessions = gauge("port_sessions", "Attached sessions by attach mode and role", ("mode", "role"))
-        takeovers = counter("port_takeovers", "Writer lease takeovers")
-        reconnects = counter("port_device_reconnects", "Times the device link came back after a loss")
-        state = gauge("port_state", "1 for the port's current state, 0 for the others", ("state",))
-        fill = gauge("port_scrollback_bytes", "Bytes held in the scrollback ring")
-        capacity = gauge("port_scrollback_capacity_bytes", "Capacity of the scrollback ring")
-        skipped = counter(
-            "port_slow_reader_skipped_bytes", "Bytes slow readers missed (overwritten in the ring)"
+        from_guest = family("port_guest_output_bytes", "Bytes the guest wrote (device to clients)", "counter")
+        to_guest = family(
+            "port_guest_input_bytes", "Bytes written to the guest (clients to device)", "counter"
         )
-        quiet = gauge(
-            "port_guest_output_age_seconds", "Seconds since the guest last wrote (absent before any output)"
+        sessions = family("port_sessions", "Attached sessions by attach mode and role", "gauge")
+        takeovers = family("port_takeovers", "Writer lease takeovers", "counter")
+        reconnects = family(
+            "port_device_reconnects", "Times the device link came back after a loss", "counter"
         )
-        actions = counter("port_vm_actions", "Hypervisor actions run, by outcome", ("action", "result"))
-        sink_errors = counter("port_sink_errors", "Sessions closed because their transport failed")
+        state = family("port_state", "1 for the port's current state, 0 for the others", "gauge")
+        fill = family("port_scrollback_bytes", "Bytes held in the scrollback ring", "gauge")
+        capacity = family("port_scrollback_capacity_bytes", "Capacity of the scrollback ring", "gauge")
+        skipped = family(
+            "port_slow_reader_skipped_bytes", "Bytes slow readers missed (overwritten in the ring)", "counter"
+        )
+        quiet = family(
+            "port_guest_output_age_seconds",
+            "Seconds since the guest last wrote (absent before any output)",
+            "gauge",
+        )
+        actions = family("port_vm_actions", "Hypervisor actions run, by outcome", "counter")
+        sink_errors = family("port_sink_errors", "Sessions closed because their transport failed", "counter")
+        # Appending Samples directly, with label dicts built once per port (the config is frozen), is what
+        # keeps the loop's share of a scrape small: ~3x cheaper than add_metric per sample.
+        add_from, add_to = from_guest.samples.append, to_guest.samples.append
+        add_sessions, add_takeovers = sessions.samples.append, takeovers.samples.append
+        add_reconnects, add_state = reconnects.samples.append, state.samples.append
+        add_fill, add_capacity = fill.samples.append, capacity.samples.append
+        add_skipped, add_quiet = skipped.samples.append, quiet.samples.append
+        add_action, add_sink = actions.samples.append, sink_errors.samples.append
+        n_from, n_to = from_guest.name + "_total", to_guest.name + "_total"
+        n_sessions, n_takeovers = sessions.name, takeovers.name + "_total"
+        n_reconnects, n_state = reconnects.name + "_total", state.name
+        n_fill, n_capacity, n_skipped = fill.name, capacity.name, skipped.name + "_total"
+        n_quiet, n_action, n_sink = quiet.name, actions.name + "_total", sink_errors.name + "_total"
+        cache = self._labels
         now = self._clock()
         for hub in self._hubs():
-            config = hub.config
-            labels = (hub.name, config.group or "")
+            labels = cache.get(hub)
+            if labels is None:
+                labels = cache[hub] = _PortLabels(hub.name, hub.config.group)
+            base = labels.base
             output = hub.output
-            from_guest.add_metric(labels, output.bytes_from_device)
-            to_guest.add_metric(labels, hub.input.bytes_to_device)
+            add_from(Sample(n_from, base, output.bytes_from_device, None, None, None))
+            add_to(Sample(n_to, base, hub.input.bytes_to_device, None, None, None))
             counts = dict.fromkeys(_SESSION_KINDS, 0)
             for session in hub.sessions.values():
                 counts[session.mode, session.role] += 1
-            for (mode, role), count in counts.items():
-                sessions.add_metric((*labels, str(mode), str(role)), count)
-            takeovers.add_metric(labels, hub.arbiter.takeovers)
-            reconnects.add_metric(labels, hub.device_reconnects)
+            for kind, kind_labels in labels.sessions:
+                add_sessions(Sample(n_sessions, kind_labels, counts[kind], None, None, None))
+            add_takeovers(Sample(n_takeovers, base, hub.arbiter.takeovers, None, None, None))
+            add_reconnects(Sample(n_reconnects, base, hub.device_reconnects, None, None, None))
             current = hub.state
-            for each in _STATES:
-                state.add_metric((*labels, str(each)), 1 if each is current else 0)
+            for each, state_labels in labels.states:
+                add_state(Sample(n_state, state_labels, 1 if each is current else 0, None, None, None))
             ring = hub.ring
-            fill.add_metric(labels, ring.end - ring.start)
-            capacity.add_metric(labels, ring.capacity)
-            skipped.add_metric(labels, output.bytes_missed)
+            add_fill(Sample(n_fill, base, ring.end - ring.start, None, None, None))
+            add_capacity(Sample(n_capacity, base, ring.capacity, None, None, None))
+            add_skipped(Sample(n_skipped, base, output.bytes_missed, None, None, None))
             if output.last_output_at is not None:
-                quiet.add_metric(labels, max(0.0, now - output.last_output_at))
+                add_quiet(Sample(n_quiet, base, max(0.0, now - output.last_output_at), None, None, None))
             vm = hub.vm
             done: Mapping[tuple[str, str], int] = vm.action_counts
-            offered = vm.adapter.actions if vm.adapter is not None else ()
-            for action in _VM_ACTIONS:
-                if action in offered or any((str(action), r) in done for r in _RESULTS):
-                    for result in _RESULTS:
-                        actions.add_metric((*labels, str(action), result), done.get((str(action), result), 0))
-            sink_errors.add_metric(labels, output.sink_errors)
+            if vm.adapter is not None or done:
+                offered = vm.adapter.actions if vm.adapter is not None else ()
+                for action in _VM_ACTIONS:
+                    if action in offered or any((str(action), r) in done for r in _RESULTS):
+                        for result in _RESULTS:
+                            key = (str(action), result)
+                            add_action(
+                                Sample(n_action, labels.action(key), done.get(key, 0), None, None, None)
+                            )
+            add_sink(Sample(n_sink, base, output.sink_errors, None, None, None))
         yield from (from_guest, to_guest, sessions, takeovers, reconnects, state, fill, capacity, skipped)
         yield from (quiet, actions, sink_errors)
         if self._logins is not None:
@@ -137,6 +164,27 @@ class ConsoleCollector(Collector):
                 for result in _RESULTS:
                     logins.add_metric((method, result), seen.get((method, result), 0))
             yield logins
+
+
+class _PortLabels:
+    """One port's label sets, built once: samples share them (encoders only read labels)."""
+
+    __slots__ = ("_actions", "base", "sessions", "states")
+
+    def __init__(self, name: str, group: str | None) -> None:
+        self.base = {"port": name, "group": group or ""}
+        self.sessions = [
+            ((mode, role), {**self.base, "mode": str(mode), "role": str(role)})
+            for mode, role in _SESSION_KINDS
+        ]
+        self.states = [(each, {**self.base, "state": str(each)}) for each in _STATES]
+        self._actions: dict[tuple[str, str], dict[str, str]] = {}
+
+    def action(self, key: tuple[str, str]) -> dict[str, str]:
+        found = self._actions.get(key)
+        if found is None:
+            found = self._actions[key] = {**self.base, "action": key[0], "result": key[1]}
+        return found
 
 
 def metrics_registry(

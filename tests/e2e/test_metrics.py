@@ -13,21 +13,28 @@ import shutil
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from serialmuxd.auth.tokens import new_token, token_digest
+from serialmuxd.config import parse_config
+from serialmuxd.control import ConsoleControl
+from serialmuxd.core.access import Identity
 from serialmuxd.daemon import Daemon
+from serialmuxd.frontends.http import build_app
+from serialmuxd.hub import RefusalKind, Refused
+from serialmuxd.obs.metrics import metrics_registry
 
 from .support import GuestPty, eventually, running_daemon
 
-pytestmark = [
-    pytest.mark.asyncio,
-    pytest.mark.skipif(not hasattr(Daemon, "metrics"), reason="the daemon does not serve metrics yet"),
-]
+pytestmark = pytest.mark.asyncio
+needs_daemon_metrics = pytest.mark.skipif(
+    not hasattr(Daemon, "metrics"), reason="the daemon does not serve metrics yet"
+)
 needs_promtool = pytest.mark.skipif(
     shutil.which("promtool") is None, reason="Debian prometheus not installed"
 )
@@ -83,6 +90,7 @@ def _sample(text: str, name: str, **labels: str) -> float:
     raise AssertionError(f"no sample {name}{{{wanted}}} in the scrape")
 
 
+@needs_daemon_metrics
 @needs_promtool
 async def test_metrics_pass_promtool_and_count_the_guest_bytes(tmp_path: Path) -> None:
     guest = GuestPty()
@@ -199,6 +207,7 @@ def _value_is(expected: int) -> Any:
     return check
 
 
+@needs_daemon_metrics
 @needs_prometheus
 async def test_a_real_prometheus_scrapes_with_a_bearer_token(tmp_path: Path) -> None:
     scraper, dashboard = new_token(), new_token()
@@ -257,3 +266,41 @@ grants = [{{ role = "viewer", ports = ["vm*"] }}]
         assert status == 200
         rc, out = await _promtool_check(text) if shutil.which("promtool") else (0, "")
         assert rc == 0, out
+
+
+class _Control:
+    """Just what the route uses: no [auth], and ``metrics`` deciding like the daemon (here: a flag)."""
+
+    authentication = None
+
+    def __init__(self) -> None:
+        self.allowed = True
+        self.asked: list[Identity] = []
+        self.registry = metrics_registry(lambda: (), process=False)
+
+    def metrics(self, identity: Identity) -> Any:
+        self.asked.append(identity)
+        if not self.allowed:
+            raise Refused(RefusalKind.FORBIDDEN, "nobody may view on *")
+        return self.registry
+
+
+async def test_the_route_asks_the_control_and_negotiates_the_format() -> None:
+    control = _Control()
+    toml = '[http]\nlisten = "127.0.0.1:0"\n[[ports]]\nname = "vm1"\ndevice = "exec:/bin/cat"\n'
+    settings = parse_config(toml, "<test>").http
+    app = build_app(cast(ConsoleControl, control), settings)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get("/metrics")
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert resp.headers["Cache-Control"] == "no-store"
+        resp = await client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        assert resp.headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+        assert (await resp.text()).endswith("# EOF\n")
+        assert [who.transport for who in control.asked] == ["http", "http"]
+        control.allowed = False
+        resp = await client.get("/metrics")
+        assert resp.status == 403 and (await resp.json())["code"] == "forbidden"
+    # A control surface without metrics gets no route at all.
+    plain = build_app(cast(ConsoleControl, type("NoMetrics", (), {"authentication": None})()), settings)
+    assert all(str(r.resource.canonical) != "/metrics" for r in plain.router.routes() if r.resource)

@@ -35,7 +35,7 @@ class FakeOutput:
     last_output_at: float | None = None
 
 
-@dataclass
+@dataclass(eq=False)  # hashable by identity, like PortHub
 class FakeHub:
     name: str
     group: str | None = None
