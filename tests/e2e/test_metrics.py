@@ -97,7 +97,7 @@ async def test_metrics_pass_promtool_and_count_the_guest_bytes(tmp_path: Path) -
     async with running_daemon(_config(guest, tmp_path), online=("vm1", "vm2"), cleanup=guest.close) as daemon:
         assert daemon.http_address is not None
         base = "http://{}:{}".format(*daemon.http_address)
-        payload = b"boot: " + bytes(range(256)) * 20 + b"login: "
+        payload = b"boot: " + bytes(range(256)) * 20 + b"\r\nKernel panic - not syncing: test\r\nlogin: "
         await guest.send(payload)
         hub = daemon.hubs["vm1"]
         await eventually(lambda: hub.output.bytes_from_device == len(payload), "the guest's bytes")
@@ -112,6 +112,8 @@ async def test_metrics_pass_promtool_and_count_the_guest_bytes(tmp_path: Path) -
         assert _sample(text, "serialmuxd_port_scrollback_bytes", port="vm1") == len(payload)
         assert 0 <= _sample(text, "serialmuxd_port_guest_output_age_seconds", port="vm1") < DEADLINE_S
         assert "process_resident_memory_bytes" in text and "python_info" in text
+        assert _sample(text, "serialmuxd_port_guest_health_events_total", port="vm1", kind="panic") == 1
+        assert _sample(text, "serialmuxd_port_guest_health_events_total", port="vm1", kind="oops") == 0
         assert "serialmuxd_logins_total" not in text  # no [auth]: no logins to count
         # Content negotiation: an OpenMetrics scraper gets OpenMetrics.
         status, content_type, text = await _scrape(

@@ -48,10 +48,12 @@ class FakeHub:
     bytes_to_device: int = 0
     actions: frozenset[Action] = frozenset()
     action_counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    health_counts: dict[str, int] = field(default_factory=dict)
+    health: bool = False
 
     @property
     def config(self) -> Any:
-        return SimpleNamespace(group=self.group)
+        return SimpleNamespace(group=self.group, health=self.health, health_patterns=())
 
     @property
     def input(self) -> Any:
@@ -238,3 +240,17 @@ def test_vm_actions_are_counted_on_success_and_failure() -> None:
 
     asyncio.run(run())
     assert vm.action_counts == {("nmi", "ok"): 2, ("nmi", "failed"): 1, ("reset", "ok"): 1}
+
+
+def test_guest_health_events_by_kind_start_at_zero_for_the_shipped_kinds() -> None:
+    hub = FakeHub("vm1", health=True, health_counts={"panic": 1, "disk_full": 2})
+    got = _samples(ConsoleCollector(_hubs(hub, FakeHub("vm2"))))
+
+    def events(port: str, kind: str) -> float | None:
+        labels = frozenset({("port", port), ("group", ""), ("kind", kind)})
+        return got.get(("serialmuxd_port_guest_health_events_total", labels))
+
+    assert events("vm1", "panic") == 1
+    assert events("vm1", "oops") == 0  # a shipped default kind, before its first event
+    assert events("vm1", "disk_full") == 2  # an [alerts] kind, once seen
+    assert events("vm2", "panic") is None  # health = false: no series
