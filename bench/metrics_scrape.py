@@ -34,6 +34,7 @@ from prometheus_client.exposition import choose_encoder
 
 from serialmuxd.config import parse_config
 from serialmuxd.core.access import AttachMode, Identity
+from serialmuxd.core.health import DEFAULT_PATTERNS
 from serialmuxd.frontends.http.metrics import Snapshot
 from serialmuxd.hub import PortHub, PortState, Role
 from serialmuxd.obs.metrics import metrics_registry
@@ -90,6 +91,8 @@ def baseline_registry(hubs: list[PortHub]) -> CollectorRegistry:
     fill, capacity = gauge("port_scrollback_bytes"), gauge("port_scrollback_capacity_bytes")
     skipped, sink_errors = counter("port_slow_reader_skipped_bytes"), counter("port_sink_errors")
     age = gauge("port_guest_output_age_seconds")
+    health = counter("port_guest_health_events", ("kind",))
+    kinds = sorted({pattern.kind for pattern in DEFAULT_PATTERNS})
     for hub in hubs:
         key = (hub.name, hub.config.group or "")
         from_guest.labels(*key).inc(hub.output.bytes_from_device)
@@ -106,6 +109,8 @@ def baseline_registry(hubs: list[PortHub]) -> CollectorRegistry:
         skipped.labels(*key).inc(0)
         sink_errors.labels(*key).inc(0)
         age.labels(*key).set(1.0)
+        for kind in kinds:
+            health.labels(*key, kind).inc(0)
     return registry
 
 
