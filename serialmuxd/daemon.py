@@ -31,12 +31,15 @@ from .errors import StartupError
 from .frontends.telnet import start_listener
 from .hub import PortHub, RefusalKind, Refused
 from .obs.audit import AuditLog
+from .obs.metrics import metrics_registry
 from .obs.sdnotify import sd_notify, watchdog_interval_s
 from .obs.webhook import WebhookSender, attach_alerts
 from .rlimits import DescriptorWatch, open_descriptors, raise_nofile_limit
 from .state import DaemonState, PortSwitch, StateStore
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from .auth.oidc import JwtVerifier
     from .frontends.http import HttpFrontend
 
@@ -97,6 +100,10 @@ class Daemon:
         built_access, self.front_door = build_access(config, self.audit)
         self.access = access if access is not None else built_access
         self.hubs: dict[str, PortHub] = {}
+        # Read from the hubs and the authenticator at scrape time (obs/metrics.py); never the global registry.
+        self.metrics_registry = metrics_registry(
+            lambda: self.hubs.values(), self.front_door.authenticator if self.front_door else None
+        )
         self.listeners: list[BoundListener] = []
         self.http_address: tuple[str, int] | None = None
         self._servers: list[asyncio.Server] = []
@@ -153,7 +160,6 @@ class Daemon:
             log.warning("config_deprecated", file=self.config.source, key=key, reason=reason)
         self.state = self._store.load()
         self._build_hubs()
-        self._webhook = attach_alerts(self.config.alerts, self.hubs.values())
         # From here until a clean stop the saved offsets are floors, not exact ends (a SIGKILL keeps them).
         self.state.clean_stop = False
         self._raise_offset_floors(force=True)
@@ -169,6 +175,8 @@ class Daemon:
         except StartupError:
             await self._close_servers()
             raise
+        # After the listeners (a start-up error leaves no sender task behind), before any guest byte.
+        self._webhook = attach_alerts(self.config.alerts, self.hubs.values())
         for hub in self.hubs.values():
             hub.start()
         for hub in self.hubs.values():
@@ -224,6 +232,21 @@ class Daemon:
 
     def console_switch(self) -> ConsoleSwitch:
         return ConsoleSwitch(self.state.console_enabled, self.state.console_reason)
+
+    def metrics(self, identity: Identity) -> CollectorRegistry:
+        """What ``GET /metrics`` serves: to an identity the policy lets view the host scope ``*``."""
+        decision = self.access.decide(identity, Verb.VIEW, "*")
+        if not decision:
+            self.audit(
+                "access_denied",
+                port="*",
+                verb=str(Verb.VIEW),
+                **identity.audit_fields(),
+                result="denied",
+                reason=decision.reason,
+            )
+            raise Refused(RefusalKind.FORBIDDEN, decision.reason)
+        return self.metrics_registry
 
     def _require_admin(self, identity: Identity, scope: str) -> None:
         decision = self.access.decide(identity, Verb.ADMIN, scope)

@@ -24,7 +24,6 @@ from serialmuxd.auth.tokens import new_token, token_digest
 from serialmuxd.config import parse_config
 from serialmuxd.control import ConsoleControl
 from serialmuxd.core.access import Identity
-from serialmuxd.daemon import Daemon
 from serialmuxd.frontends.http import build_app
 from serialmuxd.hub import RefusalKind, Refused
 from serialmuxd.obs.metrics import metrics_registry
@@ -32,9 +31,6 @@ from serialmuxd.obs.metrics import metrics_registry
 from .support import GuestPty, eventually, running_daemon
 
 pytestmark = pytest.mark.asyncio
-needs_daemon_metrics = pytest.mark.skipif(
-    not hasattr(Daemon, "metrics"), reason="the daemon does not serve metrics yet"
-)
 needs_promtool = pytest.mark.skipif(
     shutil.which("promtool") is None, reason="Debian prometheus not installed"
 )
@@ -90,7 +86,6 @@ def _sample(text: str, name: str, **labels: str) -> float:
     raise AssertionError(f"no sample {name}{{{wanted}}} in the scrape")
 
 
-@needs_daemon_metrics
 @needs_promtool
 async def test_metrics_pass_promtool_and_count_the_guest_bytes(tmp_path: Path) -> None:
     guest = GuestPty()
@@ -209,7 +204,6 @@ def _value_is(expected: int) -> Any:
     return check
 
 
-@needs_daemon_metrics
 @needs_prometheus
 async def test_a_real_prometheus_scrapes_with_a_bearer_token(tmp_path: Path) -> None:
     scraper, dashboard = new_token(), new_token()
