@@ -9,7 +9,10 @@ Run: ``.venv/bin/python bench/health_match.py [--mib 16]``.  Measured in one run
      cleaning path: the worst case);
    at read sizes of 256 B and 4 KiB (a serial line delivers small reads; a PTY or socket larger ones).
 2. The fan-out, MiB/s: ``PortHub.device_data_received`` to 10 attached sessions (sinks that only count),
-   with the port's matcher on and off (``health = false``), same chunks, best of 5.
+   with the port's matcher on and off (``health = false``), same chunks, best of 5.  The sinks do nothing,
+   so this is the fan-out's own cost per byte, the harshest comparison for the matcher.
+3. ``--e2e``: the real path, MiB/s: ``serialmuxd run`` (a separate process) between a PTY guest and one raw
+   TCP client, the boot log written to the PTY master, health on and off, best of 3 each.
 
 Baseline in the same run: the fan-out without matching.  Not part of the test suite.
 """
@@ -21,8 +24,13 @@ import dataclasses
 import logging
 import os
 import random
+import socket
+import subprocess
 import sys
+import tempfile
+import threading
 import time
+import tty
 from collections.abc import Callable
 from pathlib import Path
 
@@ -164,9 +172,77 @@ def fanout_mib_s(chunks: list[bytes], health: bool) -> float:
     return total / MIB / best_of(run)
 
 
+END_MARK = b"\r\n=== end of bench payload ===\r\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def e2e_mib_s(payload: bytes, health: bool) -> float:
+    """One run of the real daemon: guest PTY -> serialmuxd -> raw TCP client; payload MiB/s at the client."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "bench.toml"
+        config.write_text(
+            f'[daemon]\nlog_level = "error"\nstate_dir = "{tmp}"\n[[ports]]\nname = "p0"\n'
+            f'device = "tty:{os.ttyname(slave)}"\ntelnet = "127.0.0.1:{port}"\nraw = true\n'
+            f"replay_bytes = 0\nscrollback_bytes = {4 * MIB}\nhealth = {'true' if health else 'false'}\n"
+        )
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "serialmuxd", "run", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    client = socket.create_connection(("127.0.0.1", port), timeout=1)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            client.settimeout(30)
+            time.sleep(0.5)  # the attach notice
+            client.recv(1 << 20)
+            received = bytearray()
+            began = 0.0
+
+            def write() -> None:
+                view = memoryview(payload + END_MARK)
+                while view:
+                    written = os.write(master, view[: 64 * 1024])
+                    view = view[written:]
+
+            writer = threading.Thread(target=write)
+            began = time.perf_counter()
+            writer.start()
+            while END_MARK not in received[-len(END_MARK) - 4096 :]:
+                chunk = client.recv(1 << 20)
+                if not chunk:
+                    raise RuntimeError("daemon closed the connection")
+                received += chunk
+            elapsed = time.perf_counter() - began
+            writer.join()
+            client.close()
+            return len(payload) / MIB / elapsed
+        finally:
+            daemon.terminate()
+            daemon.wait(10)
+            os.close(master)
+            os.close(slave)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=16, help="MiB of each input (default 16)")
+    parser.add_argument("--e2e", action="store_true", help="also measure the real daemon, health on and off")
     args = parser.parse_args()
     # The boot log's incidents are reported (log, notices) like in the daemon; keep them off the terminal.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
@@ -184,6 +260,16 @@ def main() -> None:
             cost = (off / on - 1) * 100
             row = f"| {name} | {read_size} B | {matcher:,.0f} | {events} | {off:,.0f} | {on:,.0f}"
             print(f"{row} | {cost:+.1f} % |")
+    if args.e2e:
+        payload = inputs["boot log"]
+        runs: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(3):
+            for health in (False, True):
+                runs[health].append(e2e_mib_s(payload, health))
+        off, on = max(runs[False]), max(runs[True])
+        print("\n| real daemon, boot log, PTY -> raw TCP | health off | health on | cost |")
+        print("|---|---|---|---|")
+        print(f"| MiB/s, best of 3 | {off:,.1f} | {on:,.1f} | {(off / on - 1) * 100:+.1f} % |")
 
 
 if __name__ == "__main__":

@@ -118,7 +118,11 @@ class WebhookSender:
                 await self._wake.wait()
                 continue
             body = self._queue[0]
-            await self._deliver(body)
+            try:
+                await self._deliver(body)
+            except Exception:  # a bug (or an error aiohttp did not wrap) loses this alert, not the sender
+                self.failed += 1
+                log.exception("webhook_delivery_failed", console=body["console"], url=self.url)
             if self._queue and self._queue[0] is body:  # not pushed out meanwhile
                 self._queue.popleft()
 
