@@ -156,6 +156,25 @@ def _derive_triggers(regex: str) -> tuple[bytes, ...]:
     return (best.encode("utf-8"),)
 
 
+def _has_long_line(window: bytes, limit: int) -> bool:
+    """Some line of ``window`` (its first and last possibly unfinished) has ``limit`` bytes or more.
+
+    The first and last line are measured with find/rfind; the lines between only need splitting when the
+    stretch between the first and last line end is itself that long (rare: a read larger than a line).
+    """
+    if len(window) < limit:
+        return False
+    first = window.find(b"\n")
+    if first < 0 or first >= limit:
+        return True
+    last = window.rfind(b"\n")
+    if len(window) - last - 1 >= limit:
+        return True
+    if last - first - 1 < limit:
+        return False
+    return max(map(len, window[first + 1 : last].split(b"\n"))) >= limit
+
+
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     kind: str
@@ -241,7 +260,7 @@ class HealthMatcher:
         the next piece): with a line that long, answer "maybe" and let ``_scan`` decide.
         """
         window = bytes(self._line) + data if self._line else data
-        if len(window) >= self._max_line and max(map(len, window.split(b"\n"))) >= self._max_line:
+        if _has_long_line(window, self._max_line):
             return True
         cleaned = _ESCAPES_RE.sub(b"", window) if _ESC in window else window
         if b"\r" in cleaned:

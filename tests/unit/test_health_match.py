@@ -20,6 +20,7 @@ from serialmuxd.core.health import (
     HealthMatcher,
     HealthPattern,
     _derive_triggers,
+    _has_long_line,
     effective_patterns,
 )
 
@@ -218,3 +219,13 @@ def test_random_bytes_match_the_model(noise: bytes, cuts: list[int]) -> None:
     stream = noise + b"\nKernel panic - not syncing: z\n" + noise
     expected = _model(stream, DEFAULT_PATTERNS, 4096, 3)
     assert _feed_all(HealthMatcher(DEFAULT_PATTERNS), _chunks(stream, cuts), 3) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    window=st.lists(st.sampled_from([b"\n", b"x", b"xxxxxxxxxx", b"\x1b[1m"]), max_size=40).map(b"".join),
+    limit=st.integers(1, 40),
+)
+def test_long_line_check_equals_splitting(window: bytes, limit: int) -> None:
+    expected = max(map(len, window.split(b"\n"))) >= limit
+    assert _has_long_line(window, limit) is expected
