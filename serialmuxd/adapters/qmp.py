@@ -175,8 +175,14 @@ class QmpAdapter(HypervisorAdapter):
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # On Python 3.11 asyncio.wait_for can swallow a cancellation that arrives as its inner future
+            # finishes (fixed in 3.12): a task that went on looping would keep close() waiting for ever.
+            # Cancel again until it is done.
+            while not task.done():
+                await asyncio.wait([task], timeout=1.0)
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                task.result()
         self._supervisor = None
         if self._conn is not None:
             self._close_connection(self._conn, "adapter closed")
