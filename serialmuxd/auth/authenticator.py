@@ -35,6 +35,19 @@ from .users import UserDirectory
 TOKEN_PREFIX = "smx_"
 
 
+def certificate_names(transport: object) -> tuple[str, ...]:
+    """The names of the verified client certificate on ``transport`` (asyncio's or aiohttp's), or ``()``.
+    One helper for every front end; ``serialmuxd.tls`` (and with it ``cryptography``) is loaded only for a
+    TLS connection."""
+    get_extra_info = getattr(transport, "get_extra_info", None)
+    ssl_object = get_extra_info("ssl_object") if get_extra_info is not None else None
+    if ssl_object is None:
+        return ()
+    from ..tls import client_identities
+
+    return client_identities(ssl_object)
+
+
 def throttle_source(peer: Identity) -> str:
     """The key failed logins are counted under: the address, or for IPv6 its /64 (one host owns a whole
     /64, so counting single addresses would give it 2**64 fresh starts)."""

@@ -18,6 +18,7 @@ from typing import cast
 import structlog
 
 from ..adapters import Action
+from ..auth.authenticator import certificate_names
 from ..auth.setup import FrontDoor
 from ..config import ListenAddress
 from ..control import Console
@@ -52,15 +53,6 @@ def peer_text(peer: object) -> str:
         host, port = peer[0], peer[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     return str(peer)
-
-
-def _certificate_names(transport: asyncio.BaseTransport) -> tuple[str, ...]:
-    ssl_object = transport.get_extra_info("ssl_object")
-    if ssl_object is None:
-        return ()
-    from ..tls import client_identities  # the ssl module only where TLS is in use
-
-    return client_identities(ssl_object)
 
 
 def escape_controls(text: str) -> str:
@@ -114,7 +106,7 @@ class TelnetConnection(asyncio.Protocol):
         if self._door is None:
             self._attach(identity)
             return
-        by_certificate = self._door.authenticator.certificate(identity, _certificate_names(transport))
+        by_certificate = self._door.authenticator.certificate(identity, certificate_names(transport))
         if by_certificate is not None:
             self._attach(by_certificate)
             return

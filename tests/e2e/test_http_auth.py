@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from serialmuxd.auth.tokens import new_token, token_digest
 
 from .support import GuestPty, running_daemon
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")]
+pytestmark = pytest.mark.asyncio  # curl comes from ./dev's Debian packages: missing it is a failure
 
 PASSWORD = "canary-Pa55word-7f3a"  # a canary: it must never appear in the daemon's output
 OTHER_PASSWORD = "second-secret-91b2"

@@ -43,10 +43,10 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from ...auth.authenticator import certificate_names
 from ...auth.setup import FrontDoor
 from ...core.access import Identity
-from ..telnet import peer_text
-from .common import CONTROL_KEY, IDENTITY_KEY
+from .common import CONTROL_KEY, IDENTITY_KEY, peer_identity
 from .errors import ApiError
 from .oidc_signin import OPEN_PATHS as OIDC_OPEN_PATHS
 from .sessions import (
@@ -75,8 +75,7 @@ _BROWSER_CHALLENGE = 'Bearer realm="serialmuxd"'  # RFC 9110 wants a challenge o
 
 
 def _peer(request: web.Request) -> Identity:
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    return Identity("http", peer_text(peer) if peer else str(request.remote))
+    return peer_identity(request, "http")
 
 
 def unauthorized(request: web.Request, message: str, *, stale_cookie: bool = False) -> ApiError:
@@ -84,15 +83,6 @@ def unauthorized(request: web.Request, message: str, *, stale_cookie: bool = Fal
     if stale_cookie:
         headers["Set-Cookie"] = cleared_cookie_header(request)
     return ApiError("unauthorized", message, headers=headers)
-
-
-def _certificate_names(request: web.Request) -> tuple[str, ...]:
-    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
-    if ssl_object is None:
-        return ()
-    from ...tls import client_identities  # the ssl module only where TLS is in use
-
-    return client_identities(ssl_object)
 
 
 def refuse_if_throttled(door: FrontDoor, peer: Identity, user: str) -> None:
@@ -209,7 +199,7 @@ async def authenticate(request: web.Request) -> Identity:
         by_session, stale_cookie = _by_session(request, peer)
         if by_session is not None:
             return by_session
-        by_certificate = auth.certificate(peer, _certificate_names(request))
+        by_certificate = auth.certificate(peer, certificate_names(request.transport))
         if by_certificate is not None:
             return by_certificate
         if door.anonymous:

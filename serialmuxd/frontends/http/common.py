@@ -41,6 +41,11 @@ def identity(request: web.Request, transport: str) -> Identity:
     found: Identity | None = request.get(IDENTITY_KEY)
     if found is not None:
         return dataclasses.replace(found, transport=transport)
+    return peer_identity(request, transport)
+
+
+def peer_identity(request: web.Request, transport: str) -> Identity:
+    """The peer before authentication: where the request came from, nobody yet."""
     peer = request.transport.get_extra_info("peername") if request.transport else None
     return Identity(transport, peer_text(peer) if peer else str(request.remote))
 
