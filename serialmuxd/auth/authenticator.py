@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from ..core.access import Identity
 from ..core.throttle import LoginThrottle
+from ..obs.audit import AuditFn
 from .passwords import verify_password, verify_unknown_user
 from .tokens import TokenTable
 from .users import UserDirectory
@@ -65,10 +66,6 @@ class JwtCheck(Protocol):
     """What the authenticator needs of ``auth.oidc.JwtVerifier``."""
 
     async def verify(self, token: str) -> Any: ...
-
-
-class AuditFn(Protocol):
-    def __call__(self, event: str, /, **fields: Any) -> None: ...
 
 
 class Authenticator:

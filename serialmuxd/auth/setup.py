@@ -13,7 +13,8 @@ from ..config import Config
 from ..core.access import AccessPolicy
 from ..core.grants import RoleGrants
 from ..core.throttle import ConnectionGate
-from .authenticator import AuditFn, Authenticator
+from ..obs.audit import AuditFn
+from .authenticator import Authenticator
 from .users import UserDirectory, load_users
 
 

@@ -13,8 +13,9 @@
 from __future__ import annotations
 
 from ..core.access import AttachMode
+from ..obs.audit import AuditFn
 from .notices import Notice, NoticeKind
-from .port import SYSRQ_KEY_DELAY_S, AuditFn, PortHub
+from .port import SYSRQ_KEY_DELAY_S, PortHub
 from .session import EndReason, Role, Session, SessionSink
 from .status import (
     HypervisorStatus,

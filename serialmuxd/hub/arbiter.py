@@ -12,11 +12,10 @@ from collections.abc import Callable, Mapping
 
 from ..core.lease import LeaseDecision, LeaseInput, Outcome, WriterLease
 from ..core.policy import TakeoverPolicy
+from ..obs.audit import AuditFn
 from .clock import Scheduler, Timer, loop_scheduler
 from .notices import Notice, NoticeKind, clock_text
 from .session import EndReason, Role, Session
-
-AuditFn = Callable[..., None]
 
 
 class WriterArbiter:

@@ -28,12 +28,12 @@ import structlog
 
 from ..core.policy import SlowReaderPolicy
 from ..core.ring import RingBuffer
+from ..obs.audit import AuditFn
 from .notices import Notice, NoticeKind
 from .session import EndReason, Session
 
 log = structlog.get_logger("serialmuxd.hub")
 
-AuditFn = Callable[..., None]
 
 # Chunk size used when a session catches up from the ring; the sink pauses us again if it fills up.
 _CATCH_UP_CHUNK_BYTES = 64 * 1024

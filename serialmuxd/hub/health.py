@@ -16,13 +16,12 @@ reported event carries ``suppressed`` (how many were not reported before it).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
 
 import structlog
 
 from ..config import PortConfig
 from ..core.health import HealthEvent, HealthMatcher, HealthPattern, effective_patterns
-from ..obs.audit import escape_text
+from ..obs.audit import AuditFn, escape_text
 from .notices import Notice, NoticeKind
 
 log = structlog.get_logger("serialmuxd.health")
@@ -32,10 +31,6 @@ REPORTS_PER_WINDOW = 20
 NOTICE_LINE_CHARS = 200  # the notice repeats the guest's line for people: cut, the full line is in fields
 
 AlertFn = Callable[[str, HealthEvent, float], None]  # (console, event, wall time)
-
-
-class AuditFn(Protocol):
-    def __call__(self, event: str, /, **fields: Any) -> None: ...
 
 
 class GuestHealth:

@@ -32,7 +32,7 @@ import itertools
 import os
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from ..adapters import Action, AdapterError, HypervisorAdapter, StateReport
 from ..config import PortConfig
@@ -42,6 +42,7 @@ from ..core.lease import LeaseInput
 from ..core.ring import RingBuffer
 from ..core.timeline import Timeline, max_samples_for
 from ..devices.base import DeviceLink, DeviceListener
+from ..obs.audit import AuditFn
 from .arbiter import WriterArbiter
 from .clock import Scheduler, loop_scheduler
 from .device_input import DeviceInput
@@ -72,10 +73,6 @@ _ACTION_WORDS = {
     Action.RESTART: "restart the machine",
     Action.START: "start the machine",
 }
-
-
-class AuditFn(Protocol):
-    def __call__(self, event: str, /, **fields: Any) -> None: ...
 
 
 def _no_audit(event: str, /, **fields: Any) -> None:

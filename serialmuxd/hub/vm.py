@@ -12,10 +12,9 @@ from collections.abc import Callable
 
 from ..adapters import Action, AdapterError, AdapterErrorKind, HypervisorAdapter, StateReport, VmState
 from ..core.access import Identity, Verb
+from ..obs.audit import AuditFn
 from .notices import Notice, NoticeKind
 from .status import HypervisorStatus
-
-AuditFn = Callable[..., None]
 
 # The verb the access policy is asked for each action: powering on or off is as disruptive as a reset.
 ACTION_VERBS = {

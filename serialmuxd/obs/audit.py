@@ -59,7 +59,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -136,6 +136,12 @@ class AuditEvent(enum.StrEnum):
     # -- the daemon itself
     CONFIG_PROBLEM = "config_problem"  # a configuration or security problem found at start-up or reload
     AUDIT_LOST = "audit_lost"  # written by AuditLog itself: events the file missed during a write outage
+
+
+class AuditFn(Protocol):
+    """What every part that audits is given: ``AuditLog`` itself, or a stand-in in a unit test."""
+
+    def __call__(self, event: str, /, **fields: Any) -> None: ...
 
 
 class AuditLog:

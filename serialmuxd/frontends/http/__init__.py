@@ -18,13 +18,12 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from ...auth.authenticator import AuditFn
 from ...auth.tickets import TicketBook
 from ...auth.websessions import WebSessions
 from ...config import AuthSettings, HttpSettings, ListenAddress
 from ...control import ConsoleControl
 from ...errors import StartupError
-from ...obs.audit import AuditLog
+from ...obs.audit import AuditFn, AuditLog
 from . import metrics, oidc_signin, pages, recording, rest, signin
 from .authn import authentication_middleware
 from .common import CONTROL_KEY, SETTINGS_KEY

@@ -21,10 +21,10 @@ from typing import Any
 
 from aiohttp import web
 
-from ...auth.authenticator import AuditFn
 from ...auth.tickets import TicketBook
 from ...auth.websessions import WebSession, WebSessions
 from ...core.access import Identity
+from ...obs.audit import AuditFn
 from .common import IDENTITY_KEY, SETTINGS_KEY, identity
 
 SESSION_COOKIE = "serialmuxd_session"
