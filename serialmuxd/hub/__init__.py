@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from ..core.access import AttachMode
 from ..obs.audit import AuditFn
+from .api import SYSRQ_KEY_DELAY_S
 from .notices import Notice, NoticeKind
-from .port import SYSRQ_KEY_DELAY_S, PortHub
+from .port import PortHub
 from .session import EndReason, Role, Session, SessionSink
 from .status import (
     HypervisorStatus,

@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import time
 from collections.abc import Callable
 from typing import Any
 
-from ..adapters import Action, AdapterError, HypervisorAdapter, StateReport
+from ..adapters import Action, AdapterError, HypervisorAdapter
 from ..config import PortConfig
 from ..core.access import AccessPolicy, AttachMode, Identity, Verb
 from ..core.keys import key_bytes
@@ -43,6 +42,7 @@ from ..core.ring import RingBuffer
 from ..core.timeline import Timeline, max_samples_for
 from ..devices.base import DeviceLink, DeviceListener
 from ..obs.audit import AuditFn
+from .api import SYSRQ_KEY_DELAY_S, LineRequests
 from .arbiter import WriterArbiter
 from .clock import Scheduler, loop_scheduler
 from .device_input import DeviceInput
@@ -54,8 +54,6 @@ from .status import (
     PortState,
     PortStatus,
     RecordingSlice,
-    RefusalKind,
-    Refused,
     ScrollbackSlice,
     ScrollbackStatus,
     WriterStatus,
@@ -65,8 +63,6 @@ from .writer_watch import WriterWatch
 
 # Scrollback replayed by the escape command when the port replays nothing on attach.
 _MIN_MANUAL_REPLAY_BYTES = 4096
-# Linux accepts the SysRq key within 5 s after a BREAK; leave the UART time to settle first.
-SYSRQ_KEY_DELAY_S = 0.3
 _ACTION_WORDS = {
     Action.NMI: "send an NMI",
     Action.RESET: "hard-reset the machine",
@@ -79,7 +75,7 @@ def _no_audit(event: str, /, **fields: Any) -> None:
     return None
 
 
-class PortHub(DeviceListener):
+class PortHub(DeviceListener, LineRequests):
     """State and policy of one port.  See the module docstring for the invariants."""
 
     def __init__(
@@ -261,14 +257,6 @@ class PortHub(DeviceListener):
     def _record_time(self, data: bytes, offset: int) -> None:
         self.timeline.record(offset, len(data), self._wall())
         self.timeline.forget_before(self.ring.start)
-
-    @property
-    def device_text(self) -> str:
-        """The device for people: an exec command shows only its program, never its arguments (secrets)."""
-        spec = self.config.device
-        if spec.argv:
-            return f"exec:{os.path.basename(spec.argv[0])}"
-        return spec.raw
 
     # -- device side (DeviceListener) ------------------------------------------------------------
     def device_data_received(self, data: bytes) -> None:
@@ -496,51 +484,6 @@ class PortHub(DeviceListener):
             missed=session.missed_bytes,
         )
 
-    # -- requests without a session (HTTP API) ---------------------------------------------------------
-    def api_input(self, identity: Identity, data: bytes, what: str) -> None:
-        """Bytes from an API call (named keys, SysRq), paced like typed input; audited by size only (input
-        may be a secret).  Raises ``Refused``."""
-        self._refuse_api_line_use(identity, Verb.BREAK, what)
-        self._audit("api_input", port=self.name, **identity.audit_fields(), what=what, bytes=len(data))
-        self.input.write(data)
-
-    def api_keys(self, identity: Identity, names: list[str]) -> int:
-        """Named keys through the port's key profile; returns the bytes sent.  Raises ``Refused``."""
-        try:
-            payload = b"".join(key_bytes(self.config.key_profile, name) for name in names)
-        except KeyError as exc:
-            raise Refused(
-                RefusalKind.UNKNOWN_KEY,
-                f"unknown key {str(exc.args[0])[:20]!r} for key profile {self.config.key_profile}",
-            ) from None
-        self.api_input(identity, payload, "send keys")
-        return len(payload)
-
-    def api_break(self, identity: Identity) -> None:
-        """A serial BREAK from an API call; same rules as ``api_input``."""
-        self._refuse_api_line_use(identity, Verb.BREAK, "send BREAK")
-        assert self.link is not None
-        if not self.link.send_break():
-            raise Refused(RefusalKind.NOT_SUPPORTED, f"{self.device_text} cannot send a serial BREAK")
-        self._audit("break", port=self.name, **identity.audit_fields())
-
-    async def api_sysrq(self, identity: Identity, key: str) -> None:
-        self.api_break(identity)
-        await asyncio.sleep(SYSRQ_KEY_DELAY_S)
-        # Checked again: a writer may have attached, or the device gone, during the pause.
-        self.api_input(identity, key.encode(), "send SysRq")
-
-    async def api_action(self, identity: Identity, action: Action) -> None:
-        """A hypervisor action from the API.  Raises ``Refused`` (policy) or ``AdapterError``."""
-        self._require(identity, ACTION_VERBS[action])
-        await self.vm.run(action, identity)
-
-    async def api_vm_state(self, identity: Identity) -> StateReport:
-        self._require(identity, Verb.VIEW)
-        if self.vm.adapter is None:
-            raise Refused(RefusalKind.NOT_SUPPORTED, f"console {self.name} has no [ports.hypervisor]")
-        return await self.vm.state_report()
-
     def who_notice(self) -> Notice:
         holder = self.arbiter.lease.holder
         viewers = [s for s in self.sessions.values() if s.role is Role.VIEWER]
@@ -556,29 +499,12 @@ class PortHub(DeviceListener):
         )
 
     # -- internals --------------------------------------------------------------------------------
-    def _require(self, identity: Identity, verb: Verb) -> None:
-        decision = self.access.decide(identity, verb, self.name)
-        if not decision:
-            self._denied(identity, verb, decision.reason)
-            raise Refused(RefusalKind.FORBIDDEN, decision.reason)
-
     def _session_may(self, session: Session, verb: Verb) -> bool:
         decision = self.access.decide(session.identity, verb, self.name, session.mode)
         if not decision:
             self._denied(session.identity, verb, decision.reason, session)
             session.notify(Notice(NoticeKind.REFUSED, decision.reason))
         return decision.allowed
-
-    def _denied(self, identity: Identity, verb: Verb, reason: str, session: Session | None = None) -> None:
-        self._audit(
-            "access_denied",
-            port=self.name,
-            session=None if session is None else session.id,
-            verb=str(verb),
-            **identity.audit_fields(),
-            result="denied",
-            reason=reason,
-        )
 
     def _request_write(self, session: Session, kind: LeaseInput) -> None:
         if session.closed:  # a detached session's late command must not take the lease
@@ -644,25 +570,6 @@ class PortHub(DeviceListener):
                     {"discarded": count},
                 )
             )
-
-    def _refuse_api_line_use(self, identity: Identity, verb: Verb, what: str) -> None:
-        """API calls without a session may use the line only while nobody holds the writer lease (the
-        one-writer rule) and the device is online.  Raises ``Refused``."""
-        self._require(identity, verb)  # first: without the verb, nothing of the console's state is told
-        holder = self.arbiter.lease.holder
-        if holder is not None:
-            raise Refused(
-                RefusalKind.IN_USE,
-                f"{self.name} has a writer ({holder.who}); {what} from its session, or take over first",
-                holder.who,
-            )
-        if self.state is PortState.DISABLED:
-            raise Refused(RefusalKind.DISABLED, f"console {self.name} is disabled: {self.state_reason}")
-        if not self.input.online:
-            raise Refused(RefusalKind.OFFLINE, f"console {self.name} is {self.state}: {self.state_reason}")
-        if self.input.queue_full:
-            # No client to pause here: refuse instead of queueing without bound.
-            raise Refused(RefusalKind.QUEUE_FULL, f"{self.name}: input queue full, try again shortly")
 
     def _set_state(self, state: PortState, reason: str) -> None:
         self.state = state
