@@ -1,0 +1,276 @@
+"""The client's pure parts: error codes to exit codes, the settings' precedence and checks, control
+characters made visible, stream offsets and the missed-bytes report, the attach-mode rule, the ports
+table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from serialmuxd.client.commands import ports_table
+from serialmuxd.client.connect import attach_mode
+from serialmuxd.client.errors import CODE_EXITS, ClientError, Exit, api_error, exit_for
+from serialmuxd.client.resume import Cursor, Resumption
+from serialmuxd.client.settings import (
+    DEFAULT_URL,
+    authorization,
+    check_url,
+    config_path,
+    load_file,
+    read_token,
+    resolve,
+)
+from serialmuxd.client.visible import Visualiser, visible
+from serialmuxd.frontends.http.errors import ERROR_CODES
+
+# -- exit codes ---------------------------------------------------------------------------------------------
+
+
+def test_every_daemon_error_code_has_an_exit_code() -> None:
+    assert set(CODE_EXITS) == set(ERROR_CODES)
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "expected"),
+    [
+        ("unknown_port", 404, Exit.NOT_FOUND),
+        ("unauthorized", 401, Exit.DENIED),
+        ("forbidden", 403, Exit.DENIED),
+        ("console_in_use", 409, Exit.CONFLICT),
+        ("console_disabled", 503, Exit.UNAVAILABLE),
+        ("hypervisor_failed", 502, Exit.FAILED),
+        ("bad_request", 400, Exit.USAGE),
+        (None, 404, Exit.NOT_FOUND),
+        (None, 409, Exit.CONFLICT),
+        (None, 500, Exit.FAILED),
+        ("some_new_code", 503, Exit.UNAVAILABLE),
+    ],
+)
+def test_exit_for(code: str | None, status: int, expected: Exit) -> None:
+    assert exit_for(code, status) is expected
+
+
+def test_api_error_message() -> None:
+    err = api_error(409, {"code": "console_in_use", "message": "alice is writing"}, "break vm1")
+    assert str(err) == "break vm1: alice is writing (console_in_use)" and err.exit_code is Exit.CONFLICT
+    assert str(api_error(502, None, "nmi vm1")) == "nmi vm1: HTTP 502"
+
+
+# -- settings -----------------------------------------------------------------------------------------------
+
+
+def test_precedence_flags_then_environment_then_file(tmp_path: Path) -> None:
+    file = {"url": "http://file:1", "user": "fileuser", "escape": "^]"}
+    env = {"SERIALMUX_URL": "http://env:2", "SERIALMUX_USER": "envuser"}
+    s = resolve({"url": "https://flag:3"}, env, file)
+    assert (s.url, s.user, s.escape) == ("https://flag:3", "envuser", "^]")
+    assert resolve({}, {}, {}).url == DEFAULT_URL
+    assert resolve({}, {}, {}).escape == "~"
+
+
+def test_config_path() -> None:
+    assert config_path({"SERIALMUX_CONFIG": "/x/c.toml"}) == Path("/x/c.toml")
+    assert config_path({"XDG_CONFIG_HOME": "/cfg"}) == Path("/cfg/serialmux/config.toml")
+
+
+def test_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('url = "https://h:8443"\ntoken_file = "token"\nca_file = "/etc/ca.pem"\n')
+    assert load_file(path, True) == {
+        "url": "https://h:8443",
+        "token_file": str(tmp_path / "token"),
+        "ca_file": "/etc/ca.pem",
+    }
+    assert load_file(tmp_path / "missing.toml", False) == {}
+    with pytest.raises(ClientError, match="no such file"):
+        load_file(tmp_path / "missing.toml", True)
+    path.write_text('urll = "x"\n')
+    with pytest.raises(ClientError, match=r"config\.toml: urll: unknown key") as info:
+        load_file(path, True)
+    assert info.value.exit_code is Exit.USAGE
+    path.write_text("url = 5\n")
+    with pytest.raises(ClientError, match="url: must be a string"):
+        load_file(path, True)
+    path.write_text("url = \n")
+    with pytest.raises(ClientError, match=r"config\.toml"):
+        load_file(path, True)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["ftp://h", "http://", "http://u:p@h:1", "http://h:1/api", "http://h:99999", "http://h?x=1", "h:1"],
+)
+def test_bad_urls(url: str) -> None:
+    with pytest.raises(ClientError) as info:
+        check_url(url)
+    assert info.value.exit_code is Exit.USAGE
+
+
+def test_good_urls() -> None:
+    assert check_url("http://127.0.0.1:8480/") == "http://127.0.0.1:8480"
+    assert check_url("https://[::1]:8443") == "https://[::1]:8443"
+
+
+def test_token_file(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("  s3cret-token \nsecond line\n")
+    path.chmod(0o600)
+    assert read_token(path) == "s3cret-token"
+    s = resolve({"token_file": str(path)}, {}, {})
+    assert authorization(s, lambda _: "unused") == "Bearer s3cret-token"
+    path.chmod(0o640)
+    with pytest.raises(ClientError, match="others may read it"):
+        read_token(path)
+    path.write_text("\n")
+    path.chmod(0o600)
+    with pytest.raises(ClientError, match="empty"):
+        read_token(path)
+
+
+def test_password_from_environment_or_prompt() -> None:
+    asked: list[str] = []
+
+    def prompt(text: str) -> str:
+        asked.append(text)
+        return "pw"
+
+    s = resolve({"user": "alice"}, {"SERIALMUX_PASSWORD": "env-pw"}, {})
+    assert authorization(s, prompt) == "Basic YWxpY2U6ZW52LXB3"  # alice:env-pw
+    assert asked == []
+    s = resolve({"user": "alice"}, {}, {})
+    assert authorization(s, prompt) == "Basic YWxpY2U6cHc="  # alice:pw
+    assert asked == ["password for alice: "]
+    assert authorization(resolve({}, {}, {}), prompt) is None
+
+    def no_terminal(text: str) -> str:
+        raise EOFError
+
+    with pytest.raises(ClientError, match="SERIALMUX_PASSWORD"):
+        authorization(s, no_terminal)
+
+
+def test_key_without_certificate() -> None:
+    with pytest.raises(ClientError, match="needs its certificate"):
+        resolve({"key_file": "/k.pem"}, {}, {})
+
+
+# -- visible ------------------------------------------------------------------------------------------------
+
+
+def test_visible() -> None:
+    assert visible(b"hello\r\nworld\n") == "hello\nworld\n"
+    assert visible(b"\x1b[1mbold\x1b[0m\ttab") == "^[[1mbold^[[0m\ttab"
+    assert visible(b"bell\x07 del\x7f") == "bell^G del^?"
+    assert visible(b"cr\ronly") == "cr^Monly"
+    assert visible(b"end\r") == "end^M"
+    assert visible("naïve €".encode()) == "naïve €"
+    assert visible(b"bad\xff\xfe") == "bad\\xff\\xfe"
+    assert visible("\u009b".encode()) == "\\x9b"
+
+
+@given(st.binary(max_size=80), st.integers(0, 80))
+def test_visible_is_the_same_in_any_two_pieces(data: bytes, cut: int) -> None:
+    v = Visualiser()
+    assert v.feed(data[:cut]) + v.feed(data[cut:], final=True) == visible(data)
+
+
+@given(st.binary(max_size=80))
+def test_visible_output_has_no_control_characters(data: bytes) -> None:
+    assert all(ch in "\n\t" or (ord(ch) >= 0x20 and ord(ch) != 0x7F) for ch in visible(data))
+
+
+# -- offsets and resumption --------------------------------------------------------------------------------
+
+
+def test_cursor() -> None:
+    c = Cursor()
+    c.hello({"type": "hello", "offset": 100}, None)
+    assert c.offset == 100
+    c.notice({"kind": "replay_start", "offset": 60})
+    c.data(40)
+    c.notice({"kind": "replay_end", "offset": 100})
+    assert c.offset == 100
+    c.data(5)
+    c.notice({"kind": "guest_health", "offset": 3})  # where a line began: not the cursor
+    assert c.offset == 105
+    c.notice({"kind": "missed", "missed": 20, "offset": 125})
+    assert c.offset == 125
+    c.notice({"kind": "restart_gap", "from": 125, "to": 1 << 40, "exact": True, "lost": 0})
+    assert c.offset == 1 << 40
+    resumed = Cursor()
+    resumed.hello({"type": "hello", "offset": 999}, 42)  # from= asked: the bytes start there
+    assert resumed.offset == 42
+
+
+def _notice(kind: str, **fields: object) -> dict[str, object]:
+    return {"type": "notice", "kind": kind, "text": "...", **fields}
+
+
+def test_resumption_reports_exactly() -> None:
+    r = Resumption(500)
+    assert r.event(_notice("attached")) is None
+    assert r.data() == "resumed from offset 500: no bytes missed"
+    assert r.data() is None and r.finish() is None
+
+    r = Resumption(500)
+    assert r.event(_notice("missed", missed=123, offset=623)) is None
+    assert (
+        r.event(_notice("write_granted"))
+        == "resumed from offset 500: 123 bytes of console output were missed"
+    )
+
+    r = Resumption(500)
+    r.event(_notice("restart_gap", exact=True, lost=0))
+    assert r.data() == "resumed from offset 500: no bytes missed"
+
+    r = Resumption(500)
+    r.event(_notice("restart_gap", exact=True, lost=7))
+    r.event(_notice("missed", missed=3))
+    assert r.finish() == "resumed from offset 500: 10 bytes of console output were missed"
+
+    r = Resumption(500)
+    r.event(_notice("restart_gap", exact=False, lost=None))
+    line = r.data()
+    assert line is not None and "unknown" in line
+
+
+# -- attach mode and the table ------------------------------------------------------------------------------
+
+
+def test_attach_mode() -> None:
+    assert attach_mode(False, False, None, False) == ("rw", "")
+    assert attach_mode(True, True, None, False) == ("ro", "")
+    mode, note = attach_mode(False, False, "telnet 127.0.0.1:5555", False)
+    assert mode == "ro" and "telnet 127.0.0.1:5555 is writing" in note and "~f" in note
+    assert attach_mode(False, True, "alice", False) == ("rw", "")
+    assert attach_mode(False, False, "alice", True) == ("rw", "")  # our own write access, reconnecting
+
+
+def test_ports_table() -> None:
+    table = ports_table(
+        [
+            {
+                "name": "vm1",
+                "state": "online",
+                "writer": {"who": "alice", "since": 0},
+                "viewers": 2,
+                "hypervisor": {"state": "running"},
+            },
+            {
+                "name": "long-name",
+                "state": "offline",
+                "state_reason": "no device",
+                "writer": None,
+                "viewers": 0,
+                "hypervisor": None,
+            },
+        ]
+    )
+    lines = table.splitlines()
+    assert lines[0].split() == ["NAME", "STATE", "WRITER", "VIEWERS", "VM"]
+    assert lines[1].split() == ["vm1", "online", "alice", "2", "running"]
+    assert lines[2].startswith("long-name  offline (no device)")
+    assert lines[1].index("alice") == lines[0].index("WRITER")
