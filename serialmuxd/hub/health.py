@@ -72,8 +72,13 @@ class GuestHealth:
 
     def configure(self, patterns: Sequence[HealthPattern], alert: AlertFn | None) -> None:
         """The daemon's [alerts]: patterns for every port (after the port's own) and the webhook."""
+        self.matcher.close()
         self.matcher = HealthMatcher(effective_patterns(self.config.health_patterns, patterns))
         self.alert = alert
+
+    def close(self) -> None:
+        """The port is going away: release the matcher's Hyperscan stream."""
+        self.matcher.close()
 
     def observe(self, data: bytes, offset: int) -> None:
         """``OutputFanout`` observer: every guest chunk and the offset of its first byte."""

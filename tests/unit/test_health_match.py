@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from serialmuxd.core import health_accel
 from serialmuxd.core.health import (
     DEFAULT_PATTERNS,
     HealthEvent,
@@ -58,6 +59,21 @@ def _model(
     return events
 
 
+# Every matcher test runs with both pre-filters: the portable one and Hyperscan's (when installed: the
+# ``fast`` extra, which ./dev installs, so CI runs both).  They must give the same events.
+BOTH = pytest.mark.parametrize(
+    "accelerate",
+    [
+        pytest.param(False, id="portable"),
+        pytest.param(
+            True,
+            id="hyperscan",
+            marks=pytest.mark.skipif(not health_accel.available(), reason="hyperscan is not installed"),
+        ),
+    ],
+)
+
+
 def _feed_all(matcher: HealthMatcher, chunks: list[bytes], base: int = 0) -> list[HealthEvent]:
     events = []
     offset = base
@@ -84,8 +100,9 @@ SAMPLES = {
 
 
 @pytest.mark.parametrize("kind", sorted(SAMPLES))
-def test_each_shipped_kind_matches_its_sample(kind: str) -> None:
-    matcher = HealthMatcher(DEFAULT_PATTERNS)
+@BOTH
+def test_each_shipped_kind_matches_its_sample(accelerate: bool, kind: str) -> None:
+    matcher = HealthMatcher(DEFAULT_PATTERNS, accelerate=accelerate)
     line = SAMPLES[kind]
     assert matcher.feed(b"hello\r\n" + line + b"\r\n", 1000) == [HealthEvent(kind, line.decode(), 1007)]
 
@@ -100,8 +117,11 @@ def test_each_shipped_kind_matches_its_sample(kind: str) -> None:
         (b'<INSTANCE CLASSNAME="BLUESCREEN">', "windows_bugcheck"),
     ],
 )
-def test_more_shipped_forms(line: bytes, kind: str) -> None:
-    assert HealthMatcher(DEFAULT_PATTERNS).feed(line + b"\n", 0) == [HealthEvent(kind, line.decode(), 0)]
+@BOTH
+def test_more_shipped_forms(accelerate: bool, line: bytes, kind: str) -> None:
+    assert HealthMatcher(DEFAULT_PATTERNS, accelerate=accelerate).feed(line + b"\n", 0) == [
+        HealthEvent(kind, line.decode(), 0)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -114,12 +134,14 @@ def test_more_shipped_forms(line: bytes, kind: str) -> None:
         b"oops, a typo",
     ],
 )
-def test_lines_that_are_not_incidents(line: bytes) -> None:
-    assert HealthMatcher(DEFAULT_PATTERNS).feed(line + b"\r\n", 0) == []
+@BOTH
+def test_lines_that_are_not_incidents(accelerate: bool, line: bytes) -> None:
+    assert HealthMatcher(DEFAULT_PATTERNS, accelerate=accelerate).feed(line + b"\r\n", 0) == []
 
 
-def test_escapes_inside_a_keyword_and_across_reads() -> None:
-    matcher = HealthMatcher(DEFAULT_PATTERNS)
+@BOTH
+def test_escapes_inside_a_keyword_and_across_reads(accelerate: bool) -> None:
+    matcher = HealthMatcher(DEFAULT_PATTERNS, accelerate=accelerate)
     chunks = [
         b"\x1b[0;31mKer",
         b"nel pa\x1b",
@@ -131,22 +153,25 @@ def test_escapes_inside_a_keyword_and_across_reads() -> None:
     assert _feed_all(matcher, chunks, 500) == [HealthEvent("panic", "Kernel panic - not syncing: boom", 500)]
 
 
-def test_carriage_return_inside_a_keyword_is_removed() -> None:
-    assert HealthMatcher(DEFAULT_PATTERNS).feed(b"Oo\rps: 0000 [#1]\n", 7) == [
+@BOTH
+def test_carriage_return_inside_a_keyword_is_removed(accelerate: bool) -> None:
+    assert HealthMatcher(DEFAULT_PATTERNS, accelerate=accelerate).feed(b"Oo\rps: 0000 [#1]\n", 7) == [
         HealthEvent("oops", "Oops: 0000 [#1]", 7)
     ]
 
 
-def test_one_event_per_line_first_pattern_wins() -> None:
+@BOTH
+def test_one_event_per_line_first_pattern_wins(accelerate: bool) -> None:
     own = (HealthPattern("mine", r"Kernel panic"),)
-    matcher = HealthMatcher(effective_patterns(own, ()))
+    matcher = HealthMatcher(effective_patterns(own, ()), accelerate=accelerate)
     assert matcher.feed(b"Kernel panic - not syncing: x\n", 0) == [
         HealthEvent("mine", "Kernel panic - not syncing: x", 0)
     ]
 
 
-def test_long_lines_are_cut_and_bounded() -> None:
-    matcher = HealthMatcher(DEFAULT_PATTERNS, max_line_bytes=64)
+@BOTH
+def test_long_lines_are_cut_and_bounded(accelerate: bool) -> None:
+    matcher = HealthMatcher(DEFAULT_PATTERNS, max_line_bytes=64, accelerate=accelerate)
     line = b"x" * 100 + b" Oops: here" + b"\n"
     events = _feed_all(matcher, [line[i : i + 7] for i in range(0, len(line), 7)], 10)
     assert events == [HealthEvent("oops", "x" * 36 + " Oops: here", 10 + 64)]
@@ -154,8 +179,9 @@ def test_long_lines_are_cut_and_bounded() -> None:
     assert matcher.pending_bytes < 64
 
 
-def test_no_patterns_no_events() -> None:
-    assert HealthMatcher(()).feed(b"Kernel panic - not syncing\n", 0) == []
+@BOTH
+def test_no_patterns_no_events(accelerate: bool) -> None:
+    assert HealthMatcher((), accelerate=accelerate).feed(b"Kernel panic - not syncing\n", 0) == []
 
 
 def test_derived_triggers() -> None:
@@ -191,6 +217,7 @@ _ALPHABET = [
 _CUSTOM = (HealthPattern("disk", r"disk \d+ failed"),)
 
 
+@BOTH
 @settings(max_examples=300, deadline=None)
 @given(
     parts=st.lists(st.sampled_from(_ALPHABET), max_size=60),
@@ -200,25 +227,29 @@ _CUSTOM = (HealthPattern("disk", r"disk \d+ failed"),)
     custom=st.booleans(),
 )
 def test_any_chunking_gives_the_model_events(
-    parts: list[bytes], cuts: list[int], limit: int, base: int, custom: bool
+    accelerate: bool, parts: list[bytes], cuts: list[int], limit: int, base: int, custom: bool
 ) -> None:
     stream = b"".join(parts)
     patterns = effective_patterns(_CUSTOM if custom else (), ())
     expected = _model(stream, patterns, limit, base)
-    whole = HealthMatcher(patterns, max_line_bytes=limit)
+    whole = HealthMatcher(patterns, max_line_bytes=limit, accelerate=accelerate)
     assert _feed_all(whole, [stream], base) == expected
-    chunked = HealthMatcher(patterns, max_line_bytes=limit)
+    chunked = HealthMatcher(patterns, max_line_bytes=limit, accelerate=accelerate)
     assert _feed_all(chunked, _chunks(stream, cuts), base) == expected
-    bytewise = HealthMatcher(patterns, max_line_bytes=limit)
+    bytewise = HealthMatcher(patterns, max_line_bytes=limit, accelerate=accelerate)
     assert _feed_all(bytewise, [stream[i : i + 1] for i in range(len(stream))], base) == expected
 
 
 @settings(max_examples=100, deadline=None)
 @given(noise=st.binary(max_size=2000), cuts=st.lists(st.integers(0, 2000), max_size=20))
-def test_random_bytes_match_the_model(noise: bytes, cuts: list[int]) -> None:
+@BOTH
+def test_random_bytes_match_the_model(accelerate: bool, noise: bytes, cuts: list[int]) -> None:
     stream = noise + b"\nKernel panic - not syncing: z\n" + noise
     expected = _model(stream, DEFAULT_PATTERNS, 4096, 3)
-    assert _feed_all(HealthMatcher(DEFAULT_PATTERNS), _chunks(stream, cuts), 3) == expected
+    assert (
+        _feed_all(HealthMatcher(DEFAULT_PATTERNS, accelerate=accelerate), _chunks(stream, cuts), 3)
+        == expected
+    )
 
 
 @settings(max_examples=300, deadline=None)
@@ -229,3 +260,66 @@ def test_random_bytes_match_the_model(noise: bytes, cuts: list[int]) -> None:
 def test_long_line_check_equals_splitting(window: bytes, limit: int) -> None:
     expected = max(map(len, window.split(b"\n"))) >= limit
     assert _has_long_line(window, limit) is expected
+
+
+_REMOVABLE_SPANS = [
+    b"\x1b[1m",
+    b"\x1b[0;31m",
+    b"\x1b]0;title\x07",
+    b"\x1b]2;t\x1b\\",
+    b"\x1b(B",
+    b"\x1b7",
+    b"\r",
+]
+
+
+@BOTH
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.data(),
+    kind=st.sampled_from(sorted(SAMPLES)),
+    cuts=st.lists(st.integers(0, 400), max_size=30),
+)
+def test_escapes_inserted_anywhere_in_an_incident_line(
+    accelerate: bool, data: st.DataObject, kind: str, cuts: list[int]
+) -> None:
+    # Any removable span (escape sequence or carriage return) at any position of the line: still one event,
+    # the same one, however the stream is cut.
+    line = SAMPLES[kind]
+    positions = data.draw(st.lists(st.integers(0, len(line)), max_size=6))
+    spans = data.draw(st.lists(st.sampled_from(_REMOVABLE_SPANS), min_size=len(positions), max_size=6))
+    raw = bytearray(line)
+    for position, span in sorted(zip(positions, spans, strict=False), reverse=True):
+        raw[position:position] = span
+    stream = b"boot ok\r\n" + bytes(raw) + b"\r\nafter\n"
+    expected = _model(stream, DEFAULT_PATTERNS, 4096)
+    assert [event.kind for event in expected] == [kind]
+    matcher = HealthMatcher(DEFAULT_PATTERNS, accelerate=accelerate)
+    assert _feed_all(matcher, _chunks(stream, cuts)) == expected
+
+
+@BOTH
+def test_chunks_without_a_trigger_are_not_scanned(accelerate: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The pre-filter's job: ordinary output (with colour escapes for the accelerated one, which sees through
+    # them) never reaches the per-line scan; an incident does.
+    scanned: list[bytes] = []
+    scan = HealthMatcher._scan
+
+    def counting(self: HealthMatcher, data: bytes, offset: int) -> list[HealthEvent]:
+        scanned.append(data)
+        return scan(self, data, offset)
+
+    monkeypatch.setattr(HealthMatcher, "_scan", counting)
+    matcher = HealthMatcher(DEFAULT_PATTERNS, accelerate=accelerate)
+    assert matcher.accelerated is (accelerate and health_accel.available())
+    plain = b"[    1.000000] EXT4-fs (vda1): mounted filesystem. Quota mode: none.\r\n" * 50
+    colour = b"[\x1b[0;32m  OK  \x1b[0m] Started \x1b[1mJournal Service\x1b[0m.\r\n" * 50
+    offset = 0
+    for chunk in [plain, colour, plain] if accelerate else [plain, plain]:
+        assert matcher.feed(chunk, offset) == []
+        offset += len(chunk)
+    assert scanned == []
+    panic = b"[   12.3] Kernel panic - not syncing: x\r\n"
+    assert [e.kind for e in matcher.feed(panic, offset)] == ["panic"]
+    assert scanned == [panic]
+    matcher.close()
