@@ -20,7 +20,7 @@ import structlog
 
 from .adapters import make_adapter
 from .auth.setup import FrontDoor, build_access
-from .config import Config, ListenAddress
+from .config import Config, ListenAddress, PortConfig
 from .config import is_loopback_host as _is_loopback
 from .control import Console, ConsoleSwitch
 from .core.access import AccessPolicy, AttachMode, Identity, Verb
@@ -34,6 +34,7 @@ from .obs.audit import AuditLog
 from .obs.metrics import metrics_registry
 from .obs.sdnotify import sd_notify, watchdog_interval_s
 from .obs.webhook import WebhookSender, attach_alerts
+from .reload.runner import Reloader
 from .rlimits import DescriptorWatch, open_descriptors, raise_nofile_limit
 from .state import DaemonState, PortSwitch, StateStore
 
@@ -100,11 +101,16 @@ class Daemon:
         built_access, self.front_door = build_access(config, self.audit)
         self.access = access if access is not None else built_access
         self.hubs: dict[str, PortHub] = {}
+        # SIGHUP: read the file again and apply what changed (serialmuxd/reload/), one reload at a time.
+        self.reloader = Reloader(self)
         # Read from the hubs and the authenticator at scrape time (obs/metrics.py); never the global registry.
         self.metrics_registry = metrics_registry(
-            lambda: self.hubs.values(), self.front_door.authenticator if self.front_door else None
+            lambda: self.hubs.values(),
+            self.front_door.authenticator if self.front_door else None,
+            reloads=self.reloader.stats,
         )
         self.listeners: list[BoundListener] = []
+        self._bindings: list[tuple[PortHub, asyncio.Server, list[BoundListener]]] = []  # per port's hub
         self.http_address: tuple[str, int] | None = None
         self._servers: list[asyncio.Server] = []
         self._http: HttpFrontend | None = None
@@ -125,20 +131,25 @@ class Daemon:
         )
         for port in self.config.ports:
             offset = self.state.offsets.get(port.name, 0)
-            hub = PortHub(
-                port,
-                self._link_factory,
-                access=self.access,
-                adapter=None if port.hypervisor is None else make_adapter(port.hypervisor, port.name),
-                audit=self.audit,
-                start_offset=offset,
-                previous_end=offset if self.state.clean_stop else None,
-            )
-            switch = self.state.ports.get(port.name)
-            enabled = (switch.enabled if switch else port.enabled) and self.state.console_enabled
-            if not enabled:
-                hub.disable_at_start(self._disabled_reason(port.name))
-            self.hubs[port.name] = hub
+            previous_end = offset if self.state.clean_stop else None
+            self.hubs[port.name] = self.new_hub(port, start_offset=offset, previous_end=previous_end)
+
+    def new_hub(self, port: PortConfig, *, start_offset: int, previous_end: int | None) -> PortHub:
+        """One port's hub, not started, disabled if its persisted switch (or the host's) says so."""
+        hub = PortHub(
+            port,
+            self._link_factory,
+            access=self.access,
+            adapter=None if port.hypervisor is None else make_adapter(port.hypervisor, port.name),
+            audit=self.audit,
+            start_offset=start_offset,
+            previous_end=previous_end,
+        )
+        switch = self.state.ports.get(port.name)
+        enabled = (switch.enabled if switch else port.enabled) and self.state.console_enabled
+        if not enabled:
+            hub.disable_at_start(self._disabled_reason(port.name))
+        return hub
 
     def _disabled_reason(self, name: str) -> str:
         if not self.state.console_enabled:
@@ -154,6 +165,7 @@ class Daemon:
         soft, hard = raise_nofile_limit()
         log.info("file_descriptor_limit", soft=soft, hard=hard)
         self._tls = self._load_tls()  # a bad key or certificate is a StartupError naming the file
+        self.reloader.tls_started(self._tls)  # a reload rotates the certificate new handshakes get
         await self._start_oidc()
         self._warn_if_exposed()
         for key, reason in self.config.warnings:
@@ -191,6 +203,7 @@ class Daemon:
         if interval is not None:
             self._watchdog_task = loop.create_task(self._feed_watchdog(interval))
         sd_notify(f"READY=1\nSTATUS=serving {len(self.hubs)} console ports")
+        self.reloader.ready()  # from now on SIGHUP reloads (one that came during start-up runs now)
         log.info(
             "ready",
             ports=len(self.hubs),
@@ -406,16 +419,20 @@ class Daemon:
         raw: bool,
         mode: AttachMode,
         tls: ssl.SSLContext | None = None,
-    ) -> None:
+    ) -> asyncio.Server | None:
         if address is None:
-            return
+            return None
         server = await start_listener(hub, address, raw=raw, mode=mode, door=self.front_door, tls=tls)
         self._servers.append(server)
         kind = ("raw" if raw else "telnet") + ("-readonly" if mode is AttachMode.READ_ONLY else "")
+        bound = []
         for sock in server.sockets:
             host, tcp_port = sock.getsockname()[:2]
-            self.listeners.append(BoundListener(hub.name, kind, host, tcp_port))
+            bound.append(BoundListener(hub.name, kind, host, tcp_port))
             log.info("listening", port=hub.name, kind=kind, address=f"{host}:{tcp_port}")
+        self.listeners.extend(bound)
+        self._bindings.append((hub, server, bound))
+        return server
 
     def listener(self, port: str, kind: str = "telnet") -> BoundListener:
         """The bound address of one listener (tests, the demo banner)."""
@@ -429,8 +446,10 @@ class Daemon:
             server.close()
         # Server.wait_closed() waits for every connection on 3.12+; connections are closed by the hubs.
         self._servers.clear()
+        self._bindings.clear()
 
     async def stop(self) -> None:
+        await self.reloader.close()  # a reload that runs finishes first; later SIGHUPs are ignored
         sd_notify("STOPPING=1")
         for task in (self._offset_task, self._poll_task, self._watchdog_task, self._fd_task):
             if task is not None:
@@ -468,13 +487,79 @@ class Daemon:
             await self._webhook.stop()
         self.audit.close()  # last: the hubs' detach events of the shutdown are in it
 
+    # -- hot reload: what serialmuxd/reload/runner.py asks of the daemon ---------------------------------
+    async def listen_one(
+        self, hub: PortHub, address: ListenAddress, kind: str, tls: ssl.SSLContext | None
+    ) -> asyncio.Server:
+        """Bind one listener of ``kind`` (a ``BoundListener.kind``) for ``hub``; ``StartupError`` if busy."""
+        mode = AttachMode.READ_ONLY if kind.endswith("-readonly") else AttachMode.INTERACTIVE
+        server = await self._listen(hub, address, raw=kind.startswith("raw"), mode=mode, tls=tls)
+        assert server is not None
+        return server
+
+    def close_listeners(self, hub: PortHub, only: Sequence[asyncio.Server] = ()) -> None:
+        """Stop accepting for ``hub`` (or just the servers in ``only``); open sessions stay."""
+        for binding in [b for b in self._bindings if b[0] is hub and (not only or b[1] in only)]:
+            _, server, bound = binding
+            server.close()
+            self._bindings.remove(binding)
+            self._servers.remove(server)
+            self.listeners = [b for b in self.listeners if b not in bound]
+
+    async def close_port(self, name: str, reason: str) -> None:
+        """Take a port out: listeners first, then its sessions (told ``reason``), device link, adapter."""
+        hub = self.hubs.pop(name)
+        self.close_listeners(hub)
+        timeout = self.config.daemon.shutdown_timeout_s
+        try:
+            await asyncio.wait_for(hub.close(reason), timeout)
+        except TimeoutError:
+            log.warning("port_close_timeout", port=name, seconds=timeout)
+        if hub.vm.adapter is not None:
+            try:
+                await hub.vm.adapter.close()
+            except Exception as exc:
+                log.error("adapter_close_failed", port=name, error=str(exc))
+
+    async def start_hub(self, hub: PortHub) -> None:
+        """A port added (or rebuilt) by a reload starts the way start-up starts one."""
+        password_env = getattr(hub.config.hypervisor, "password_env", None)
+        if password_env:
+            hide_from_programs([password_env])
+        hub.start()
+        if hub.vm.adapter is not None:
+            await hub.vm.adapter.open()
+            if hub.vm.adapter.kind != "qmp" and self._poll_task is None:
+                self._poll_task = asyncio.get_running_loop().create_task(self._poll_vm_states())
+
+    def use_tls(self, context: ssl.SSLContext) -> None:
+        self._tls = context
+
+    async def reconfigure_alerts(self, new_hubs: Sequence[PortHub], *, changed: bool) -> None:
+        """[alerts] for the hubs a reload added, or (when [alerts] changed) a new sender for all."""
+        if changed:
+            if self._webhook is not None:
+                await self._webhook.stop()
+            self._webhook = attach_alerts(self.config.alerts, self.hubs.values())
+            return
+        submit = None if self._webhook is None else self._webhook.submit
+        for hub in new_hubs:
+            hub.health.configure(self.config.alerts.patterns, submit)
+
+    async def apply_switch(self, name: str) -> None:
+        await self._apply_switch(name)
+
+    def after_reload(self) -> None:
+        self._raise_offset_floors(force=True)  # new ports' floors are saved before their first byte
+        self._warn_if_exposed()
+
     def _hangup(self) -> None:
-        log.warning("reload_not_supported", hint="restart serialmuxd to apply configuration changes")
+        self.reloader.request("SIGHUP")
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT stop the daemon gracefully; SIGHUP is logged (it would otherwise end the daemon,
-        and reloading is not implemented yet).  Installed before ``start`` so that no signal that arrives
-        once READY=1 is out can kill the process the default way."""
+        """SIGTERM/SIGINT stop the daemon gracefully; SIGHUP reloads the configuration file
+        (serialmuxd/reload/).  Installed before ``start`` so that no signal that arrives once READY=1 is out
+        can kill the process the default way."""
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop_requested.set)

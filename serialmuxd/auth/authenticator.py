@@ -88,6 +88,12 @@ class Authenticator:
         # (method, "ok" | "failed") -> how many; read by the metrics collector at scrape time.
         self.login_counts: dict[tuple[str, str], int] = {}
 
+    def use_directory(self, directory: UserDirectory) -> None:
+        """The users file as a reload read it again: new users and tokens sign in, removed ones cannot."""
+        self._hashes = directory.password_hashes()
+        self._tokens = TokenTable(directory.token_digests())
+        self._cert_names = directory.certificate_names()
+
     def use_oidc(self, verifier: JwtCheck) -> None:
         """Accept bearer JWTs checked by ``verifier`` (built by the daemon once its loop runs)."""
         self._oidc = verifier

@@ -34,6 +34,17 @@ def build_access(config: Config, audit: AuditFn) -> tuple[AccessPolicy, FrontDoo
     auth = config.auth
     if auth is None:
         return AccessPolicy(), None
+    grants, directory = build_grants(config)
+    # The OIDC verifier needs aiohttp and the loop: the daemon attaches it when it starts (set_oidc).
+    authenticator = Authenticator(directory, audit=audit)
+    return AccessPolicy(grants), FrontDoor(authenticator, auth.anonymous is not None, auth.login_grace_s)
+
+
+def build_grants(config: Config) -> tuple[RoleGrants, UserDirectory]:
+    """The grants of an ``[auth]`` configuration and its users file (read now); at start-up and on every
+    reload.  Raises ``ConfigError`` for a bad users file."""
+    auth = config.auth
+    assert auth is not None
     custom = {name: verbs for name, verbs in auth.roles}
     directory = load_users(auth.users_file, custom) if auth.users_file is not None else UserDirectory((), ())
     group_grants = dict(auth.oidc.group_grants) if auth.oidc is not None else {}
@@ -44,6 +55,4 @@ def build_access(config: Config, audit: AuditFn) -> tuple[AccessPolicy, FrontDoo
         port_groups={port.name: port.group for port in config.ports if port.group is not None},
         anonymous=auth.anonymous,
     )
-    # The OIDC verifier needs aiohttp and the loop: the daemon attaches it when it starts (set_oidc).
-    authenticator = Authenticator(directory, audit=audit)
-    return AccessPolicy(grants), FrontDoor(authenticator, auth.anonymous is not None, auth.login_grace_s)
+    return grants, directory

@@ -92,6 +92,25 @@ class DeviceInput:
         self.bytes_to_device += len(data)
         return True
 
+    def set_rate(self, rate_bps: int) -> None:
+        """A new ``input_rate_bytes_per_s`` (reload).  Input queued under the old rate is kept: paced at the
+        new one, or sent at once when pacing is now off."""
+        if rate_bps == self.rate_bps:
+            return
+        self.rate_bps = rate_bps
+        self._bucket = None  # rebuilt at the new rate by the next flush
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if rate_bps > 0:
+            self._flush()
+            return
+        pending, self._pending = bytes(self._pending), bytearray()
+        link = self._link()
+        if pending and link is not None and link.write(pending):
+            self.bytes_to_device += len(pending)
+        self.sync()
+
     def reset(self) -> None:
         """Drop input that has not reached the device, and let the writer read again."""
         self._pending.clear()

@@ -172,6 +172,34 @@ class PortHub(DeviceListener, LineRequests):
         if self.link is not None:
             await self.link.close()
 
+    def reconfigure(self, config: PortConfig) -> None:
+        """A reload changed only settings that apply in place (``reload.plan.LIVE_PORT_FIELDS``): sessions,
+        the device link and the ring stay.  What is read when a session attaches (notices, escape, the
+        client buffer) applies to sessions that attach from now on.  New ``health_patterns`` need the
+        daemon's [alerts] patterns too: the reloader calls ``health.configure`` for them."""
+        self.config = config
+        self.arbiter.lease.policy = config.takeover
+        self.arbiter.lease.ask_timeout_s = config.ask_timeout_s
+        self.input.set_rate(config.input_rate_bytes_per_s)
+        self.watch.reconfigure(config.writer_idle_timeout_s, config.logout_sequence.encode())
+        self.output.slow_reader = config.slow_reader
+        self.output.replay_lines = config.replay_lines
+        self.health.config = config
+        self.health.enabled = config.health
+
+    def revoke_unauthorized(self, reason: str) -> None:
+        """The grants changed (reload): close sessions whose identity may no longer view this console;
+        a writer who may no longer write keeps watching."""
+        for session in list(self.sessions.values()):
+            if not self.access.decide(session.identity, Verb.VIEW, self.name, session.mode):
+                ended = f"{reason}: access to console {self.name} ended"
+                self._close_session(session, ended, EndReason.DENIED)
+            elif self.arbiter.holds(session) and not self.access.decide(
+                session.identity, Verb.WRITE, self.name, session.mode
+            ):
+                self.arbiter.release(session, "lost write access")
+                session.notify(Notice(NoticeKind.READ_ONLY, f"{reason}: you are now read-only"))
+
     def disable_at_start(self, reason: str) -> None:
         """Mark the port disabled before ``start`` (persisted switch): its device is never opened."""
         self._set_state(PortState.DISABLED, reason)

@@ -63,6 +63,17 @@ class WriterWatch:
         if writer is not None and self.timeout_s > 0:
             self._timer = self._schedule(self.timeout_s, self._check)
 
+    def reconfigure(self, timeout_s: float, logout_sequence: bytes) -> None:
+        """New settings (reload): the idle timer restarts from the writer's last input."""
+        self.logout_sequence = logout_sequence
+        if timeout_s == self.timeout_s:
+            return
+        self.timeout_s = timeout_s
+        self._cancel()
+        if self._writer is not None and timeout_s > 0:
+            idle_s = self._clock() - self._last_input
+            self._timer = self._schedule(max(0.0, timeout_s - idle_s), self._check)
+
     def typed(self) -> None:
         """The writer sent input (cheap: called for every chunk)."""
         self._last_input = self._clock()

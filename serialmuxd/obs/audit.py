@@ -135,6 +135,7 @@ class AuditEvent(enum.StrEnum):
     HEARTBEAT_CUT = "heartbeat_cut"  # a peer stopped answering heartbeats and was disconnected
     # -- the daemon itself
     CONFIG_PROBLEM = "config_problem"  # a configuration or security problem found at start-up or reload
+    CONFIG_RELOAD = "config_reload"  # SIGHUP read the file again (trigger, result, ports added/removed...)
     AUDIT_LOST = "audit_lost"  # written by AuditLog itself: events the file missed during a write outage
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
@@ -53,6 +53,19 @@ class LoginCounts(Protocol):
     def login_counts(self) -> Mapping[tuple[str, str], int]: ...
 
 
+class ReloadCounts(Protocol):
+    """What ``reload.runner.ReloadStats`` exposes for metrics."""
+
+    @property
+    def ok(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def last_successful(self) -> bool: ...
+    @property
+    def last_success_time(self) -> float: ...
+
+
 class ConsoleCollector(Collector):
     """Per-port and daemon-wide series, read from the hubs at scrape time.
 
@@ -67,9 +80,11 @@ class ConsoleCollector(Collector):
         logins: LoginCounts | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        reloads: ReloadCounts | None = None,
     ) -> None:
         self._hubs = hubs
         self._logins = logins
+        self._reloads = reloads
         self._clock = clock
         # Per hub object, so a port removed (or changed) by a reload takes its entry with it.
         self._labels: weakref.WeakKeyDictionary[PortHub, _PortLabels] = weakref.WeakKeyDictionary()
@@ -131,8 +146,10 @@ class ConsoleCollector(Collector):
         try:
             for hub in self._hubs():
                 labels = cache.get(hub)
-                if labels is None:
-                    labels = cache[hub] = _PortLabels(hub.name, hub.config.group, _health_kinds(hub.config))
+                if labels is None or labels.config is not hub.config:  # a reload may change a group in place
+                    labels = cache[hub] = _PortLabels(
+                        hub.name, hub.config.group, _health_kinds(hub.config), hub.config
+                    )
                 base = labels.base
                 output = hub.output
                 add_from(Sample(n_from, base, output.bytes_from_device, None, None, None))
@@ -186,14 +203,35 @@ class ConsoleCollector(Collector):
                 for result in _RESULTS:
                     logins.add_metric((method, result), seen.get((method, result), 0))
             yield logins
+        reloads = self._reloads
+        if reloads is not None:
+            outcomes = CounterMetricFamily(
+                PREFIX + "config_reloads", "Configuration reloads (SIGHUP) by outcome", labels=("result",)
+            )
+            outcomes.add_metric(("ok",), reloads.ok)
+            outcomes.add_metric(("failed",), reloads.failed)
+            yield outcomes
+            yield GaugeMetricFamily(
+                PREFIX + "config_last_reload_successful",
+                "1 if the last configuration reload was applied (or none was tried), 0 if it was rejected",
+                value=1 if reloads.last_successful else 0,
+            )
+            yield GaugeMetricFamily(
+                PREFIX + "config_last_reload_success_timestamp_seconds",
+                "When the configuration was last loaded successfully (start-up or reload), Unix time",
+                value=reloads.last_success_time,
+            )
 
 
 class _PortLabels:
     """One port's label sets, built once: samples share them (encoders only read labels)."""
 
-    __slots__ = ("_actions", "_health", "base", "health_kinds", "health_set", "sessions", "states")
+    __slots__ = ("_actions", "_health", "base", "config", "health_kinds", "health_set", "sessions", "states")
 
-    def __init__(self, name: str, group: str | None, health_kinds: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, name: str, group: str | None, health_kinds: tuple[str, ...] = (), config: object = None
+    ) -> None:
+        self.config = config  # the PortConfig these labels were built from
         self.base = {"port": name, "group": group or ""}
         self.sessions = [
             ((mode, role), {**self.base, "mode": str(mode), "role": str(role)})
@@ -231,11 +269,12 @@ def metrics_registry(
     logins: LoginCounts | None = None,
     *,
     process: bool = True,
+    reloads: ReloadCounts | None = None,
 ) -> CollectorRegistry:
     """A fresh registry (never prometheus_client's global one) with the console collector and, unless
     ``process`` is False, the process and Python platform collectors."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ConsoleCollector(hubs, logins))
+    registry.register(ConsoleCollector(hubs, logins, reloads=reloads))
     if process:
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)

@@ -42,6 +42,7 @@ ELSEWHERE = {
     AuditEvent.WRITER_IDLE,  # idle timeout and logout sequence: tests/e2e/test_sessions.py, test_hub.py
     AuditEvent.LOGOUT_SENT,
     AuditEvent.GUEST_HEALTH,  # a guest's panic, oops...: tests/e2e/test_health.py
+    AuditEvent.CONFIG_RELOAD,  # SIGHUP applied or rejected: tests/e2e/test_reload.py
 }
 RECORD = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + chr(10))"
 WHO = {"user", "source", "transport"}

@@ -42,6 +42,7 @@ def test_unit_is_hardened_and_uses_notify() -> None:
             key, _, value = line.partition("=")
             settings.setdefault(key, []).append(value)
     assert settings["Type"] == ["notify"] and settings["WatchdogSec"]
+    assert settings["ExecReload"][-1] == "/bin/kill -HUP $MAINPID", settings["ExecReload"]
     for key, value in {
         "NoNewPrivileges": "yes",
         "ProtectSystem": "strict",
@@ -79,9 +80,9 @@ def test_daemon_pings_the_watchdog_from_its_loop(tmp_path: Path) -> None:
                 proc.wait()
 
 
-def test_sighup_does_not_stop_the_daemon(tmp_path: Path) -> None:
-    """SIGHUP is handled (logged), and afterwards the daemon still serves: proven by a new connection that
-    gets the attach notice and its echo after the log line, not by waiting to see whether it exits."""
+def test_sighup_reloads_without_stopping_the_daemon(tmp_path: Path) -> None:
+    """SIGHUP reloads: RELOADING=1 (with MONOTONIC_USEC), then READY=1, no STOPPING=1; afterwards the daemon
+    still serves, proven by a new connection that gets the attach notice and its echo."""
     cfg = tmp_path / "c.toml"
     cfg.write_text('[[ports]]\nname = "vm1"\ndevice = "exec:/bin/cat"\ntelnet = "127.0.0.1:0"\nraw = true\n')
     notify_path = tmp_path / "notify.sock"
@@ -101,7 +102,10 @@ def test_sighup_does_not_stop_the_daemon(tmp_path: Path) -> None:
             assert listening, err
             assert "READY=1" in notify.recv(4096).decode()
             proc.send_signal(signal.SIGHUP)
-            read_until(proc.stderr.fileno(), b"reload_not_supported", 15)
+            reloading = notify.recv(4096).decode()
+            assert "RELOADING=1" in reloading and re.search(r"MONOTONIC_USEC=\d+", reloading), reloading
+            assert "READY=1" in notify.recv(4096).decode()
+            read_until(proc.stderr.fileno(), b"reloaded", 15)
             with socket.create_connection(("127.0.0.1", int(listening.group(1))), timeout=10) as client:
                 read_until(client.fileno(), b"you have write access")
                 client.sendall(b"still-serving\n")

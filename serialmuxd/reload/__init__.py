@@ -1,0 +1,1 @@
+"""Hot reload: ``plan`` (what changed, pure), ``runner`` (applying it on SIGHUP), ``tlsrotate``."""

@@ -1,0 +1,376 @@
+"""Hot reload (SIGHUP, ``systemctl reload``): read the configuration file again and apply what changed.
+
+Theory of operation
+-------------------
+One reload at a time.  ``request`` (the SIGHUP handler) starts a reload task, or, while one runs, marks one
+more to follow it: any number of signals during a reload give exactly one more reload, which reads the file
+as it is by then.  Once the daemon is stopping, requests are ignored (and logged).
+
+A reload has two phases.  **Prepare** does everything that can fail without touching what runs: the file
+goes through the one validator (``config.load_config``), the users file through its loader, the TLS files
+through ``tls.load_server_context``; new hubs are built and the listeners of ports that are added (or moved
+to an address no port had) are bound.  Any failure there rejects the reload: what was bound is closed, the
+old configuration keeps serving, each problem is logged as ``reload_failed`` with the same
+``FILE: key.path: reason`` text ``check-config`` prints, counted, and audited.  **Apply** then cannot be
+refused: removed ports' sessions are told why and closed (each ``detach`` audited), then their listeners,
+device links and adapters; changed ports are rebuilt or reconfigured in place (``plan.LIVE_PORT_FIELDS``);
+the access policy, the authenticator's users and tokens, the TLS certificate and ``[alerts]`` are swapped;
+sessions whose user may no longer view their console are closed.  Ports that did not change are not
+touched at all: same hub, same sessions, same device link, same listeners.
+
+systemd hears ``RELOADING=1`` (with ``MONOTONIC_USEC``, as ``Type=notify-reload`` in newer systemd wants)
+when a reload starts and ``READY=1`` when it is over, whatever the outcome.  Outcomes are counted for
+``/metrics`` (``ReloadStats``) and audited as ``config_reload``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+
+from ..config import Config, ListenAddress, PortConfig, load_config
+from ..errors import ConfigError, StartupError
+from ..hub import PortHub
+from ..obs.sdnotify import sd_notify
+from .plan import ReloadPlan, plan_reload, port_names
+from .tlsrotate import RotatingTls
+
+if TYPE_CHECKING:
+    from ..auth.users import UserDirectory
+    from ..core.grants import RoleGrants
+    from ..daemon import Daemon
+
+log = structlog.get_logger("serialmuxd")
+
+
+@dataclass(slots=True)
+class ReloadStats:
+    """Read by the metrics collector.  ``last_success_time`` starts at start-up (the first load), as
+    Prometheus's own ``prometheus_config_last_reload_success_timestamp_seconds`` does."""
+
+    last_success_time: float = field(default_factory=time.time)
+    ok: int = 0
+    failed: int = 0
+    last_successful: bool = True
+
+
+class ReloadRejected(Exception):
+    """The new configuration cannot be applied; ``problems`` are ``(key, reason)`` pairs of ``source``."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        super().__init__(source)
+        self.source = source
+        self.problems = problems
+
+
+@dataclass(slots=True)
+class _Prepared:
+    plan: ReloadPlan
+    new_hubs: dict[str, PortHub]  # added and rebuilt ports, not started yet (their new listeners bound)
+    late: dict[str, list[tuple[ListenAddress, str]]]  # rebuilt ports' addresses their old hub holds
+    grants: tuple[RoleGrants, UserDirectory] | None
+    tls: ssl.SSLContext | None
+
+
+def _monotonic_usec() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+class Reloader:
+    """Owned by the daemon; see the module docstring."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+        self.stats = ReloadStats()
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+        self._stopping = False
+        self._ready = False  # the daemon has started: until then a request only waits
+        self.ignored = 0  # requests that came while the daemon was stopping
+        self._tls: RotatingTls | None = None
+
+    # -- TLS --------------------------------------------------------------------------------------
+    def tls_started(self, context: ssl.SSLContext | None) -> None:
+        """The context the listeners start with; later reloads rotate what it hands out."""
+        self._tls = None if context is None else RotatingTls(context)
+
+    # -- requests ---------------------------------------------------------------------------------
+    def ready(self) -> None:
+        """The daemon is serving: reloads may run (one asked for during start-up runs now)."""
+        self._ready = True
+        if self._again:
+            self._again = False
+            self.request("SIGHUP (during start-up)")
+
+    def request(self, trigger: str) -> None:
+        if self._stopping or self._daemon.stop_requested.is_set():
+            log.info("reload_ignored", trigger=trigger, reason="serialmuxd is shutting down")
+            self.ignored += 1
+            return
+        if not self._ready or (self._task is not None and not self._task.done()):
+            self._again = True  # one more after this one, however many signals come
+            log.info("reload_queued", trigger=trigger)
+            return
+        self._task = asyncio.get_running_loop().create_task(self._run(trigger))
+
+    async def close(self) -> None:
+        """The daemon is stopping: no new reload, and the one running finishes first."""
+        self._stopping = True
+        self._again = False
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @property
+    def idle(self) -> bool:
+        return self._task is None or self._task.done()
+
+    async def wait_idle(self) -> None:
+        """Until no reload runs or is queued (tests; the signal handler never waits)."""
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+
+    async def _run(self, trigger: str) -> None:
+        while True:
+            try:
+                await self.reload(trigger)
+            except Exception:  # a bug here must not end the daemon; the old configuration keeps serving
+                log.exception("reload_crashed", trigger=trigger)
+                self._count(False)
+                sd_notify(
+                    f"READY=1\nSTATUS=serving {len(self._daemon.hubs)} console ports; last reload failed"
+                )
+            if not self._again or self._stopping:
+                return
+            self._again = False
+            trigger = f"{trigger} (queued)"
+
+    # -- one reload -------------------------------------------------------------------------------
+    async def reload(self, trigger: str) -> bool:
+        """Reload now; True if the new configuration was applied."""
+        daemon = self._daemon
+        source = daemon.config.source
+        sd_notify(f"RELOADING=1\nMONOTONIC_USEC={_monotonic_usec()}\nSTATUS=reloading {source}")
+        log.info("reload_started", trigger=trigger, file=source)
+        try:
+            if not Path(source).is_file():  # noqa: ASYNC240 (a stat of one local file)
+                raise ReloadRejected(source, [("(file)", "no configuration file to read again (a demo)")])
+            try:
+                new = load_config(source)
+            except ConfigError as exc:
+                raise ReloadRejected(exc.source, exc.problems) from None
+            prepared = await self._prepare(new)
+        except ReloadRejected as exc:
+            for key, reason in exc.problems:
+                log.error(
+                    "reload_failed",
+                    problem=f"{exc.source}: {key}: {reason}",
+                    file=exc.source,
+                    key=key,
+                    reason=reason,
+                    hint="the running configuration is kept",
+                )
+            self._count(False)
+            daemon.audit(
+                "config_reload",
+                trigger=trigger,
+                file=source,
+                result="failed",
+                problems=[f"{exc.source}: {key}: {reason}" for key, reason in exc.problems],
+            )
+            sd_notify(
+                f"READY=1\nSTATUS=serving {len(daemon.hubs)} console ports; "
+                f"reload failed: {exc.problems[0][0]}: {exc.problems[0][1]}"[:200]
+            )
+            return False
+        await self._apply(prepared)
+        plan = prepared.plan
+        for key, reason in new.warnings:
+            log.warning("config_deprecated", file=source, key=key, reason=reason)
+        for key, reason in plan.needs_restart:
+            log.warning("reload_needs_restart", file=source, key=key, reason=reason)
+        self._count(True)
+        summary = {
+            "added": list(plan.added),
+            "removed": list(plan.removed),
+            "rebuilt": port_names(plan.rebuilt),
+            "updated": port_names(plan.updated),
+        }
+        log.info(
+            "reloaded",
+            trigger=trigger,
+            file=source,
+            **summary,
+            unchanged=len(plan.unchanged),
+            needs_restart=[key for key, _ in plan.needs_restart],
+        )
+        daemon.audit(
+            "config_reload",
+            trigger=trigger,
+            file=source,
+            result="ok",
+            **summary,
+            needs_restart=[key for key, _ in plan.needs_restart],
+        )
+        sd_notify(f"READY=1\nSTATUS=serving {len(daemon.hubs)} console ports")
+        return True
+
+    def _count(self, ok: bool) -> None:
+        stats = self.stats
+        stats.last_successful = ok
+        if ok:
+            stats.ok += 1
+            stats.last_success_time = time.time()
+        else:
+            stats.failed += 1
+
+    # -- prepare: everything that may fail, nothing that changes what runs ------------------------------
+    async def _prepare(self, new: Config) -> _Prepared:
+        daemon = self._daemon
+        plan = plan_reload(daemon.config, new)
+        if plan.refused:
+            raise ReloadRejected(new.source, list(plan.refused))
+        effective = plan.effective
+        grants = None
+        if effective.auth is not None:
+            from ..auth.setup import build_grants
+
+            try:
+                grants = build_grants(effective)
+            except ConfigError as exc:
+                raise ReloadRejected(exc.source, exc.problems) from None
+        tls = self._load_tls(effective)
+        ports = {p.name: p for p in effective.ports}
+        rebuilt = port_names(plan.rebuilt)
+        new_hubs = {
+            name: self._new_hub(ports[name], rebuilt=name in rebuilt) for name in (*plan.added, *rebuilt)
+        }
+        held = _addresses(daemon.config)  # what the running daemon has bound (or may: port 0 is always new)
+        bound: dict[str, list[asyncio.Server]] = {}
+        late: dict[str, list[tuple[ListenAddress, str]]] = {}
+        context = self._tls.front if self._tls is not None else tls  # the front: rotations reach it
+        try:
+            for name, hub in new_hubs.items():
+                for address, kind in _listeners(ports[name]):
+                    if address.port != 0 and _key(address) in held:
+                        late.setdefault(name, []).append((address, kind))
+                        continue
+                    tls_context = context if ports[name].telnet_tls else None
+                    bound.setdefault(name, []).append(
+                        await daemon.listen_one(hub, address, kind, tls_context)
+                    )
+        except StartupError as exc:
+            for hub in new_hubs.values():
+                daemon.close_listeners(hub)
+            raise ReloadRejected(new.source, [(f"ports[{_index(new, name)}]", str(exc))]) from None
+        return _Prepared(plan, new_hubs, late, grants, tls)
+
+    def _new_hub(self, port: PortConfig, *, rebuilt: bool) -> PortHub:
+        daemon = self._daemon
+        if rebuilt:
+            # The stream continues where the old hub's ended: offsets never go back, and a client resuming
+            # from before the rebuild is told exactly what it missed.
+            end = daemon.hubs[port.name].ring.end
+            return daemon.new_hub(port, start_offset=end, previous_end=end)
+        offset = daemon.state.offsets.get(port.name, 0)
+        return daemon.new_hub(port, start_offset=offset, previous_end=None)
+
+    def _load_tls(self, config: Config) -> ssl.SSLContext | None:
+        """Read the certificate files again (rotation), when some listener uses TLS."""
+        tls = config.tls
+        if tls is None or not (config.http.tls or any(p.telnet_tls for p in config.ports)):
+            return None
+        from ..tls import load_server_context
+
+        try:
+            return load_server_context(tls.cert_file, tls.key_file, tls.client_ca_file)
+        except StartupError as exc:
+            raise ReloadRejected(config.source, [("tls", str(exc))]) from None
+
+    # -- apply: cannot be refused any more -------------------------------------------------------------
+    async def _apply(self, prepared: _Prepared) -> None:
+        daemon = self._daemon
+        plan = prepared.plan
+        effective = plan.effective
+        ports = {p.name: p for p in effective.ports}
+        for name in plan.removed:
+            await daemon.close_port(name, f"console {name} was removed from the configuration (reload)")
+        for change in plan.rebuilt:
+            changed = ", ".join(change.fields)
+            await daemon.close_port(
+                change.name,
+                f"console {change.name} is restarted by a configuration reload ({changed} changed); "
+                "connect again",
+            )
+        for name, hub in prepared.new_hubs.items():
+            daemon.hubs[name] = hub
+            for address, kind in prepared.late.get(name, []):  # addresses the closed hubs just gave up
+                tls = self._tls.front if self._tls is not None else prepared.tls
+                try:
+                    await daemon.listen_one(hub, address, kind, tls if ports[name].telnet_tls else None)
+                except StartupError as exc:  # the address was ours a moment ago: someone else took it
+                    log.error("reload_listen_failed", port=name, error=str(exc))
+        for change in plan.updated:
+            hub = daemon.hubs[change.name]
+            hub.reconfigure(ports[change.name])
+            if "health_patterns" in change.fields:
+                hub.health.configure(effective.alerts.patterns, hub.health.alert)
+            if "enabled" in change.fields:
+                await daemon.apply_switch(change.name)
+        # The configured order, for listings.
+        ordered = {name: daemon.hubs[name] for name in ports}
+        daemon.hubs.clear()
+        daemon.hubs.update(ordered)
+        if prepared.grants is not None:
+            self._swap_access(*prepared.grants)
+        if prepared.tls is not None:
+            if self._tls is None:
+                self.tls_started(prepared.tls)  # the first TLS listener: a new telnet_tls port
+                daemon.use_tls(prepared.tls)
+            else:
+                self._tls.rotate(prepared.tls)
+        daemon.config = effective
+        await daemon.reconfigure_alerts(list(prepared.new_hubs.values()), changed=plan.alerts_changed)
+        for hub in prepared.new_hubs.values():
+            await daemon.start_hub(hub)
+        daemon.audit.reopen()  # log rotation: `systemctl reload` after moving the file away
+        daemon.after_reload()
+
+    def _swap_access(self, grants: RoleGrants, directory: UserDirectory) -> None:
+        daemon = self._daemon
+        daemon.access.grants = grants
+        if daemon.front_door is not None:
+            daemon.front_door.authenticator.use_directory(directory)
+        for hub in daemon.hubs.values():
+            hub.revoke_unauthorized("access withdrawn by a configuration reload")
+
+
+def _listeners(port: PortConfig) -> Iterable[tuple[ListenAddress, str]]:
+    kind = "raw" if port.raw else "telnet"
+    if port.telnet is not None:
+        yield port.telnet, kind
+    if port.telnet_readonly is not None:
+        yield port.telnet_readonly, kind + "-readonly"
+
+
+def _key(address: ListenAddress) -> tuple[str, int]:
+    return address.host, address.port
+
+
+def _addresses(config: Config) -> set[tuple[str, int]]:
+    held = {_key(address) for port in config.ports for address, _ in _listeners(port)}
+    if config.http.listen is not None:
+        held.add(_key(config.http.listen))
+    return held
+
+
+def _index(config: Config, name: str) -> int:
+    return next(i for i, port in enumerate(config.ports) if port.name == name)
