@@ -1,4 +1,4 @@
-"""Command line: ``serialmuxd run|check-config|demo|hash-password|new-token``.
+"""Command line: ``serialmuxd run|check-config|demo|hash-password|new-token|ssh-host-key``.
 
 Exit codes: 0 success; 1 start-up failure (busy listen address, unusable state directory), or no usable
 password for hash-password; 2 invalid configuration or usage.  Every failure is one line per problem on
@@ -265,6 +265,25 @@ def _cmd_new_token(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_ssh_host_key(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print("\n".join(exc.lines()), file=sys.stderr)
+        return EXIT_CONFIG
+    from .frontends.ssh_hostkey import fingerprint_lines, load_host_keys
+
+    try:
+        # Generates the default key when there is none yet, exactly as the daemon's first start would.
+        keys = load_host_keys(config.ssh.host_keys, config.daemon.state_dir)
+    except StartupError as exc:
+        print(f"serialmuxd: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    for line in fingerprint_lines(keys):
+        print(line)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="serialmuxd",
@@ -339,6 +358,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="user name the token acts as: 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit",
     )
     token.set_defaults(func=_cmd_new_token)
+
+    host_key = sub.add_parser(
+        "ssh-host-key",
+        help="print the SSH host key fingerprints ([ssh]); generates the key if there is none yet",
+        description=(
+            "Print 'ALGORITHM SHA256:…' for each SSH host key: ssh.host_keys, or the ed25519 key in "
+            "daemon.state_dir, generated (mode 0600) if it does not exist yet; run it as the daemon's user."
+        ),
+    )
+    host_key.add_argument(
+        "--config", "-c", required=True, metavar="FILE", help="TOML file (see config.example.toml)"
+    )
+    host_key.set_defaults(func=_cmd_ssh_host_key)
     return parser
 
 

@@ -88,10 +88,12 @@ __all__ = [
     "DeviceSpec",
     "HttpSettings",
     "ListenAddress",
+    "LogSettings",
     "NoticePolicy",
     "PortConfig",
     "SerialSettings",
     "SlowReaderPolicy",
+    "SshSettings",
     "TakeoverPolicy",
     "load_config",
     "parse_config",
@@ -143,6 +145,20 @@ class ListenAddress:
 
 
 @dataclass(frozen=True, slots=True)
+class LogSettings:
+    """A port's persistent console log (obs/consolelog.py): [logs], with the port's log_dir and
+    log_boot_pattern over it.  Resolved per port so that a reload's diff of PortConfig sees a change."""
+
+    dir: Path  # NAME.log, its rotations NAME.log.1 .. and boot captures NAME.boot-SEQ.log go here
+    rotate_bytes: int = 8 * MIB  # NAME.log is rotated (renamed to NAME.log.1) when it reaches this size
+    keep: int = 4  # rotated files kept: NAME.log.1 .. NAME.log.KEEP
+    timestamps: bool = False  # each line prefixed with its UTC completion time
+    boot_bytes: int = 64 * KIB  # the first bytes after each boot/reset kept in NAME.boot-SEQ.log; 0 = off
+    keep_boots: int = 8  # boot captures kept (the newest)
+    boot_pattern: str = ""  # a regex on output lines that starts a capture too (a reboot the daemon misses)
+
+
+@dataclass(frozen=True, slots=True)
 class PortConfig:
     name: str
     device: DeviceSpec
@@ -189,6 +205,7 @@ class PortConfig:
     # patterns and the shipped ones (panics, oopses, lockups, hung tasks, OOM kills, Windows bug checks).
     health: bool = True
     health_patterns: tuple[HealthPattern, ...] = ()  # the port's own, searched first
+    log: LogSettings | None = None  # persistent console log; None = not logged
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +228,17 @@ class HttpSettings:
     allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides the listen address and localhost
     max_connections: int = 1000  # concurrent WebSocket consoles on this listener
     tls: bool = False  # serve HTTPS with [tls]'s certificate
+
+
+@dataclass(frozen=True, slots=True)
+class SshSettings:
+    """[ssh]: the SSH front end (``ssh CONSOLE@HOST``; frontends/ssh.py).  Needs [auth]: keys and CAs are
+    in the users file; the login grace time is [auth] login_grace_s."""
+
+    listen: ListenAddress | None = None  # no listen: no SSH server
+    # Host keys to use (OpenSSH private key files, mode 0600); none: one ed25519 key generated on first
+    # start into daemon.state_dir (ssh_host_ed25519_key).
+    host_keys: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +303,7 @@ class Config:
     tls: TlsSettings | None = None
     audit: AuditSettings = field(default_factory=AuditSettings)
     alerts: AlertsSettings = field(default_factory=AlertsSettings)
+    ssh: SshSettings = field(default_factory=SshSettings)
     warnings: tuple[tuple[str, str], ...] = ()  # (key path, reason): accepted, but should change
 
 
@@ -567,6 +596,12 @@ def _webhook_url(value: object) -> str:
     raise Invalid(f"must be an https:// URL (http:// only to a loopback host), got {show(url)}")
 
 
+LOG_ROTATE_BYTES_RANGE = (4 * KIB, 64 * GIB)
+LOG_KEEP_RANGE = (0, 1000)
+LOG_BOOT_BYTES_RANGE = (0, GIB)
+LOG_KEEP_BOOTS_RANGE = (1, 1000)
+
+
 def _health_kind(value: object) -> str:
     kind = string(value)
     if not KIND_RE.fullmatch(kind):
@@ -734,6 +769,11 @@ class _Http:
     tls = Key("tls", boolean)
 
 
+class _Ssh:
+    listen = Key("listen", _listen)
+    host_keys = Key("host_keys", array_of(_path, "host key files"))
+
+
 class _Auth:
     users_file = Key("users_file", _path)
     anonymous = Key("anonymous", text)
@@ -766,6 +806,16 @@ class _Alerts:
     webhook_url = Key("webhook_url", _webhook_url)
     webhook_timeout_s = Key("webhook_timeout_s", seconds(WEBHOOK_TIMEOUT_MAX_S))
     patterns = Key("patterns", _health_patterns)
+
+
+class _Logs:
+    dir = Key("dir", _path)
+    rotate_bytes = Key("rotate_bytes", integer(*LOG_ROTATE_BYTES_RANGE, size=True))
+    keep = Key("keep", integer(*LOG_KEEP_RANGE))
+    timestamps = Key("timestamps", boolean)
+    boot_bytes = Key("boot_bytes", integer(*LOG_BOOT_BYTES_RANGE, size=True))
+    keep_boots = Key("keep_boots", integer(*LOG_KEEP_BOOTS_RANGE))
+    boot_pattern = Key("boot_pattern", _health_regex)
 
 
 class _HealthPattern:
@@ -815,6 +865,9 @@ class _Port:
     writer_idle_timeout_s = Key("writer_idle_timeout_s", _non_negative_seconds(WRITER_IDLE_MAX_S))
     writer_idle_action = Key("writer_idle_action", choice(("demote", "detach")))
     logout_sequence = Key("logout_sequence", _logout_sequence)
+    logs = Key("logs", boolean)  # false: this port is not logged even with [logs] dir
+    log_dir = Key("log_dir", _path)  # this port's log directory instead of [logs] dir
+    log_boot_pattern = Key("log_boot_pattern", _health_regex)  # instead of [logs] boot_pattern
 
 
 def _keys_of(schema: type) -> tuple[Key[Any], ...]:
@@ -823,6 +876,7 @@ def _keys_of(schema: type) -> tuple[Key[Any], ...]:
 
 _DAEMON_KEYS = _keys_of(_Daemon)
 _HTTP_KEYS = _keys_of(_Http)
+_SSH_KEYS = _keys_of(_Ssh)
 _SERIAL_KEYS = _keys_of(_Serial)
 _PORT_ONLY_KEYS = (_Port.name, _Port.device, _Port.telnet, _Port.telnet_readonly, _Port.group)
 _AUTH_KEYS = _keys_of(_Auth)
@@ -830,6 +884,7 @@ _OIDC_KEYS = _keys_of(_Oidc)
 _TLS_KEYS = _keys_of(_Tls)
 _AUDIT_KEYS = _keys_of(_Audit)
 _ALERTS_KEYS = _keys_of(_Alerts)
+_LOGS_KEYS = _keys_of(_Logs)
 _HEALTH_PATTERN_KEYS = _keys_of(_HealthPattern)
 _INHERITABLE_KEYS = tuple(key for key in _keys_of(_Port) if key not in _PORT_ONLY_KEYS)
 
@@ -876,7 +931,7 @@ class _Defaults:
 
 
 def _build_config(document: Mapping[str, object], source: str, problems: Problems) -> Config:
-    known = ("daemon", "auth", "tls", "audit", "alerts", "http", "defaults", "ports")
+    known = ("daemon", "auth", "tls", "audit", "alerts", "logs", "http", "ssh", "defaults", "ports")
     for key in document:
         if key not in known:
             problems.add(key_path("", key), unknown_key(key, known))
@@ -887,8 +942,10 @@ def _build_config(document: Mapping[str, object], source: str, problems: Problem
     alerts = _parse_alerts(document.get("alerts", {}), problems)
     claims = _Claims(allow_remote=daemon.allow_remote_unauthenticated, authenticated=auth is not None)
     http = _parse_http(document.get("http", {}), claims, problems)
+    ssh = _parse_ssh(document.get("ssh", {}), daemon, auth, claims, problems)
     defaults = _parse_defaults(document.get("defaults", {}), problems)
-    ports = _parse_ports(document.get("ports"), defaults, claims, problems)
+    logs = _parse_logs(document.get("logs", {}), problems)
+    ports = _parse_ports(document.get("ports"), defaults, claims, problems, logs)
     if tls is None and "tls" not in document:
         for at in claims.tls_users:
             problems.add(at, "needs a [tls] table with cert_file and key_file")
@@ -900,7 +957,15 @@ def _build_config(document: Mapping[str, object], source: str, problems: Problem
     if auth is not None:
         _check_group_names(auth, ports, problems)
     return Config(
-        source=source, daemon=daemon, http=http, ports=ports, auth=auth, tls=tls, audit=audit, alerts=alerts
+        source=source,
+        daemon=daemon,
+        http=http,
+        ports=ports,
+        auth=auth,
+        tls=tls,
+        audit=audit,
+        alerts=alerts,
+        ssh=ssh,
     )
 
 
@@ -1051,6 +1116,48 @@ def _parse_alerts(raw: object, problems: Problems) -> AlertsSettings:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _LogsTable:
+    """[logs] as checked: ``settings`` with a placeholder dir, and whether [logs] named one."""
+
+    settings: LogSettings
+    has_dir: bool
+
+
+def _parse_logs(raw: object, problems: Problems) -> _LogsTable:
+    builtin = LogSettings(dir=Path("/"))
+    table = as_table(raw, "logs", problems)
+    if table is None:
+        return _LogsTable(builtin, False)
+    own = check_table(table, "logs", _LOGS_KEYS, problems)
+    values = Layered(own)
+    directory = own.get(_Logs.dir)
+    settings = LogSettings(
+        dir=directory or builtin.dir,
+        rotate_bytes=values.value(_Logs.rotate_bytes, builtin.rotate_bytes),
+        keep=values.value(_Logs.keep, builtin.keep),
+        timestamps=values.value(_Logs.timestamps, builtin.timestamps),
+        boot_bytes=values.value(_Logs.boot_bytes, builtin.boot_bytes),
+        keep_boots=values.value(_Logs.keep_boots, builtin.keep_boots),
+        boot_pattern=values.value(_Logs.boot_pattern, builtin.boot_pattern),
+    )
+    return _LogsTable(settings, directory is not None)
+
+
+def _port_log(values: Layered, logs: _LogsTable, path: str, problems: Problems) -> LogSettings | None:
+    """A port's log settings: [logs] under its own (or [defaults]') logs, log_dir, log_boot_pattern."""
+    enabled = values.setting(_Port.logs, True)
+    own_dir = values.setting(_Port.log_dir, logs.settings.dir)
+    if enabled is None or own_dir is None or not enabled.value:
+        return None
+    if not values.is_set(_Port.log_dir) and not logs.has_dir:
+        if values.is_set(_Port.logs):
+            problems.add(enabled.origin or path, "logs = true needs a directory: set [logs] dir or log_dir")
+        return None
+    pattern = values.value(_Port.log_boot_pattern, logs.settings.boot_pattern)
+    return dataclasses.replace(logs.settings, dir=own_dir.value, boot_pattern=pattern)
+
+
 def _parse_daemon(raw: object, problems: Problems) -> DaemonSettings:
     table = as_table(raw, "daemon", problems)
     if table is None:
@@ -1093,6 +1200,34 @@ def _parse_http(raw: object, claims: _Claims, problems: Problems) -> HttpSetting
     )
 
 
+def _parse_ssh(
+    raw: object, daemon: DaemonSettings, auth: AuthSettings | None, claims: _Claims, problems: Problems
+) -> SshSettings:
+    table = as_table(raw, "ssh", problems)
+    if table is None:
+        return SshSettings()
+    own = check_table(table, "ssh", _SSH_KEYS, problems)
+    listen = own.get(_Ssh.listen)
+    host_keys = own.get(_Ssh.host_keys) or ()
+    if listen is None:
+        return SshSettings(host_keys=host_keys)
+    if auth is None or auth.users_file is None:
+        problems.add(
+            "ssh.listen",
+            "the SSH front end needs [auth] with a users_file: SSH clients are known by the ssh_keys and "
+            "ssh_ca_keys listed there (the user name chooses the console, not the user)",
+        )
+    if not host_keys and daemon.state_dir is None and not own.has(_Ssh.host_keys):
+        problems.add(
+            "ssh.host_keys",
+            "no host key: list OpenSSH private key files here, or set daemon.state_dir, where one is "
+            "generated on first start",
+        )
+    # SSH encrypts by itself: off loopback it needs [auth] (checked above) but no TLS.
+    _claim_listener(listen, "ssh.listen", "type into the console", claims, problems, tls=True)
+    return SshSettings(listen=listen, host_keys=host_keys)
+
+
 def _parse_defaults(raw: object, problems: Problems) -> _Defaults:
     """[defaults] and [defaults.serial], checked once; ports fall back to their valid values."""
     empty = _Defaults(CheckedTable("defaults"), CheckedTable("defaults.serial"))
@@ -1117,7 +1252,7 @@ def _parse_defaults(raw: object, problems: Problems) -> _Defaults:
 
 
 def _parse_ports(
-    raw: object, defaults: _Defaults, claims: _Claims, problems: Problems
+    raw: object, defaults: _Defaults, claims: _Claims, problems: Problems, logs: _LogsTable | None = None
 ) -> tuple[PortConfig, ...]:
     if raw is None or raw == []:
         problems.add("ports", "at least one [[ports]] table is required")
@@ -1127,14 +1262,19 @@ def _parse_ports(
         return ()
     ports = []
     for index, item in enumerate(raw):
-        port = _parse_port(index, item, defaults, claims, problems)
+        port = _parse_port(index, item, defaults, claims, problems, logs)
         if port is not None:
             ports.append(port)
     return tuple(ports)
 
 
 def _parse_port(
-    index: int, raw: object, defaults: _Defaults, claims: _Claims, problems: Problems
+    index: int,
+    raw: object,
+    defaults: _Defaults,
+    claims: _Claims,
+    problems: Problems,
+    logs: _LogsTable | None = None,
 ) -> PortConfig | None:
     path = f"ports[{index}]"
     table = as_table(raw, path, problems)
@@ -1213,6 +1353,7 @@ def _parse_port(
         hypervisor=hypervisor,
         health=values.value(_Port.health, builtin.health),
         health_patterns=values.value(_Port.health_patterns, builtin.health_patterns),
+        log=_port_log(values, logs or _LogsTable(LogSettings(dir=Path("/")), False), path, problems),
     )
     # An invalid value of the port's own was reported by check_table; `values` stood in the built-in for it.
     return port if values.ok else None

@@ -31,11 +31,18 @@ from .errors import StartupError
 from .frontends.telnet import start_listener
 from .hub import PortHub, RefusalKind, Refused
 from .obs.audit import AuditLog
+from .obs.consolelog import ConsoleLogWriter, History, load_history, prepare_dir
 from .obs.metrics import metrics_registry
 from .obs.sdnotify import sd_notify, watchdog_interval_s
 from .obs.webhook import WebhookSender, attach_alerts
 from .reload.runner import Reloader
-from .rlimits import DescriptorWatch, open_descriptors, raise_nofile_limit
+from .rlimits import (
+    CLIENT_HEADROOM,
+    DescriptorWatch,
+    descriptor_budget,
+    open_descriptors,
+    raise_nofile_limit,
+)
 from .state import DaemonState, PortSwitch, StateStore
 
 if TYPE_CHECKING:
@@ -43,6 +50,7 @@ if TYPE_CHECKING:
 
     from .auth.oidc import JwtVerifier
     from .frontends.http import HttpFrontend
+    from .frontends.ssh import SshFrontend
 
 log = structlog.get_logger("serialmuxd")
 
@@ -101,6 +109,7 @@ class Daemon:
         built_access, self.front_door = build_access(config, self.audit)
         self.access = access if access is not None else built_access
         self.hubs: dict[str, PortHub] = {}
+        self.console_logs = ConsoleLogWriter()  # [logs]: one writer thread for every port's log file
         # SIGHUP: read the file again and apply what changed (serialmuxd/reload/), one reload at a time.
         self.reloader = Reloader(self)
         # Read from the hubs and the authenticator at scrape time (obs/metrics.py); never the global registry.
@@ -114,6 +123,8 @@ class Daemon:
         self.http_address: tuple[str, int] | None = None
         self._servers: list[asyncio.Server] = []
         self._http: HttpFrontend | None = None
+        self._ssh: SshFrontend | None = None
+        self.ssh_address: tuple[str, int] | None = None
         self._tls: ssl.SSLContext | None = None
         self._oidc: JwtVerifier | None = None
         self._oidc_refresh: asyncio.Task[bool] | None = None
@@ -132,10 +143,32 @@ class Daemon:
         for port in self.config.ports:
             offset = self.state.offsets.get(port.name, 0)
             previous_end = offset if self.state.clean_stop else None
-            self.hubs[port.name] = self.new_hub(port, start_offset=offset, previous_end=previous_end)
+            history = None
+            if port.log is not None:
+                prepare_dir(port.log.dir)
+                history = load_history(port.name, port.log, port.scrollback_bytes)
+                if history is not None and (port.name not in self.state.offsets or offset < history.end):
+                    # The log knows a later end than the state file (none kept, or a different one): the
+                    # previous run's true end is unknown, so leave a reserve like a crash does.
+                    offset, previous_end = history.end + _OFFSET_RESERVE, None
+            self.hubs[port.name] = self.new_hub(
+                port, start_offset=offset, previous_end=previous_end, history=history
+            )
 
-    def new_hub(self, port: PortConfig, *, start_offset: int, previous_end: int | None) -> PortHub:
-        """One port's hub, not started, disabled if its persisted switch (or the host's) says so."""
+    def new_hub(
+        self,
+        port: PortConfig,
+        *,
+        start_offset: int,
+        previous_end: int | None,
+        history: History | None = None,
+    ) -> PortHub:
+        """One port's hub, not started, disabled if its persisted switch (or the host's) says so; with
+        ``[logs]`` its console log, and (at start-up) the history the previous run persisted."""
+        console_log = None
+        if port.log is not None:
+            prepare_dir(port.log.dir)
+            console_log = self.console_logs.port_log(port.name, port.log, start_offset)
         hub = PortHub(
             port,
             self._link_factory,
@@ -144,6 +177,8 @@ class Daemon:
             audit=self.audit,
             start_offset=start_offset,
             previous_end=previous_end,
+            console_log=console_log,
+            history=history,
         )
         switch = self.state.ports.get(port.name)
         enabled = (switch.enabled if switch else port.enabled) and self.state.console_enabled
@@ -164,6 +199,13 @@ class Daemon:
         self.audit.open()  # StartupError naming the file if it cannot be written
         soft, hard = raise_nofile_limit()
         log.info("file_descriptor_limit", soft=soft, hard=hard)
+        budget = descriptor_budget(self.config)
+        refusal = budget.refusal(soft)
+        if refusal is not None:  # every listener would bind and then the devices or the first clients fail
+            raise StartupError(refusal)
+        if budget.clients_left(soft) < CLIENT_HEADROOM:
+            left = budget.clients_left(soft)
+            log.warning("file_descriptors_tight", soft_limit=soft, fixed=budget.fixed, clients_left=left)
         self._tls = self._load_tls()  # a bad key or certificate is a StartupError naming the file
         self.reloader.tls_started(self._tls)  # a reload rotates the certificate new handshakes get
         await self._start_oidc()
@@ -183,12 +225,17 @@ class Daemon:
                 await self._listen(
                     hub, port.telnet_readonly, raw=port.raw, mode=AttachMode.READ_ONLY, tls=tls
                 )
+            await self._start_ssh()
             await self._start_http()
         except StartupError:
             await self._close_servers()
+            if self._ssh is not None:  # started before HTTP: stopped when HTTP cannot start
+                await self._ssh.stop()
+                self._ssh = None
             raise
         # After the listeners (a start-up error leaves no sender task behind), before any guest byte.
         self._webhook = attach_alerts(self.config.alerts, self.hubs.values())
+        self.console_logs.start()
         for hub in self.hubs.values():
             hub.start()
         for hub in self.hubs.values():
@@ -225,6 +272,24 @@ class Daemon:
         )
         self.http_address = await frontend.start()
         self._http = frontend
+
+    async def _start_ssh(self) -> None:
+        settings = self.config.ssh
+        if settings.listen is None or self.front_door is None:
+            return  # configcheck refuses [ssh] listen without [auth]
+        from .frontends.ssh import SshFrontend  # asyncssh is loaded only when SSH is configured
+        from .frontends.ssh_hostkey import fingerprint_lines, load_host_keys
+
+        keys = load_host_keys(settings.host_keys, self.config.daemon.state_dir)  # StartupError naming it
+        frontend = SshFrontend(self, self.front_door, self.audit, keys)
+        self.ssh_address = await frontend.start(settings.listen)
+        self._ssh = frontend
+        log.info(
+            "listening",
+            kind="ssh",
+            address="{}:{}".format(*self.ssh_address),
+            host_keys=fingerprint_lines(keys),
+        )
 
     # -- ConsoleControl: what front ends may do ----------------------------------------------------------
     def consoles(self, identity: Identity) -> Sequence[Console]:
@@ -401,6 +466,9 @@ class Daemon:
             and not (self.front_door and http.tls)
         ):
             exposed.append(str(http.listen))
+        ssh = self.config.ssh.listen
+        if ssh is not None and not _is_loopback(ssh.host) and not self.front_door:
+            exposed.append(str(ssh))  # SSH encrypts by itself: only missing [auth] exposes it
         if exposed:
             hint = (
                 "daemon.allow_remote_unauthenticated is set: these listeners lack [auth] or TLS; "
@@ -457,6 +525,9 @@ class Daemon:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self._close_servers()
+        if self._ssh is not None:
+            await self._ssh.stop()
+            self._ssh = None
         if self._http is not None:
             await self._http.stop()  # closes WebSockets first
             self._http = None
@@ -466,6 +537,7 @@ class Daemon:
             await asyncio.wait_for(asyncio.gather(*closing), timeout)
         except TimeoutError:
             log.warning("shutdown_timeout", seconds=timeout)
+        await self.console_logs.stop()  # the hubs flushed and closed their logs; a stuck one is cut here
         for hub in self.hubs.values():
             if hub.vm.adapter is not None:
                 try:

@@ -11,6 +11,9 @@ do is the access policy's business (``core.access``, ``core.grants``), not this 
 * **Certificates**: the names a verified client certificate carries (CN, then SANs) are looked up in the
   users' ``cert_names`` (default: the user's own name).
 * **Bearer JWTs** from the OpenID provider (``[auth.oidc]``) give a user name and groups.
+* **SSH keys and user certificates** (``frontends.ssh``): asyncssh proves the client holds the key (and
+  that a certificate is signed by a trusted CA and valid now); the key's owner, or the user a principal
+  names, comes from the users file here (``ssh_user``), and the outcome is audited like any other login.
 * **Throttling**: failed attempts per source address and per user name make the next attempt wait longer
   (``core.throttle``); front ends hold their answer for ``delay_s`` before asking again.
 
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -81,6 +84,9 @@ class Authenticator:
         self._hashes: Mapping[str, str] = directory.password_hashes()
         self._tokens = TokenTable(directory.token_digests())
         self._cert_names = directory.certificate_names()
+        self._ssh_keys = directory.ssh_keys()
+        self._ssh_principals = directory.ssh_principals()
+        self.ssh_ca_keys = directory.ssh_ca_keys
         self._oidc = oidc
         self._audit = audit
         self.throttle = throttle if throttle is not None else LoginThrottle()
@@ -93,6 +99,9 @@ class Authenticator:
         self._hashes = directory.password_hashes()
         self._tokens = TokenTable(directory.token_digests())
         self._cert_names = directory.certificate_names()
+        self._ssh_keys = directory.ssh_keys()
+        self._ssh_principals = directory.ssh_principals()
+        self.ssh_ca_keys = directory.ssh_ca_keys
 
     def use_oidc(self, verifier: JwtCheck) -> None:
         """Accept bearer JWTs checked by ``verifier`` (built by the daemon once its loop runs)."""
@@ -101,6 +110,10 @@ class Authenticator:
     # -- how long a front end must hold the next attempt --------------------------------------------
     def delay_s(self, peer: Identity, user: str) -> float:
         return float(self.throttle.delay_s(throttle_source(peer), user, self._clock()))
+
+    def source_delay_s(self, peer: Identity) -> float:
+        """The delay for the address alone, before the user is known (SSH: the key names the user)."""
+        return float(self.throttle.delay_s(throttle_source(peer), "\x00no user", self._clock()))
 
     # -- credentials ---------------------------------------------------------------------------------
     async def password(self, peer: Identity, user: str, password: str) -> Identity | None:
@@ -151,6 +164,31 @@ class Authenticator:
                 "login_failed", method="certificate", **peer.audit_fields(), reason="no user for certificate"
             )
         return None
+
+    def ssh_user(self, key_blob: bytes | None, principals: Sequence[str] = ()) -> str | None:
+        """The user an SSH key (wire format) belongs to, or for a certificate (``key_blob`` None) the user
+        its first principal that names one means.  Public keys are not secrets: a dict lookup will do."""
+        if key_blob is not None:
+            return self._ssh_keys.get(key_blob)
+        for principal in principals:
+            user = self._ssh_principals.get(principal)
+            if user is not None:
+                return user
+        return None
+
+    def ssh_login(self, peer: Identity, user: str | None, method: str, reason: str = "") -> Identity | None:
+        """The outcome of one SSH connection's authentication (``method``: publickey or certificate):
+        ``user`` and no ``reason`` is a login; anything else a failure, throttled and audited with it."""
+        if user is not None and not reason:
+            return self._ok(peer, user, method)
+        self._failed(peer, user or "", method, reason or "bad credentials")
+        return None
+
+    def refused(self, peer: Identity, method: str, reason: str) -> None:
+        """A connection turned away before any credential was checked (too many at a login prompt, login
+        timeout): audited as a failed login, not counted by the throttle (no guess was made)."""
+        self._count(method, "failed")
+        self._audit("login_failed", method=method, **peer.audit_fields(), result="failed", reason=reason)
 
     # -- outcomes ------------------------------------------------------------------------------------
     def _ok(self, peer: Identity, user: str, method: str, groups: frozenset[str] = frozenset()) -> Identity:

@@ -6,6 +6,8 @@
     name = "alice"                                   # the user name in audit lines and messages
     password_hash = "$argon2id$v=19$m=..."           # from `serialmuxd hash-password`; optional
     cert_names = ["alice@example.com"]               # TLS client certificate CN/SAN values that mean alice
+    ssh_keys = ["ssh-ed25519 AAAAC3Nz... alice@laptop"] # authorized_keys lines (serialmuxd.auth.ssh_keys)
+    ssh_principals = ["alice"]                       # user-certificate principals that mean alice (default)
     grants = [{ role = "operator", ports = ["vm*"] }]
 
     [[tokens]]
@@ -20,6 +22,12 @@ certificate (``cert_names``, or a certificate whose CN is the user's name) or th
 
 User and token names share one namespace: a token is a user of its own, so its grants are never mixed with
 a person's by accident.
+
+SSH (``[ssh]``): the user name a client sends selects the console, so the key says who it is.  Each
+``ssh_keys`` entry belongs to exactly one user (the same key under two users is a problem, reported at
+both); top-level ``ssh_ca_keys = ["ssh-ed25519 AAAA… ca"]`` lists the CAs whose user certificates are
+trusted, and a certificate's principal names its user (``ssh_principals``, default the user's name; each
+principal means one user).
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from ..configcheck import (
 from ..core.grants import BUILTIN_ROLES, Grant
 from ..errors import ConfigError
 from .passwords import hash_problem
+from .ssh_keys import SshPublicKey, parse_public_key_line
 from .tokens import digest_problem
 
 # A user name: what a person types at a login prompt and what audit lines show.  No spaces, no separators a
@@ -63,6 +72,8 @@ class User:
     password_hash: str | None
     cert_names: tuple[str, ...]
     grants: tuple[Grant, ...]
+    ssh_keys: tuple[SshPublicKey, ...] = ()
+    ssh_principals: tuple[str, ...] = ()  # empty: the user's own name
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +87,7 @@ class TokenEntry:
 class UserDirectory:
     users: tuple[User, ...]
     tokens: tuple[TokenEntry, ...]
+    ssh_ca_keys: tuple[SshPublicKey, ...] = ()
 
     def grants(self) -> dict[str, tuple[Grant, ...]]:
         """Grants by user name (users and tokens alike)."""
@@ -89,6 +101,18 @@ class UserDirectory:
     def token_digests(self) -> dict[str, str]:
         """``{sha256 hex: token name}``."""
         return {token.sha256: token.name for token in self.tokens}
+
+    def ssh_keys(self) -> dict[bytes, str]:
+        """``{SSH public key blob: user}`` (each key belongs to one user: checked when the file is read)."""
+        return {key.blob: user.name for user in self.users for key in user.ssh_keys}
+
+    def ssh_principals(self) -> dict[str, str]:
+        """``{user-certificate principal: user}``: each user's ``ssh_principals``, else the user's name."""
+        names: dict[str, str] = {}
+        for user in self.users:
+            for principal in user.ssh_principals or (user.name,):
+                names.setdefault(principal, user.name)
+        return names
 
     def certificate_names(self) -> dict[str, str]:
         """``{name a certificate may carry: user}``: each user's ``cert_names``, else the user's own name."""
@@ -117,6 +141,24 @@ def _password_hash(value: object) -> str:
     return result
 
 
+def _ssh_key(value: object) -> SshPublicKey:
+    try:
+        return parse_public_key_line(text(value))
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+
+
+def _ssh_ca_key(value: object) -> SshPublicKey:
+    try:
+        return parse_public_key_line(text(value), ca=True)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+
+
+_ssh_keys = array_of(_ssh_key, "authorized_keys lines")
+_ssh_ca_keys = array_of(_ssh_ca_key, "authorized_keys lines of certificate authorities")
+
+
 def _digest(value: object) -> str:
     result = string(value)
     problem = digest_problem(result)
@@ -129,6 +171,8 @@ class _User:
     name = Key("name", _user_name)
     password_hash = Key("password_hash", _password_hash)
     cert_names = Key("cert_names", array_of(text, "certificate names"))
+    ssh_keys = Key("ssh_keys", _ssh_keys)
+    ssh_principals = Key("ssh_principals", array_of(text, "certificate principals"))
     grants = Key("grants", check_grants)
 
 
@@ -138,7 +182,15 @@ class _Token:
     grants = Key("grants", check_grants)
 
 
-_USER_KEYS = (_User.name, _User.password_hash, _User.cert_names, _User.grants)
+_USER_KEYS = (
+    _User.name,
+    _User.password_hash,
+    _User.cert_names,
+    _User.ssh_keys,
+    _User.ssh_principals,
+    _User.grants,
+)
+_TOP_KEYS = ("users", "tokens", "ssh_ca_keys")
 _TOKEN_KEYS = (_Token.name, _Token.sha256, _Token.grants)
 
 
@@ -191,9 +243,20 @@ def load_users(path: Path, roles: Iterable[str] = ()) -> UserDirectory:
 
 def parse_users(document: Mapping[str, object], roles: set[str], problems: Problems) -> UserDirectory:
     for top in document:
-        if top not in ("users", "tokens"):
-            problems.add(key_path("", top), "unknown key; the users file holds [[users]] and [[tokens]]")
+        if top not in _TOP_KEYS:
+            problems.add(
+                key_path("", top), "unknown key; the users file holds [[users]], [[tokens]] and ssh_ca_keys"
+            )
+    ssh_ca_keys: tuple[SshPublicKey, ...] = ()
+    if "ssh_ca_keys" in document:
+        try:
+            ssh_ca_keys = _ssh_ca_keys(document["ssh_ca_keys"])
+        except Invalid as exc:
+            for at, reason in exc.found:
+                problems.add(f"ssh_ca_keys{at}", reason)
     names: dict[str, str] = {}
+    key_owners: dict[bytes, str] = {}  # SSH key blob -> where it was first listed
+    principals: dict[str, str] = {}
     users = []
     for index, table in _tables(document.get("users", []), "users", problems):
         at = f"users[{index}]"
@@ -204,9 +267,33 @@ def parse_users(document: Mapping[str, object], roles: set[str], problems: Probl
         name = own.get(_User.name)
         if name is not None:
             _claim(name, at, names, problems)  # also for an entry with another problem: report both
+        ssh_keys = own.get(_User.ssh_keys) or ()
+        for index_key, key in enumerate(ssh_keys):
+            where = f"{at}.ssh_keys[{index_key}]"
+            first = key_owners.setdefault(key.blob, where)
+            if first != where:
+                problems.add(
+                    where, f"key {key.fingerprint} is already listed at {first}: each key belongs to one user"
+                )
+        for principal in own.get(_User.ssh_principals) or ((name,) if name is not None else ()):
+            first = principals.setdefault(principal, at)
+            if first != at:
+                problems.add(
+                    f"{at}.ssh_principals",
+                    f"principal {show(principal)} already means the user of {first}: one user per principal",
+                )
         if name is None or not own.ok:
             continue
-        users.append(User(name, own.get(_User.password_hash), own.get(_User.cert_names) or (), tuple(grants)))
+        users.append(
+            User(
+                name,
+                own.get(_User.password_hash),
+                own.get(_User.cert_names) or (),
+                tuple(grants),
+                ssh_keys=ssh_keys,
+                ssh_principals=own.get(_User.ssh_principals) or (),
+            )
+        )
     tokens = []
     digests: dict[str, str] = {}
     for index, table in _tables(document.get("tokens", []), "tokens", problems):
@@ -224,7 +311,7 @@ def parse_users(document: Mapping[str, object], roles: set[str], problems: Probl
         if first != at:
             problems.add(f"{at}.sha256", f"the same token as {first}: every token must be different")
         tokens.append(TokenEntry(token_name, digest, tuple(grants)))
-    return UserDirectory(tuple(users), tuple(tokens))
+    return UserDirectory(tuple(users), tuple(tokens), ssh_ca_keys)
 
 
 def _tables(raw: object, key: str, problems: Problems) -> list[tuple[int, Mapping[str, object]]]:
