@@ -108,6 +108,10 @@ class ConsoleStream:
         while not self._stopping:
             try:
                 status = await self.api.request("GET", Api.port_path(self.name), f"console {self.name}")
+                if status.get("state") == "disabled":
+                    # The upgrade would be refused with this reason, which a failed handshake does not show.
+                    reason = status.get("state_reason") or "disabled"
+                    raise ClientError(f"console {self.name} is disabled: {reason}", Exit.UNAVAILABLE)
                 mode = (
                     self._choose_mode(status, not first)
                     if self._choose_mode is not None
