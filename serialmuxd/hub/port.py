@@ -42,6 +42,7 @@ from ..core.ring import RingBuffer
 from ..core.timeline import Timeline, max_samples_for
 from ..devices.base import DeviceLink, DeviceListener
 from ..obs.audit import AuditFn
+from ..obs.consolelog import History, PortLog, restart_marker
 from .api import SYSRQ_KEY_DELAY_S, LineRequests
 from .arbiter import WriterArbiter
 from .clock import Scheduler, loop_scheduler
@@ -91,11 +92,22 @@ class PortHub(DeviceListener, LineRequests):
         schedule: Scheduler = loop_scheduler,
         start_offset: int = 0,
         previous_end: int | None = None,
+        console_log: PortLog | None = None,
+        history: History | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
         # Offsets continue from the previous run (see state.py), so they are never reused.
         self.ring = RingBuffer(config.scrollback_bytes, start_offset)
+        # The persisted console log (obs/consolelog.py), and what a previous run of it left: served before
+        # the ring, which then starts with a restart-gap line (so the fan-out's run starts after it).
+        self.console_log = console_log
+        self._history = history
+        if history is not None:
+            marker = restart_marker(history, start_offset, previous_end, wall())
+            self.ring.append(marker)
+            if console_log is not None:
+                console_log.observe(marker, start_offset)
         self.access = access if access is not None else AccessPolicy()
         self._audit = audit
         self._clock = clock
@@ -155,12 +167,17 @@ class PortHub(DeviceListener, LineRequests):
         self.timeline = Timeline(self.ring.end, max_samples=max_samples_for(config.scrollback_bytes))
         self.output.observers.append(self._record_time)
         self.window_size: tuple[int, int] | None = None
+        if console_log is not None:
+            self.output.observers.append(console_log.observe)
+            self.vm.on_action = lambda action: console_log.trigger(f"{action} through the hypervisor")
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
         if self.state is PortState.DISABLED or self._link_factory is None or self.link is not None:
             return
         self.link = self._link_factory(self)
+        if self.console_log is not None:
+            self.console_log.trigger("port started")
         self.link.start()
 
     async def close(self, reason: str = "serialmuxd is shutting down") -> None:
@@ -171,6 +188,9 @@ class PortHub(DeviceListener, LineRequests):
         self.watch.close()
         if self.link is not None:
             await self.link.close()
+        self.health.close()  # after the link: no more guest output to match
+        if self.console_log is not None:
+            await self.console_log.close()  # everything queued is written, the files are closed
 
     def reconfigure(self, config: PortConfig) -> None:
         """A reload changed only settings that apply in place (``reload.plan.LIVE_PORT_FIELDS``): sessions,
@@ -264,14 +284,28 @@ class PortHub(DeviceListener, LineRequests):
 
     def scrollback(self, identity: Identity, start: int | None, limit: int) -> ScrollbackSlice:
         """Read the ring from ``start`` (default: the oldest byte).  The caller checks ``start`` against
-        the bounds in the result's ``start``/``end`` (see ``scrollback_bounds``)."""
+        the bounds in the result's ``start``/``end`` (see ``scrollback_bounds``).  After a restart the
+        persisted history comes first: a read that starts in it ends with it (``offset + len`` is where to
+        go on), and one that starts after it gets the ring, which begins with the restart-gap line."""
         self._require(identity, Verb.VIEW)
         ring = self.ring
-        result = ring.read(ring.start if start is None else start, limit)
+        history = self._history_now()
+        begin = self.scrollback_bounds()[0] if start is None else start
+        if history is not None and history.start <= begin < history.end:
+            data = history.data[begin - history.start : begin - history.start + limit]
+            return ScrollbackSlice(data, begin, history.start, ring.end)
+        result = ring.read(begin, limit)
         return ScrollbackSlice(result.data, result.offset, ring.start, ring.end)
 
     def scrollback_bounds(self) -> tuple[int, int]:
-        return self.ring.start, self.ring.end
+        history = self._history_now()
+        return (self.ring.start if history is None else history.start), self.ring.end
+
+    def _history_now(self) -> History | None:
+        """The persisted history while the ring has room for it; once the ring is full it is let go."""
+        if self._history is not None and len(self.ring) >= self.ring.capacity:
+            self._history = None
+        return self._history
 
     def recording(self, identity: Identity, start: int | None, end: int | None) -> RecordingSlice:
         """``scrollback`` from ``start`` to ``end`` (defaults: the ring's bounds) with each chunk's time."""
@@ -319,14 +353,21 @@ class PortHub(DeviceListener, LineRequests):
 
     # -- attaching ----------------------------------------------------------------------------------
     def attach(
-        self, sink: SessionSink, identity: Identity, mode: AttachMode, *, from_offset: int | None = None
+        self,
+        sink: SessionSink,
+        identity: Identity,
+        mode: AttachMode,
+        *,
+        from_offset: int | None = None,
+        force: bool = False,
     ) -> Session | None:
         """Attach a client.  Returns None (after closing the sink with a reason) if it may not attach.
 
         ``from_offset`` resumes a client that was attached before (WebSocket ``?from=``): instead of the
         replay window it gets everything since that offset that is still in the ring, and is told how
         many bytes were overwritten in between, or that the daemon restarted since.  It must not be beyond
-        ``stream_end`` (checked by callers).
+        ``stream_end`` (checked by callers).  ``force`` (interactive only): take the writer lease at once,
+        whatever the takeover policy (``core.lease`` ``FORCE``; needs ``Verb.TAKE_OVER`` like any takeover).
         """
         decision = self.access.decide(identity, Verb.VIEW, self.name, mode)
         if not decision:
@@ -360,11 +401,11 @@ class PortHub(DeviceListener, LineRequests):
         if from_offset is None:
             self.output.replay(session, self.config.replay_bytes, manual=False)
         else:
-            self.output.resume(session, min(from_offset, self.ring.end))
+            self._resume(session, min(from_offset, self.ring.end))
         if session.closed:
             return None
         if mode is AttachMode.INTERACTIVE:
-            self._request_write(session, LeaseInput.ATTACH)
+            self._request_write(session, LeaseInput.FORCE if force else LeaseInput.ATTACH)
         else:
             holder = self.arbiter.lease.holder
             session.notify(
@@ -375,6 +416,28 @@ class PortHub(DeviceListener, LineRequests):
                 )
             )
         return session
+
+    def _resume(self, session: Session, offset: int) -> None:
+        """``output.resume``, with the persisted history of the previous run first when ``offset`` is in it
+        (the fan-out then tells the restart gap after it)."""
+        history = self._history_now()
+        if history is not None and offset < history.end:
+            if offset < history.start:
+                missed = history.start - offset
+                session.missed_bytes += missed
+                session.notify(
+                    Notice(
+                        NoticeKind.MISSED,
+                        f"{missed} bytes of console output from before serialmuxd restarted were not kept",
+                        {"missed": missed, "offset": history.start},
+                    )
+                )
+                offset = history.start
+            session.sink.send_output(history.data[offset - history.start :])
+            if session.closed:
+                return
+            offset = history.end
+        self.output.resume(session, offset)
 
     def _session_limit(self, identity: Identity) -> str | None:
         if len(self.sessions) >= self.config.max_sessions:
@@ -539,7 +602,7 @@ class PortHub(DeviceListener, LineRequests):
             return
         decision = self.access.decide(session.identity, Verb.WRITE, self.name, session.mode)
         if not decision:
-            if kind is LeaseInput.TAKE_OVER:  # asked for; an attach that merely watches is no denial
+            if kind is not LeaseInput.ATTACH:  # asked for; an attach that merely watches is no denial
                 self._denied(session.identity, Verb.WRITE, decision.reason, session)
             session.notify(Notice(NoticeKind.REFUSED, decision.reason))
             return

@@ -33,7 +33,7 @@ _DONE_TEXT = {
 
 
 class VmControl:
-    __slots__ = ("_audit", "_broadcast", "action_counts", "adapter", "port")
+    __slots__ = ("_audit", "_broadcast", "action_counts", "adapter", "on_action", "port")
 
     def __init__(
         self,
@@ -49,6 +49,8 @@ class VmControl:
         self._broadcast = broadcast
         # (action, "ok" | "failed") -> how many ran; read by the metrics collector at scrape time.
         self.action_counts: dict[tuple[str, str], int] = {}
+        # Told each action that succeeded (the console log starts a boot capture on reset and restart).
+        self.on_action: Callable[[Action], None] | None = None
         if adapter is not None:
             adapter.on_state_change(self.state_changed)
 
@@ -120,6 +122,8 @@ class VmControl:
             )
             raise
         self._count(action, "ok")
+        if self.on_action is not None and action is not Action.NMI:
+            self.on_action(action)
         self._audit("vm_action", port=self.port, action=str(action), **identity.audit_fields(), result="ok")
         self._broadcast(
             Notice(

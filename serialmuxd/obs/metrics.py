@@ -123,6 +123,14 @@ class ConsoleCollector(Collector):
             "port_guest_health_events", "Guest-health events (panics, oopses, ...) by kind", "counter"
         )
         add_health, n_health = health.samples.append, health.name + "_total"
+        # Console logs ([logs]; obs/consolelog.py): only ports that have one.
+        logged = family("port_log_bytes", "Guest bytes written to the port's console log", "counter")
+        log_lost = family(
+            "port_log_lost_bytes",
+            "Guest bytes the console log could not write (disk full, I/O errors)",
+            "counter",
+        )
+        boots = family("port_log_boot_captures", "Boot captures started (NAME.boot-SEQ.log)", "counter")
         # Appending Samples directly, with label dicts built once per port (the config is frozen), is what
         # keeps the loop's share of a scrape small: ~3x cheaper than add_metric per sample.
         add_from, add_to = from_guest.samples.append, to_guest.samples.append
@@ -188,11 +196,22 @@ class ConsoleCollector(Collector):
                     for health_kind in (*labels.health_kinds, *others):
                         count = seen_kinds.get(health_kind, 0)
                         add_health(Sample(n_health, labels.health(health_kind), count, None, None, None))
+                console_log = getattr(hub, "console_log", None)  # stand-in hubs in tests have none
+                if console_log is not None:
+                    logged.samples.append(
+                        Sample(logged.name + "_total", base, console_log.bytes_logged, None, None, None)
+                    )
+                    log_lost.samples.append(
+                        Sample(log_lost.name + "_total", base, console_log.bytes_lost, None, None, None)
+                    )
+                    boots.samples.append(
+                        Sample(boots.name + "_total", base, console_log.boot_captures, None, None, None)
+                    )
         finally:
             if collecting:
                 gc.enable()
         yield from (from_guest, to_guest, sessions, takeovers, reconnects, state, fill, capacity, skipped)
-        yield from (quiet, actions, sink_errors, health)
+        yield from (quiet, actions, sink_errors, health, logged, log_lost, boots)
         if self._logins is not None:
             logins = CounterMetricFamily(
                 PREFIX + "logins", "Sign-in attempts by method and outcome", labels=("method", "result")

@@ -143,7 +143,10 @@ def test_validator_covers_every_field() -> None:
     assert keys(module._SERIAL_KEYS) == names(SerialSettings)
     deprecated_aliases = {"input_rate_bps"}  # read into input_rate_bytes_per_s, with a warning
     port_keys = {*keys(module._PORT_ONLY_KEYS), *keys(module._INHERITABLE_KEYS), "serial", "hypervisor"}
+    # logs, log_dir and log_boot_pattern are resolved with [logs] into one field, log (LogSettings).
+    port_keys = port_keys - {"logs", "log_dir", "log_boot_pattern"} | {"log"}
     assert port_keys - deprecated_aliases == names(PortConfig)
+    assert keys(module._LOGS_KEYS) == names(module.LogSettings)
 
 
 # ---------------------------------------------------------------------------------------------------------

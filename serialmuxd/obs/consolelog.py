@@ -1,0 +1,704 @@
+"""Persistent console logs: each port's guest output in ``NAME.log``, rotated, with the boots kept aside.
+
+Theory of operation
+-------------------
+The hub hands every guest chunk to ``PortLog.observe`` (an ``OutputFanout`` observer, so it runs on the
+event loop for every chunk).  That call only appends ``(port, chunk, offset, wall time)`` to one deque
+shared by all ports and returns: no I/O, no lock, no formatting.  One daemon-wide thread
+(``ConsoleLogWriter``) wakes every ``FLUSH_INTERVAL_S`` (or sooner when a lot is queued), drains the deque,
+stamps lines, matches the boot pattern, and writes each port's batch with one ``write(2)`` per file.  So
+the console never waits for a disk: if the thread falls behind by more than ``QUEUE_LIMIT_BYTES``, chunks
+are not queued at all; the thread sees the hole in the offsets and reports it like a write error.
+
+Nothing lost silently.  A write that fails (ENOSPC, EIO, EDQUOT ...) pauses that port's log: what reached
+the file stays, what did not is counted in ``bytes_lost`` (a metric) with one log line, and every tick the
+thread tries again by writing the gap marker ``[serialmuxd] log gap: N bytes not written (REASON)``; once
+that succeeds logging resumes.  The console, the ring and the sessions never notice.
+
+Files.  ``NAME.log`` holds guest bytes (with ``timestamps``, a UTC stamp before each line) and
+``[serialmuxd]`` marker lines, never client input.  At ``rotate_bytes`` it is renamed to ``NAME.log.1``
+(``.1`` to ``.2`` ... up to ``keep``) and a new one is created, which is what ``tail -F`` follows.  Its
+sidecar ``NAME.log.idx`` (rotated with it) maps stream offsets to file positions (see consolelog_policy),
+so that after a restart, even after SIGKILL, ``load_history`` gives the hub the persisted bytes at their
+exact offsets.  Files are created 0600 and the directory 0700.
+
+Keeping the boot.  A trigger (the port starting, the device coming online, a reset/restart/start through
+the hypervisor adapter, QEMU's ``RESET`` event, a line matching ``boot_pattern``) opens
+``NAME.boot-SEQ.log``: the first ``boot_bytes`` of output after it, in the same format; the newest
+``keep_boots`` are kept.  So however often ``NAME.log`` wraps, each recent boot's first lines are on disk,
+and the panic at the end of the last boot is in ``NAME.log``.  Triggers within ``TRIGGER_GAP_S`` of the
+last accepted one are the same boot; a pattern match does not cut short a capture that is still filling.
+
+What a SIGKILL costs: what was still in the deque (at most one tick, ``FLUSH_INTERVAL_S``) and a held
+unfinished line.  The index says exactly where the persisted bytes end; the hub reports the rest as the
+restart gap.  Data is not fsynced: a power loss may lose what the kernel had not written yet, which the
+index (written after its data) then also does not claim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import errno
+import os
+import re
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ..config import LogSettings
+from ..errors import StartupError
+from .consolelog_policy import (
+    STAMP_LEN,
+    IndexRecord,
+    LineHolder,
+    Segment,
+    boot_file_name,
+    boot_seqs,
+    boots_to_delete,
+    contiguous_tail,
+    marker_line,
+    parse_index,
+    rotation_plan,
+    stamp_lines,
+    strip_stamps,
+    trigger_accepted,
+)
+
+log = structlog.get_logger("serialmuxd.consolelog")
+
+FLUSH_INTERVAL_S = 0.2
+QUEUE_LIMIT_BYTES = 32 * 1024 * 1024  # all ports together; beyond it chunks are counted as lost
+_WAKE_BYTES = 1024 * 1024  # wake the thread early when this much is queued
+TRIGGER_GAP_S = 2.0
+LINE_IDLE_S = 1.0  # timestamps: an unfinished line is written after waiting this long
+_PATTERN_TAIL = 4096  # bytes of an unfinished line kept for boot_pattern matching across chunks
+_OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def index_name(log_name: str) -> str:
+    return log_name + ".idx"
+
+
+def prepare_dir(directory: Path) -> None:
+    """Create the log directory 0700 if needed; a directory that cannot be used stops the start."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise StartupError(f"cannot create log directory {directory}: {exc.strerror}") from exc
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise StartupError(f"log directory {directory} is not writable")
+    mode = directory.stat().st_mode
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise StartupError(f"log directory {directory} is writable by other users (mode {mode & 0o777:o})")
+
+
+# -- history after a restart -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """Guest bytes a previous run persisted: ``data`` is the stream from ``start`` to ``end``."""
+
+    start: int
+    data: bytes
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.data)
+
+
+def load_history(name: str, settings: LogSettings, want: int) -> History | None:
+    """The newest persisted run of ``name``'s output without a hole, at most ``want`` bytes, read back
+    through the sidecar indexes (oldest rotation first).  None when there is nothing usable."""
+    base = settings.dir / f"{name}.log"
+    files = [Path(f"{base}.{k}") for k in range(settings.keep, 0, -1)] + [base]
+    pieces: list[tuple[int, bytes]] = []
+    for path in files:
+        try:
+            records = parse_index(Path(index_name(str(path))).read_bytes())
+            if not records:
+                continue
+            content = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("console_log_history_unreadable", port=name, path=str(path), error=exc.strerror)
+            continue
+        for record in records:
+            if record.filepos + record.flen > len(content):
+                continue  # its data never reached the disk (power loss): not claimed
+            raw = content[record.filepos : record.filepos + record.flen]
+            data = strip_stamps(raw, record.stamp_len, record.starts_line)
+            if len(data) == record.glen:
+                pieces.append((record.offset, data))
+    tail = contiguous_tail(pieces, want)
+    return None if tail is None else History(*tail)
+
+
+def restart_marker(history: History, run_start: int, previous_end: int | None, wall: float) -> bytes:
+    """The line the ring starts with after a restart: where the persisted output ends and what is gone."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(wall))
+    if previous_end is not None and previous_end <= history.end:
+        lost = "nothing was lost"
+    elif previous_end is not None:
+        lost = f"{previous_end - history.end} bytes before the restart were not logged"
+    else:
+        lost = "what the previous run printed after that offset is not known (it did not stop cleanly)"
+    lead = b"" if history.data.endswith(b"\n") else b"\r\n"
+    text = (
+        f"[serialmuxd] restart gap: serialmuxd restarted at {when}; the logged output above ends at offset "
+        f"{history.end}, {lost}; new output starts at offset {run_start}"
+    )
+    return lead + text.encode() + b"\r\n"
+
+
+# -- one file being written ----------------------------------------------------------------------------
+
+
+class _WriteFailed(Exception):
+    def __init__(self, lost: int, error: OSError) -> None:
+        super().__init__(error.strerror)
+        self.lost = lost
+        self.error = error
+
+
+class _LogFile:
+    """An append-only file with a batch being built, and (for NAME.log) its index."""
+
+    def __init__(self, path: Path, *, stamps: bool, indexed: bool) -> None:
+        self.path = path
+        self.stamps = stamps
+        self.fd = _open(path)  # read-write: the last byte says whether the file ends mid-line
+        self.idx_fd: int | None = None
+        try:
+            self.idx_fd = _open(Path(index_name(str(path)))) if indexed else None
+            self.size = os.fstat(self.fd).st_size
+            self.at_line_start = self.size == 0 or os.pread(self.fd, 1, self.size - 1) == b"\n"
+        except OSError:
+            self.close()
+            raise
+        self.pending = bytearray()
+        self.records: list[IndexRecord] = []
+        self._line_start_before = self.at_line_start  # at_line_start when the pending batch began
+
+    @property
+    def length(self) -> int:
+        """Size once the pending batch is written."""
+        return self.size + len(self.pending)
+
+    def add_guest(self, data: bytes, offset: int, wall: float) -> None:
+        if not self.pending:
+            self._line_start_before = self.at_line_start
+        starts = self.at_line_start
+        raw, self.at_line_start = stamp_lines(data, wall, starts, self.stamps)
+        filepos = self.length
+        self.pending += raw
+        if self.idx_fd is None:
+            return
+        last = self.records[-1] if self.records else None
+        if last is not None and last.end == offset and last.filepos + last.flen == filepos:
+            self.records[-1] = IndexRecord(
+                last.offset,
+                last.filepos,
+                last.flen + len(raw),
+                last.glen + len(data),
+                last.stamp_len,
+                last.starts_line,
+            )
+        else:
+            stamp_len = STAMP_LEN if self.stamps else 0
+            self.records.append(IndexRecord(offset, filepos, len(raw), len(data), stamp_len, starts))
+
+    def add_marker(self, text: str, wall: float) -> None:
+        if not self.pending:
+            self._line_start_before = self.at_line_start
+        self.pending += marker_line(text, wall, self.at_line_start, self.stamps)
+        self.at_line_start = True
+
+    def flush(self) -> int:
+        """Write the batch; returns guest bytes written.  Raises ``_WriteFailed`` with the guest bytes that
+        did not reach the file; what did stays, and the index names exactly that."""
+        data, records = self.pending, self.records
+        self.pending, self.records = bytearray(), []
+        if not data:
+            return 0
+        written = 0
+        failure: OSError | None = None
+        view = memoryview(data)
+        try:
+            while written < len(data):
+                n = os.write(self.fd, view[written:])
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                written += n
+        except OSError as exc:
+            failure = exc
+        finally:
+            view.release()
+        base = self.size
+        self.size += written
+        if written < len(data):
+            self.at_line_start = data[written - 1] == 0x0A if written else self._line_start_before
+        kept: list[IndexRecord] = []
+        guest_total = sum(r.glen for r in records)
+        for record in records:
+            cut = base + written - record.filepos
+            if cut >= record.flen:
+                kept.append(record)
+            elif cut > 0:
+                raw = bytes(data[record.filepos - base : record.filepos - base + cut])
+                glen = len(strip_stamps(raw, record.stamp_len, record.starts_line))
+                if glen:
+                    kept.append(
+                        IndexRecord(
+                            record.offset, record.filepos, cut, glen, record.stamp_len, record.starts_line
+                        )
+                    )
+            else:
+                break
+        guest_written = sum(r.glen for r in kept)
+        if kept and self.idx_fd is not None:
+            # Best effort: data without its index record is still in the human-readable log; only a
+            # restart cannot serve it from there.
+            with contextlib.suppress(OSError):
+                os.write(self.idx_fd, b"".join(r.line() for r in kept))
+        if failure is not None:
+            raise _WriteFailed(guest_total - guest_written if self.idx_fd is not None else 0, failure)
+        return guest_written
+
+    def close(self) -> None:
+        for fd in (self.fd, self.idx_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+def _open(path: Path) -> int:
+    fd = os.open(path, _OPEN_FLAGS, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # a file left by an older run (or created under another umask) is tightened
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+# -- one port's log ---------------------------------------------------------------------------------
+
+
+class PortLog:
+    """One port's console log.  ``observe``, ``trigger`` and ``close`` run on the event loop; everything
+    whose name starts with ``_`` runs on the writer thread.  The counters are read by metrics."""
+
+    def __init__(self, writer: ConsoleLogWriter, name: str, settings: LogSettings, start_offset: int) -> None:
+        self._writer = writer
+        self.name = name
+        self.settings = settings
+        self.bytes_logged = 0  # guest bytes that reached NAME.log
+        self.bytes_lost = 0  # guest bytes that did not (write errors, a full disk, the queue limit)
+        self.boot_captures = 0  # boot capture files started
+        self.closed = False
+        # Thread side.
+        self._next = start_offset  # the offset the next chunk should have; a larger one is a hole
+        self._holder = LineHolder(settings.timestamps, LINE_IDLE_S)
+        self._file: _LogFile | None = None
+        self._failure: str | None = None  # why the log is paused; None while writing works
+        self._unlogged = 0  # guest bytes lost since the last gap marker
+        self._last_trigger: float | None = None
+        self._pending_trigger: tuple[str, float] | None = None  # (reason, wall) waiting for output
+        self._boot: _LogFile | None = None
+        self._boot_left = 0
+        self._boot_from = 0  # stream offset the current capture starts at
+        self._boot_seq = 0
+        self._pattern = (
+            re.compile(settings.boot_pattern.encode(), re.MULTILINE) if settings.boot_pattern else None
+        )
+        self._tail = b""  # unfinished line, for boot_pattern
+
+    # -- event loop side -----------------------------------------------------------------------------
+    def observe(self, data: bytes, offset: int) -> None:
+        """OutputFanout observer: queue the chunk, or leave a hole in the offsets if the queue is full."""
+        writer = self._writer
+        if self.closed or writer.queued - writer.drained + len(data) > writer.limit:
+            return
+        writer.queued += len(data)
+        writer.queue.append((self, data, offset, time.time(), None))
+        if writer.queued - writer.drained > _WAKE_BYTES:
+            writer.wake.set()
+
+    def trigger(self, reason: str) -> None:
+        """A boot or reset happened here in the stream: capture what follows (see the module docstring)."""
+        if not self.closed and self.settings.boot_bytes > 0:
+            self._writer.queue.append((self, None, 0, time.time(), reason))
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Write everything queued for this port, then close its files (port stopped or removed)."""
+        if self.closed:
+            return
+        self.closed = True
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._writer.queue.append((self, None, 0, time.time(), done))
+        self._writer.wake.set()
+        if not self._writer.running:
+            return
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(done), timeout_s)
+        except TimeoutError:
+            log.warning("console_log_close_timeout", port=self.name, seconds=timeout_s)
+
+    # -- writer thread side ----------------------------------------------------------------------------
+    def _item(self, data: bytes | None, offset: int, wall: float, extra: Any, now: float) -> None:
+        if data is not None:
+            self._chunk(data, offset, wall, now)
+        elif isinstance(extra, str):
+            if trigger_accepted(self._last_trigger, now, TRIGGER_GAP_S):
+                self._last_trigger = now
+                self._pending_trigger = (extra, wall)
+        elif isinstance(extra, concurrent.futures.Future):
+            try:
+                self._finish()
+            finally:
+                extra.set_result(None)
+
+    def _chunk(self, data: bytes, offset: int, wall: float, now: float) -> None:
+        if offset > self._next:
+            self._release(self._holder.flush(), now)  # the held line ends where the hole begins
+            self._lose(offset - self._next, "the log writer fell behind")
+        self._next = offset + len(data)
+        if self._pattern is not None:
+            self._match(data, offset, wall, now)
+        self._release(self._holder.feed(data, offset, wall, now), now)
+
+    def _match(self, data: bytes, offset: int, wall: float, now: float) -> None:
+        assert self._pattern is not None
+        buf = self._tail + data
+        found = self._pattern.search(buf)
+        if (
+            found is not None
+            and found.end() > len(self._tail)
+            and self._boot is None
+            and self._pending_trigger is None
+        ) and trigger_accepted(self._last_trigger, now, TRIGGER_GAP_S):
+            self._last_trigger = now
+            line_start = buf.rfind(b"\n", 0, found.start()) + 1
+            # The line so far (from the earlier chunk) opens the capture; this chunk's bytes follow.
+            start = offset - len(self._tail) + line_start
+            self._start_capture("boot_pattern matched", wall, start)
+            # Without timestamps the line's beginning was written with the earlier chunk already (with
+            # them, the holder still has it and releases it with this chunk).
+            if line_start < len(self._tail) and self._boot is not None and not self._holder.stamps:
+                self._boot_write(Segment(self._tail[line_start:], start, wall))
+        nl = buf.rfind(b"\n")
+        self._tail = buf[nl + 1 :][-_PATTERN_TAIL:]
+
+    def _release(self, segments: list[Segment], now: float) -> None:
+        for segment in segments:
+            if self._pending_trigger is not None:
+                reason, wall = self._pending_trigger
+                self._pending_trigger = None
+                self._start_capture(reason, wall, segment.offset)
+            if self._boot is not None:
+                self._boot_write(segment)
+            self._main_write(segment)
+
+    def _main_write(self, segment: Segment) -> None:
+        if self._failure is not None:
+            self._unlogged += len(segment.data)
+            self.bytes_lost += len(segment.data)
+            return
+        data, offset = segment.data, segment.offset
+        settings = self.settings
+        while data:
+            target = self._ensure_file()
+            if target is None:
+                self._unlogged += len(data)
+                self.bytes_lost += len(data)
+                return
+            room = settings.rotate_bytes - target.length
+            if room <= 0 and target.length > 0:
+                if not self._rotate():
+                    self._unlogged += len(data)
+                    self.bytes_lost += len(data)
+                    return
+                continue
+            piece = data[: max(room, 1)]
+            if settings.timestamps:  # stamps count towards the size too: cut before the file passes it
+                while len(piece) > 1:
+                    excess = len(piece) + STAMP_LEN * (piece.count(b"\n") + 1) - room
+                    if excess <= 0:
+                        break
+                    piece = piece[: max(1, len(piece) - excess)]
+            target.add_guest(piece, offset, segment.wall)
+            data, offset = data[len(piece) :], offset + len(piece)
+
+    def _ensure_file(self) -> _LogFile | None:
+        if self._file is None:
+            try:
+                self._file = _LogFile(
+                    self.settings.dir / f"{self.name}.log", stamps=self.settings.timestamps, indexed=True
+                )
+            except OSError as exc:
+                self._fail(exc.strerror or str(exc), 0)
+                return None
+        return self._file
+
+    def _rotate(self) -> bool:
+        """Flush, rename NAME.log to NAME.log.1 (and so on), start a new NAME.log."""
+        if not self._flush_main():
+            return False
+        assert self._file is not None
+        self._file.close()
+        self._file = None
+        base = str(self.settings.dir / f"{self.name}.log")
+        try:
+            for src, dst in rotation_plan(base, self.settings.keep):
+                for a, b in ((src, dst), (index_name(src), None if dst is None else index_name(dst))):
+                    with contextlib.suppress(FileNotFoundError):
+                        if b is None:
+                            os.unlink(a)
+                        else:
+                            os.rename(a, b)
+        except OSError as exc:
+            self._fail(exc.strerror or str(exc), 0)
+            return False
+        return self._ensure_file() is not None
+
+    def _start_capture(self, reason: str, wall: float, offset: int) -> None:
+        self._end_capture(complete=False)
+        settings = self.settings
+        try:
+            names = os.listdir(settings.dir)
+        except OSError:
+            names = []
+        seqs = boot_seqs(self.name, names)
+        self._boot_seq = max(self._boot_seq, seqs[-1] if seqs else 0) + 1
+        try:
+            self._boot = _LogFile(
+                settings.dir / boot_file_name(self.name, self._boot_seq),
+                stamps=settings.timestamps,
+                indexed=False,
+            )
+        except OSError as exc:
+            self._writer.report("console_log_boot_failed", port=self.name, error=exc.strerror)
+            return
+        self.boot_captures += 1
+        self._boot_left = settings.boot_bytes
+        self._boot_from = offset
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall))
+        self._boot.add_marker(
+            f"boot capture {self._boot_seq} of {self.name}: {reason} at {when}, stream offset {offset}", wall
+        )
+        for seq in boots_to_delete([*seqs, self._boot_seq], settings.keep_boots):
+            with contextlib.suppress(OSError):
+                os.unlink(settings.dir / boot_file_name(self.name, seq))
+
+    def _boot_write(self, segment: Segment) -> None:
+        boot = self._boot
+        assert boot is not None
+        skip = max(0, self._boot_from - segment.offset)  # output from before the boot line
+        piece = segment.data[skip : skip + self._boot_left]
+        if not piece:
+            return
+        boot.add_guest(piece, segment.offset + skip, segment.wall)
+        self._boot_left -= len(piece)
+        if self._boot_left <= 0:
+            self._end_capture(complete=True)
+
+    def _end_capture(self, *, complete: bool) -> None:
+        boot = self._boot
+        if boot is None:
+            return
+        self._boot = None
+        if complete:
+            boot.add_marker(
+                f"end of boot capture: the first {self.settings.boot_bytes} bytes after the boot are kept "
+                f"here; the rest is in {self.name}.log",
+                time.time(),
+            )
+        try:
+            boot.flush()
+        except _WriteFailed as exc:
+            self._writer.report("console_log_boot_failed", port=self.name, error=exc.error.strerror)
+        boot.close()
+
+    def _lose(self, count: int, reason: str) -> None:
+        """Bytes that never reached the thread (the queue limit): a gap marker in place of them."""
+        self.bytes_lost += count
+        if self._failure is not None:
+            self._unlogged += count  # told in the marker written when logging resumes
+            return
+        target = self._ensure_file()
+        if target is not None:
+            target.add_marker(f"log gap: {count} bytes not written ({reason})", time.time())
+            self._writer.report("console_log_gap", port=self.name, lost=count, reason=reason)
+
+    def _fail(self, reason: str, lost: int) -> None:
+        self.bytes_lost += lost
+        self._unlogged += lost
+        if self._failure is None:
+            self._writer.report("console_log_paused", port=self.name, reason=reason, lost=self._unlogged)
+        self._failure = reason
+
+    def _flush_main(self) -> bool:
+        target = self._file
+        if target is None:
+            return self._failure is None
+        if self._failure is not None:
+            # Paused: the next attempt is the gap marker; once it is written, logging resumes.  Nothing
+            # else is pending then (_main_write counts instead of adding while paused).
+            target.pending.clear()
+            target.records.clear()
+            target.add_marker(f"log gap: {self._unlogged} bytes not written ({self._failure})", time.time())
+            try:
+                target.flush()
+            except _WriteFailed as exc:
+                self._failure = exc.error.strerror or self._failure
+                return False
+            self._writer.report(
+                "console_log_resumed", port=self.name, lost=self._unlogged, reason=self._failure
+            )
+            self._failure = None
+            self._unlogged = 0
+            return True
+        try:
+            self.bytes_logged += target.flush()
+        except _WriteFailed as exc:
+            self._fail(exc.error.strerror or str(exc.error), exc.lost)
+            return False
+        return True
+
+    @property
+    def paused(self) -> bool:
+        return self._failure is not None
+
+    def _retry(self) -> None:
+        if self._file is None:
+            self._ensure_file_quietly()
+        self._flush_main()
+
+    def _tick(self, now: float) -> None:
+        self._release(self._holder.flush(now), now)
+        if self._failure is not None and self._file is None:
+            self._ensure_file_quietly()
+        self._flush_main()
+        if self._boot is not None:
+            try:
+                self._boot.flush()
+            except _WriteFailed as exc:
+                self._writer.report("console_log_boot_failed", port=self.name, error=exc.error.strerror)
+                self._boot.close()
+                self._boot = None
+
+    def _ensure_file_quietly(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file = _LogFile(
+                self.settings.dir / f"{self.name}.log", stamps=self.settings.timestamps, indexed=True
+            )
+
+    def _finish(self) -> None:
+        self._release(self._holder.flush(), time.monotonic())
+        self._flush_main()
+        self._end_capture(complete=False)
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._writer.ports.discard(self)
+
+
+# -- the daemon's writer thread ------------------------------------------------------------------------
+
+
+_Item = tuple[PortLog, bytes | None, int, float, Any]
+
+
+class ConsoleLogWriter:
+    """The one thread that writes every port's log (see the module docstring)."""
+
+    def __init__(self, *, limit: int = QUEUE_LIMIT_BYTES, interval_s: float = FLUSH_INTERVAL_S) -> None:
+        self.queue: collections.deque[_Item] = collections.deque()
+        self.queued = 0  # bytes ever queued (event loop writes it)
+        self.drained = 0  # bytes ever taken off the queue (the thread writes it)
+        self.limit = limit
+        self.interval_s = interval_s
+        self.wake = threading.Event()
+        self.ports: set[PortLog] = set()
+        self.running = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def port_log(self, name: str, settings: LogSettings, start_offset: int) -> PortLog:
+        port = PortLog(self, name, settings, start_offset)
+        self.ports.add(port)
+        return port
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self.running = True
+        self._thread = threading.Thread(target=self._run, name="serialmuxd-consolelog", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Close every port's log that is still open, write what is queued, end the thread."""
+        for port in list(self.ports):
+            await port.close()
+        thread = self._thread
+        if thread is None:
+            return
+        self._stopping = True
+        self.wake.set()
+        await asyncio.get_running_loop().run_in_executor(None, thread.join, 10.0)
+        self._thread = None
+        self.running = False
+
+    def report(self, event: str, **fields: Any) -> None:
+        """Log from the thread, on the event loop (the daemon's logging is the loop's)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(lambda: log.warning(event, **fields))
+
+    def _run(self) -> None:
+        while True:
+            self.wake.wait(self.interval_s)
+            self.wake.clear()
+            for port in [p for p in self.ports if p.paused]:
+                self._guard(port, port._retry)  # before the new chunks: they are written if it works
+            self._drain()
+            now = time.monotonic()
+            for port in list(self.ports):
+                self._guard(port, port._tick, now)
+            if self._stopping and not self.queue:
+                return
+
+    def _drain(self) -> None:
+        queue = self.queue
+        while queue:
+            port, data, offset, wall, extra = queue.popleft()
+            if data is not None:
+                self.drained += len(data)
+            self._guard(port, port._item, data, offset, wall, extra, time.monotonic())
+
+    def _guard(self, port: PortLog, call: Callable[..., None], *args: Any) -> None:
+        try:
+            call(*args)
+        except Exception as exc:
+            # A bug here must not end every port's log: this port's is closed, named in the log.
+            self.ports.discard(port)
+            port.closed = True
+            self.report("console_log_failed", port=port.name, error=repr(exc))
+            for arg in args:
+                if isinstance(arg, concurrent.futures.Future) and not arg.done():
+                    arg.set_result(None)

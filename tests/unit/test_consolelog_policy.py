@@ -1,0 +1,207 @@
+"""The pure rules of console logs (obs/consolelog_policy.py): stamping at line completion and its exact
+inverse, the sidecar index, history assembly, rotation and boot retention; and the [logs] configuration."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from serialmuxd.config import LogSettings, parse_config
+from serialmuxd.errors import ConfigError
+from serialmuxd.obs.consolelog_policy import (
+    STAMP_LEN,
+    IndexRecord,
+    LineHolder,
+    boot_seqs,
+    boots_to_delete,
+    contiguous_tail,
+    format_stamp,
+    marker_line,
+    parse_index,
+    rotation_plan,
+    stamp_lines,
+    strip_stamps,
+    trigger_accepted,
+)
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
+
+
+def test_stamp_is_fixed_width_utc() -> None:
+    assert format_stamp(0.0) == b"1970-01-01T00:00:00.000Z "
+    for wall in (0.0, 1.5, 1_796_000_000.999, 4_102_444_799.0):
+        assert len(format_stamp(wall)) == STAMP_LEN
+    assert format_stamp(12.3456) == b"1970-01-01T00:00:12.345Z "
+
+
+def test_every_file_line_starts_with_a_stamp() -> None:
+    raw, at_start = stamp_lines(b"one\r\ntwo\r\nthr", 0.0, True, True)
+    stamp = format_stamp(0.0)
+    assert raw == stamp + b"one\r\n" + stamp + b"two\r\n" + stamp + b"thr"
+    assert at_start is False
+    more, at_start = stamp_lines(b"ee\n", 1.0, at_start, True)
+    assert more == b"ee\n" and at_start is True  # a continuation gets no second stamp
+    assert stamp_lines(b"plain\n", 0.0, True, False) == (b"plain\n", True)
+
+
+@given(
+    st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"\n")), max_size=12),
+    st.booleans(),
+)
+def test_strip_inverts_stamp_for_any_split(chunks: list[bytes], at_start: bool) -> None:
+    """Written piece by piece (as batches are), the file bytes strip back to exactly the guest bytes."""
+    for stamps in (True, False):
+        line_start = at_start
+        file_bytes = b""
+        first_starts = at_start
+        for chunk in chunks:
+            raw, line_start = stamp_lines(chunk, 5.0, line_start, stamps)
+            file_bytes += raw
+        assert strip_stamps(file_bytes, STAMP_LEN if stamps else 0, first_starts) == b"".join(chunks)
+
+
+def test_strip_drops_a_torn_stamp() -> None:
+    stamp = format_stamp(0.0)
+    torn = stamp + b"a\n" + stamp[:7]
+    assert strip_stamps(torn, STAMP_LEN, True) == b"a\n"
+
+
+def test_marker_lines_start_on_their_own_line() -> None:
+    assert marker_line("log gap: 5 bytes", 0.0, True, False) == b"[serialmuxd] log gap: 5 bytes\n"
+    assert marker_line("x", 0.0, False, False) == b"\n[serialmuxd] x\n"
+    assert marker_line("x", 0.0, True, True) == format_stamp(0.0) + b"[serialmuxd] x\n"
+
+
+def test_line_holder_stamps_at_completion() -> None:
+    holder = LineHolder(stamps=True, idle_s=1.0)
+    assert holder.feed(b"Booting ", 100, 10.0, now=0.0) == []
+    assert holder.held == 8
+    (seg,) = holder.feed(b"Linux\r\nlogin: ", 108, 11.0, now=0.5)
+    assert (seg.data, seg.offset, seg.wall) == (b"Booting Linux\r\n", 100, 11.0)
+    assert holder.flush(now=1.2) == []  # the prompt has waited 0.7 s only
+    (prompt,) = holder.flush(now=1.6)
+    assert (prompt.data, prompt.offset, prompt.wall) == (b"login: ", 115, 11.0)
+    assert holder.held == 0 and holder.flush() == []
+
+
+def test_line_holder_without_stamps_passes_through() -> None:
+    holder = LineHolder(stamps=False)
+    (seg,) = holder.feed(b"no newline", 7, 1.0, now=0.0)
+    assert (seg.data, seg.offset) == (b"no newline", 7) and holder.held == 0
+
+
+def test_index_records_round_trip_and_torn_lines_are_ignored() -> None:
+    record = IndexRecord(2**40, 123, 80, 55, STAMP_LEN, True)
+    assert IndexRecord.parse(record.line()) == record and record.end == 2**40 + 55
+    text = record.line() + IndexRecord(2**40 + 55, 203, 5, 5, 0, False).line() + b"2199023255607 208 1"
+    assert [r.offset for r in parse_index(text)] == [2**40, 2**40 + 55]
+    assert IndexRecord.parse(b"1 2 3 9 0 0") is None  # more guest than file bytes: not a record
+    assert IndexRecord.parse(b"1 2 3 1 0 2") is None
+
+
+def test_history_is_the_newest_run_without_a_hole() -> None:
+    pieces = [(0, b"old run"), (2**32, b"abc"), (2**32 + 3, b"defg"), (2**32 + 7, b"")]
+    assert contiguous_tail(pieces, 100) == (2**32, b"abcdefg")
+    assert contiguous_tail(pieces, 5) == (2**32 + 2, b"cdefg")
+    # A log gap (bytes not written) is a hole too: history starts after it.
+    assert contiguous_tail([(0, b"aa"), (5, b"bb")], 100) == (5, b"bb")
+    assert contiguous_tail([], 10) is None
+
+
+def test_rotation_plan_shifts_oldest_first() -> None:
+    assert rotation_plan("/d/p.log", 3) == [
+        ("/d/p.log.3", None),
+        ("/d/p.log.2", "/d/p.log.3"),
+        ("/d/p.log.1", "/d/p.log.2"),
+        ("/d/p.log", "/d/p.log.1"),
+    ]
+    assert rotation_plan("/d/p.log", 0) == [("/d/p.log", None)]
+
+
+def test_boot_retention_keeps_the_newest() -> None:
+    names = [
+        "vm1.boot-3.log",
+        "vm1.boot-10.log",
+        "vm1.log",
+        "vm1.boot-x.log",
+        "vm10.boot-1.log",
+        "vm1.boot-4.log",
+    ]
+    assert boot_seqs("vm1", names) == [3, 4, 10]
+    assert boot_seqs("vm10", names) == [1]
+    assert boots_to_delete([3, 4, 10, 11], 2) == [3, 4]
+    assert boots_to_delete([3], 5) == []
+
+
+def test_triggers_close_together_are_one_boot() -> None:
+    assert trigger_accepted(None, 5.0, 2.0)
+    assert not trigger_accepted(5.0, 6.9, 2.0)
+    assert trigger_accepted(5.0, 7.0, 2.0)
+
+
+# -- [logs] configuration ---------------------------------------------------------------------------
+
+
+def _port(name: str, extra: str = "") -> str:
+    return f'[[ports]]\nname = "{name}"\ndevice = "exec:{name}"\n{extra}\n'
+
+
+def test_logs_resolve_per_port() -> None:
+    text = (
+        '[logs]\ndir = "/var/log/c"\nrotate_bytes = 65536\nkeep = 2\ntimestamps = true\n'
+        'boot_bytes = 4096\nkeep_boots = 3\nboot_pattern = "Linux version"\n'
+        '[defaults]\nlog_boot_pattern = "^Booting"\n'
+        + _port("a")
+        + _port("b", "logs = false")
+        + _port("c", 'log_dir = "/srv/c"\nlog_boot_pattern = "SAC>"')
+    )
+    a, b, c = parse_config(text, "t.toml").ports
+    assert a.log == LogSettings(Path("/var/log/c"), 65536, 2, True, 4096, 3, "^Booting")
+    assert b.log is None
+    assert c.log is not None and c.log.dir == Path("/srv/c") and c.log.boot_pattern == "SAC>"
+    assert parse_config(_port("x"), "t.toml").ports[0].log is None  # no [logs]: no logs
+    only = parse_config(_port("y", 'log_dir = "/l"'), "t.toml").ports[0].log
+    assert only == LogSettings(Path("/l"))
+
+
+def test_logs_problems_name_file_and_key() -> None:
+    text = (
+        '[logs]\ndir = "relative"\nrotate_bytes = 10\nkeep = -1\nboot_pattern = "("\nkeep_boot = 3\n'
+        + _port("a", 'logs = "yes"\nlog_boot_pattern = "x*"')
+        + _port("b", "logs = true")
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "t.toml")
+    lines = info.value.lines()
+    expected = [
+        "t.toml: logs.dir: must be an absolute path",
+        "t.toml: logs.rotate_bytes: must be between 4096 (4 KiB) and",
+        "t.toml: logs.keep: must be between 0 and 1000, got -1",
+        "t.toml: logs.boot_pattern: not a valid regular expression",
+        "t.toml: logs.keep_boot: unknown key; did you mean 'keep_boots'?",
+        "t.toml: ports[0].logs: expected boolean",
+        "t.toml: ports[0].log_boot_pattern: matches an empty line",
+        "t.toml: ports[1].logs: logs = true needs a directory",
+    ]
+    for prefix in expected:
+        assert any(line.startswith(prefix) for line in lines), (prefix, lines)
+
+
+def test_example_logs_block_loads() -> None:
+    """The commented [logs] block of config.example.toml, uncommented, is valid."""
+    lines = EXAMPLE.read_text().splitlines()
+    start = lines.index("#   [logs]")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#   "):
+            break
+        block.append(line[4:])
+    table = tomllib.loads("\n".join(block))["logs"]
+    text = "[logs]\n" + "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in table.items()) + "\n"
+    text = text.replace("True", "true").replace("False", "false")
+    port = parse_config(text + _port("vm1"), "example").ports[0]
+    assert port.log is not None and port.log.dir == Path("/var/log/serialmuxd/consoles")
