@@ -4,6 +4,7 @@ table."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,13 @@ from hypothesis import strategies as st
 from serialmuxd.client.commands import ports_table
 from serialmuxd.client.connect import attach_mode
 from serialmuxd.client.errors import CODE_EXITS, ClientError, Exit, api_error, exit_for
+from serialmuxd.client.main import build_parser
 from serialmuxd.client.resume import Cursor, Resumption
 from serialmuxd.client.settings import (
     DEFAULT_URL,
+    ENVIRONMENT,
+    FILE_KEYS,
+    PASSWORD_ENV,
     authorization,
     check_url,
     config_path,
@@ -274,3 +279,26 @@ def test_ports_table() -> None:
     assert lines[1].split() == ["vm1", "online", "alice", "2", "running"]
     assert lines[2].startswith("long-name  offline (no device)")
     assert lines[1].index("alice") == lines[0].index("WRITER")
+
+
+# -- the README's section stays true to the code -----------------------------------------------------------
+
+
+def test_readme_lists_every_command_option_variable_and_exit_code() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## Command-line client", 1)[1].split("\n## ", 1)[0]
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in commands.choices.items():
+        assert f"serialmux {name}" in section, name
+        for action in sub._actions:
+            for flag in action.option_strings:
+                if flag.startswith("--") and flag != "--help":
+                    assert flag in section, (name, flag)
+    for variable in [*ENVIRONMENT.values(), PASSWORD_ENV, "SERIALMUX_CONFIG"]:
+        assert variable in section, variable
+    for key in FILE_KEYS:
+        assert f"`{key}`" in section, key
+    for code in Exit:
+        if code is not Exit.INTERRUPTED:
+            assert f"\n| {int(code)} |" in section, code
