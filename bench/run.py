@@ -41,7 +41,21 @@ from bench.workload import BenchError, Stream, check_stop, request_stop
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TARGET_ORDER = ("serialmuxd", "ser2net", "socat", "pty")
-SCENARIO_ORDER = ("throughput", "throughput_telnet", "rtt", "fanout_10", "fanout_100", "idle")
+SCENARIO_ORDER = (
+    "throughput",
+    "throughput_telnet",
+    "throughput_ws",
+    "rtt",
+    "rtt_telnet",
+    "rtt_ws",
+    "fanout_10",
+    "fanout_100",
+    "fanout_ws_100",
+    "idle",
+    "consoles",
+    "sessions_telnet",
+    "sessions_ws",
+)
 DAEMON = "serialmuxd"
 
 
@@ -58,10 +72,14 @@ class Plan:
     idle_window_s: float
     fresh_samples: int
     repeat: int
+    fanout_ws_mib: float = 8
+    fanout_ws_slow: int = 5
+    consoles: int = 10000
+    sessions: int = 1000
 
 
 FULL = Plan(64, 16, 2, 2000, 200, 1000, 5.0, 20, 3)
-QUICK = Plan(8, 2, 0.25, 300, 50, 100, 2.0, 5, 1)
+QUICK = Plan(8, 2, 0.25, 300, 50, 100, 2.0, 5, 1, 8, 2, 1000, 100)
 
 
 # -- running -------------------------------------------------------------------------------------------------
@@ -113,12 +131,30 @@ def run_all(targets: Sequence[Target], wanted: Sequence[str], plan: Plan) -> dic
     jobs: dict[str, Callable[[Target], Metrics]] = {
         "throughput": lambda t: scenarios.throughput(t, stream(plan.throughput_mib, 1), telnet=False),
         "throughput_telnet": lambda t: scenarios.throughput(t, stream(plan.throughput_mib, 1), telnet=True),
+        "throughput_ws": lambda t: scenarios.throughput(
+            t, stream(plan.throughput_mib, 1), telnet=False, ws=True
+        ),
         "rtt": lambda t: scenarios.rtt(t, plan.rtt_samples, plan.rtt_warmup),
+        "rtt_telnet": lambda t: scenarios.rtt(t, plan.rtt_samples, plan.rtt_warmup, "telnet"),
+        "rtt_ws": lambda t: scenarios.rtt(t, plan.rtt_samples, plan.rtt_warmup, "ws"),
+        "fanout_ws_100": lambda t: scenarios.fanout_ws(
+            t, stream(plan.fanout_ws_mib, 4), 100, plan.fanout_ws_slow
+        ),
         "fanout_10": lambda t: scenarios.fanout(t, stream(plan.fanout10_mib, 2), 10),
         "fanout_100": lambda t: scenarios.fanout(t, stream(plan.fanout100_mib, 3), 100),
         "idle": lambda t: scenarios.idle_ports(t, plan.idle_ports, plan.idle_window_s, plan.fresh_samples),
     }
-    repeated = {"throughput", "throughput_telnet", "rtt", "fanout_10", "fanout_100"}
+    repeated = {
+        "throughput",
+        "throughput_telnet",
+        "throughput_ws",
+        "rtt",
+        "rtt_telnet",
+        "rtt_ws",
+        "fanout_10",
+        "fanout_100",
+        "fanout_ws_100",
+    }
     results: dict[str, dict[str, Metrics]] = {}
     for name in wanted:
         print(f"{name}:", file=sys.stderr)
@@ -169,8 +205,23 @@ def rows(plan: Plan) -> list[Row]:
             True,
         ),
         Row("  relay CPU (s per MiB)", "throughput_telnet", "cpu_s_per_mib", "{:.4f}", False),
-        Row(f"Keystroke RTT p50, {plan.rtt_samples} samples (µs)", "rtt", "p50_us", "{:.0f}", False),
-        Row("Keystroke RTT p99 (µs)", "rtt", "p99_us", "{:.0f}", False),
+        Row(
+            f"Throughput to one WebSocket client, {plan.throughput_mib} MiB (MiB/s)",
+            "throughput_ws",
+            "mib_s",
+            "{:.1f}",
+            True,
+        ),
+        Row("  relay CPU (s per MiB)", "throughput_ws", "cpu_s_per_mib", "{:.4f}", False),
+        Row(f"Keystroke RTT p50, raw TCP, {plan.rtt_samples} samples (µs)", "rtt", "p50_us", "{:.0f}", False),
+        Row("Keystroke RTT p99, raw TCP (µs)", "rtt", "p99_us", "{:.0f}", False),
+        Row("  relay CPU per keystroke (µs)", "rtt", "cpu_us_per_key", "{:.0f}", False),
+        Row("Keystroke RTT p50, telnet (µs)", "rtt_telnet", "p50_us", "{:.0f}", False),
+        Row("Keystroke RTT p99, telnet (µs)", "rtt_telnet", "p99_us", "{:.0f}", False),
+        Row("  relay CPU per keystroke (µs)", "rtt_telnet", "cpu_us_per_key", "{:.0f}", False),
+        Row("Keystroke RTT p50, WebSocket (µs)", "rtt_ws", "p50_us", "{:.0f}", False),
+        Row("Keystroke RTT p99, WebSocket (µs)", "rtt_ws", "p99_us", "{:.0f}", False),
+        Row("  relay CPU per keystroke (µs)", "rtt_ws", "cpu_us_per_key", "{:.0f}", False),
         Row(
             f"Fan-out 10 viewers x {plan.fanout10_mib:g} MiB, aggregate (MiB/s)",
             "fanout_10",
@@ -187,6 +238,17 @@ def rows(plan: Plan) -> list[Row]:
             True,
         ),
         Row("  relay CPU (s per MiB delivered)", "fanout_100", "cpu_s_per_mib_delivered", "{:.4f}", False),
+        Row(
+            f"Fan-out 100 WebSocket viewers ({plan.fanout_ws_slow} slow) x {plan.fanout_ws_mib:g} MiB, "
+            "aggregate of the fast (MiB/s)",
+            "fanout_ws_100",
+            "aggregate_mib_s",
+            "{:.1f}",
+            True,
+        ),
+        Row("  relay CPU (s per MiB delivered)", "fanout_ws_100", "cpu_s_per_mib_delivered", "{:.4f}", False),
+        Row("  slow viewers resynced exactly", "fanout_ws_100", "slow_resynced_exactly", "{:.0f}", True),
+        Row("  bytes a slow viewer missed (fewest)", "fanout_ws_100", "slow_missed_min", "{:,.0f}", False),
         Row(f"{plan.idle_ports} idle ports: RSS (MiB)", "idle", "rss_mib", "{:.1f}", False),
         Row(f"  idle CPU over {plan.idle_window_s:g} s (%)", "idle", "idle_cpu_pct", "{:.2f}", False),
         Row("  start → all ports listening (s)", "idle", "listen_s", "{:.3f}", False),

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from . import procfs
-from .targets import PortPlan, StartOptions, Target, Unsupported, free_tcp_ports
+from .targets import PortPlan, Serialmuxd, StartOptions, Target, Unsupported, free_tcp_ports
 from .workload import (
     BenchError,
     Endpoint,
@@ -27,12 +27,16 @@ from .workload import (
     check_stop,
     drain,
     read_some,
+    wait_readable,
 )
+from .wsclient import WsEndpoint
 
 Metrics = dict[str, float | int | str | bool | None]
 MIB = 1 << 20
 START_TIMEOUT_S = 120.0
 IDLE_TIMEOUT_S = 15.0  # a stream that makes no progress for this long has failed
+DEFAULT_CLIENT_BUFFER = 256 * 1024  # serialmuxd's default client_buffer_bytes
+SLOW_RCVBUF = 16 * 1024  # a slow viewer's socket receive buffer: the kernel hides little of its lag
 
 
 def _cpu(target: Target) -> float | None:
@@ -62,6 +66,8 @@ def _pump(
                 assert isinstance(index, int)
                 data = endpoints[index].recv()
                 if not data:
+                    if not getattr(endpoints[index], "closed_by_peer", True):
+                        continue  # a WebSocket read that held only an event or part of a frame
                     raise BenchError(f"connection {index} closed by the relay while waiting for {what}")
                 replies = receivers[index].feed(data, now)
                 if replies:
@@ -81,17 +87,26 @@ def _close_all(endpoints: Sequence[Endpoint]) -> None:
             endpoint.close()
 
 
-def throughput(target: Target, stream: Stream, *, telnet: bool) -> Metrics:
+def _ws_target(target: Target) -> Serialmuxd:
+    if not isinstance(target, Serialmuxd):
+        raise Unsupported("no WebSocket consoles")
+    return target
+
+
+def throughput(target: Target, stream: Stream, *, telnet: bool, ws: bool = False) -> Metrics:
     """Guest -> one client, byte-exact; MiB/s and the relay's CPU seconds per MiB."""
     if telnet and not target.telnet_mode:
         raise Unsupported("no telnet mode")
+    if ws:
+        _ws_target(target)
     pty = Pty.open()
     endpoints: list[Endpoint] = []
     writer: GuestWriter | None = None
     try:
-        tcp_port, viewer_port = free_tcp_ports(2)
-        target.start([PortPlan(pty, tcp_port, viewer_port)], StartOptions(telnet=telnet), START_TIMEOUT_S)
-        endpoints.append(target.connect_writer(0))
+        tcp_port, viewer_port, http_port = free_tcp_ports(3)
+        options = StartOptions(telnet=telnet, http_port=http_port if ws else None)
+        target.start([PortPlan(pty, tcp_port, viewer_port)], options, START_TIMEOUT_S)
+        endpoints.append(_ws_target(target).connect_ws(0) if ws else target.connect_writer(0))
         receiver = StreamReceiver(stream, TelnetClient() if telnet else None)
         writer = GuestWriter(pty.master, stream)
         _pump(endpoints, [receiver], lambda: receiver.saw_sync, target, "the first SYNC line")
@@ -197,44 +212,115 @@ def _percentile(values: Sequence[float], pct: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
 
 
-def rtt(target: Target, samples: int, warmup: int) -> Metrics:
-    """Keystroke round trip: client -> relay -> guest, which echoes it -> relay -> client.  One in flight."""
-    pty = Pty.open()
-    endpoints: list[Endpoint] = []
+class KeystrokeClient:
+    """One interactive client for the RTT test: raw TCP, telnet (answers negotiation, un-escapes) or a
+    WebSocket (binary frames).  ``receive(n)`` returns the next ``n`` guest bytes."""
+
+    def __init__(self, endpoint: Endpoint, telnet: TelnetClient | None) -> None:
+        self.endpoint = endpoint
+        self._telnet = telnet
+        self._fd = endpoint.fileno()
+        self._pending = b""
+
+    def send(self, data: bytes) -> None:
+        self.endpoint.send(data)
+
+    def _read(self, timeout_s: float) -> bytes | None:
+        if not wait_readable(self._fd, timeout_s):
+            return None
+        data = self.endpoint.recv()
+        if not data and getattr(self.endpoint, "closed_by_peer", True):
+            raise BenchError("the relay closed the connection")
+        if self._telnet is not None:
+            data = self._telnet.feed(data)
+            replies = self._telnet.take_replies()
+            if replies:
+                self.endpoint.send(replies)
+        return data
+
+    def receive(self, n: int, timeout_s: float = 5.0) -> bytes:
+        got = self._pending
+        while len(got) < n:
+            data = self._read(timeout_s)
+            if data is None:
+                raise BenchError(f"timed out after {timeout_s:g} s waiting for the echo at the client")
+            got += data
+        self._pending = got[n:]
+        return got[:n]
+
+    def settle(self, quiet_s: float = 0.05) -> None:
+        """Read (and answer negotiation) until nothing arrives for ``quiet_s``; drop what was read."""
+        while self._read(quiet_s) is not None:
+            pass
+        self._pending = b""
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.endpoint.close()
+
+
+def keystroke_client(target: Target, pty: Pty, path: str) -> KeystrokeClient:
+    """Connect an interactive client (``path``: raw, telnet or ws) to port 0 and wait until its input
+    reaches the guest; nothing is pending on either side afterwards."""
+    if path == "ws":
+        client = KeystrokeClient(_ws_target(target).connect_ws(0), None)
+    else:
+        client = KeystrokeClient(target.connect_writer(0), TelnetClient() if path == "telnet" else None)
     try:
-        tcp_port, viewer_port = free_tcp_ports(2)
-        target.start([PortPlan(pty, tcp_port, viewer_port)], StartOptions(), START_TIMEOUT_S)
-        endpoint = target.connect_writer(0)
-        endpoints.append(endpoint)
-        _attach(endpoint, pty.master)
-        fd = endpoint.fileno()
-        time.sleep(0.05)
-        drain(fd)  # anything the relay sent on attach (none expected)
+        client.settle()  # telnet: the negotiation is over before the first keystroke
+        _attach(client.endpoint, pty.master)
+        client.settle()
+        return client
+    except BaseException:
+        client.close()
+        raise
+
+
+def rtt(target: Target, samples: int, warmup: int, path: str = "raw") -> Metrics:
+    """Keystroke round trip: client -> relay -> guest, which echoes it -> relay -> client.  One in flight.
+
+    ``path``: raw TCP, telnet or ws (WebSocket).  Also the relay's CPU time per keystroke over the measured
+    samples (``/proc/PID/stat``: resolution one clock tick, hence many samples)."""
+    if path == "telnet" and not target.telnet_mode:
+        raise Unsupported("no telnet mode")
+    if path == "ws":
+        _ws_target(target)
+    pty = Pty.open()
+    client: KeystrokeClient | None = None
+    try:
+        tcp_port, viewer_port, http_port = free_tcp_ports(3)
+        options = StartOptions(telnet=path == "telnet", http_port=http_port if path == "ws" else None)
+        target.start([PortPlan(pty, tcp_port, viewer_port)], options, START_TIMEOUT_S)
+        client = keystroke_client(target, pty, path)
         latencies_us: list[float] = []
+        cpu0: float | None = None
         for i in range(warmup + samples):
             check_stop()
+            if i == warmup:
+                cpu0 = _cpu(target)
             key = bytes((0x61 + i % 26,))
             t0 = time.perf_counter_ns()
-            endpoint.send(key)
+            client.send(key)
             got = read_some(pty.master, 5.0, "a keystroke at the guest")
             os.write(pty.master, got)
-            back = b""
-            while len(back) < len(got):
-                back += read_some(fd, 5.0, "the echo at the client")
+            back = client.receive(len(got))
             t1 = time.perf_counter_ns()
             if got != key or back != key:
                 raise BenchError(f"sample {i}: sent {key!r}, guest got {got!r}, client got {back!r}")
             if i >= warmup:
                 latencies_us.append((t1 - t0) / 1000)
+        cpu1 = _cpu(target)
         return {
             "samples": samples,
             "p50_us": _percentile(latencies_us, 50),
             "p99_us": _percentile(latencies_us, 99),
             "mean_us": statistics.fmean(latencies_us),
             "max_us": max(latencies_us),
+            "cpu_us_per_key": None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) / samples * 1e6,
         }
     finally:
-        _close_all(endpoints)
+        if client is not None:
+            client.close()
         target.stop()
         pty.close()
 
@@ -296,3 +382,147 @@ def idle_ports(target: Target, nports: int, window_s: float, fresh_samples: int)
         target.stop()
         for pty in ptys:
             pty.close()
+
+
+def _ws_abs_check(
+    expected: bytes, base: int, hello: int, raw: bytes, events: list[tuple[int, dict[str, object]]], end: int
+) -> tuple[bool, int, str]:
+    """Check a resynced viewer: its bytes, placed at their stream offsets by its ``missed`` notices, must
+    equal the stream (``expected`` starts at offset ``base``), and bytes + missed must cover ``hello`` ..
+    ``end`` exactly.  Returns (ok, bytes missed, what went wrong)."""
+    at, pos, missed = hello, 0, 0
+    for received_before, event in events:
+        if event.get("type") != "notice" or event.get("kind") != "missed":
+            continue
+        count, offset = event.get("missed"), event.get("offset")
+        if not isinstance(count, int) or not isinstance(offset, int):
+            return False, missed, f"missed notice without counts: {event}"
+        segment = raw[pos:received_before]
+        if expected[at - base : at - base + len(segment)] != segment:
+            return False, missed, f"bytes before offset {at + len(segment)} differ from the stream"
+        at += len(segment)
+        if at + count != offset:
+            return False, missed, f"notice says {count} missed from {at}, but resumes at {offset}"
+        missed += count
+        at, pos = offset, received_before
+    segment = raw[pos:]
+    if expected[at - base : at - base + len(segment)] != segment:
+        return False, missed, f"bytes after offset {at} differ from the stream"
+    if at + len(segment) != end:
+        return False, missed, f"ends at offset {at + len(segment)}, the stream at {end}"
+    return True, missed, ""
+
+
+def fanout_ws(target: Target, stream: Stream, viewers: int, slow: int) -> Metrics:
+    """Guest -> ``viewers`` WebSocket viewers at the daemon's default per-session buffer: the fast ones
+    (read all the time) must be byte-exact; ``slow`` of them read nothing until the fast ones are done, so
+    they fall behind the buffer and must be resynced: every byte they get at its right offset and the
+    ``missed`` notices' counts closing every gap exactly."""
+    daemon = _ws_target(target)
+    pty = Pty.open()
+    fast_eps: list[WsEndpoint] = []
+    slow_eps: list[WsEndpoint] = []
+    writer: GuestWriter | None = None
+    try:
+        tcp_port, http_port = free_tcp_ports(2)
+        options = StartOptions(http_port=http_port, client_buffer_bytes=DEFAULT_CLIENT_BUFFER)
+        daemon.start([PortPlan(pty, tcp_port)], options, START_TIMEOUT_S)
+        for _ in range(viewers - slow):
+            check_stop()
+            fast_eps.append(daemon.connect_ws(0, "ro"))
+        for _ in range(slow):
+            slow_eps.append(daemon.connect_ws(0, "ro", rcvbuf=SLOW_RCVBUF))
+        receivers = [StreamReceiver(stream) for _ in fast_eps]
+        tap = bytearray()  # viewer 0's bytes from its hello on, to know the stream before the payload
+        original_recv = fast_eps[0].recv
+
+        def tapped() -> bytes:
+            data = original_recv()
+            if len(tap) < MIB:
+                tap.extend(data)
+            return data
+
+        fast_eps[0].recv = tapped  # type: ignore[method-assign]
+        writer = GuestWriter(pty.master, stream)
+        _pump(fast_eps, receivers, lambda: all(r.saw_sync for r in receivers), target, "SYNC on every viewer")
+        writer.go()
+        _pump(fast_eps, receivers, lambda: any(r.in_payload for r in receivers), target, "the GO line")
+        cpu0 = _cpu(target)
+        _pump(fast_eps, receivers, lambda: all(r.done for r in receivers), target, "every viewer's payload")
+        cpu1 = _cpu(target)
+        t_go = min(r.t_go for r in receivers)
+        t_done = max(r.t_done for r in receivers)
+        first = fast_eps[0]
+        base = _hello_offset(first)
+        end = base + first.received
+        prefix = bytes(tap[: first.received - len(stream.data)])
+        expected = prefix + stream.data
+        # Now the slow viewers read everything they are sent, until they account for the whole stream.
+        raws = [bytearray() for _ in slow_eps]
+        deadline = time.perf_counter() + 60
+
+        def accounted(i: int) -> int:
+            ep = slow_eps[i]
+            missed = 0
+            for _, e in ep.events:
+                count = e.get("missed")
+                if e.get("type") == "notice" and e.get("kind") == "missed" and isinstance(count, int):
+                    missed += count
+            return _hello_offset(ep) + ep.received + missed
+
+        pending = set(range(len(slow_eps)))
+        while pending and time.perf_counter() < deadline:
+            check_stop()
+            for i in list(pending):
+                ep = slow_eps[i]
+                while wait_readable(ep.fileno(), 0):
+                    data = ep.recv()
+                    raws[i] += data
+                    if not data and ep.closed_by_peer:
+                        raise BenchError(f"slow viewer {i} closed by the daemon")
+                if accounted(i) >= end:
+                    pending.discard(i)
+            if pending:
+                wait_readable(slow_eps[min(pending)].fileno(), 0.05)
+        slow_ok, slow_missed, problems = 0, [], []
+        for i, ep in enumerate(slow_eps):
+            ok, missed, why = _ws_abs_check(expected, base, _hello_offset(ep), bytes(raws[i]), ep.events, end)
+            slow_missed.append(missed)
+            slow_ok += ok
+            if not ok:
+                problems.append(f"slow viewer {i}: {why}")
+        delivered_mib = len(fast_eps) * len(stream.data) / MIB
+        inexact = [i for i, r in enumerate(receivers) if not r.exact]
+        detail = [f"viewer {inexact[0]}: {receivers[inexact[0]].describe_failure()}"] if inexact else []
+        return {
+            "viewers": viewers,
+            "slow_viewers": slow,
+            "mib_per_viewer": len(stream.data) / MIB,
+            "seconds": t_done - t_go,
+            "aggregate_mib_s": delivered_mib / (t_done - t_go),
+            "cpu_s_per_mib_delivered": None
+            if cpu0 is None or cpu1 is None
+            else (cpu1 - cpu0) / delivered_mib,
+            "slow_resynced_exactly": slow_ok,
+            "slow_missed_min": min(slow_missed) if slow_missed else 0,
+            "slow_missed_max": max(slow_missed) if slow_missed else 0,
+            "exact": not inexact and slow_ok == slow and all(m > 0 for m in slow_missed),
+            "inexact_viewers": len(inexact),
+            "detail": "; ".join(detail + problems)
+            + ("" if all(m > 0 for m in slow_missed) else "; a slow viewer never fell behind"),
+        }
+    finally:
+        _close_all([*fast_eps, *slow_eps])
+        if writer is not None:
+            writer.stop()
+        target.stop()
+        pty.close()
+
+
+def _hello_offset(ep: WsEndpoint) -> int:
+    for _, event in ep.events:
+        if event.get("type") == "hello":
+            offset = event.get("offset")
+            if isinstance(offset, int):
+                return offset
+    raise BenchError("no hello event with an offset on a WebSocket console")

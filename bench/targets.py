@@ -26,6 +26,7 @@ from pathlib import Path
 
 from . import procfs
 from .workload import BenchError, Endpoint, Pty, PtySlaveEndpoint, TcpEndpoint, wait_readable
+from .wsclient import WsEndpoint
 
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -36,9 +37,10 @@ _STOP_GRACE_S = 8.0
 class PortPlan:
     """One console port: the PTY the bench holds, the interactive TCP port and (if used) the viewer port."""
 
-    pty: Pty
+    pty: Pty | None
     tcp_port: int
     viewer_port: int | None = None
+    unix_path: str | None = None  # the guest side is a listening unix socket the bench holds (no PTY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,8 @@ class StartOptions:
     client_buffer_bytes: int = 4 << 20  # serialmuxd: per-session output buffer before it counts as behind
     scrollback_bytes: int = 1 << 20  # serialmuxd: ring size per port
     max_connections: int = 101  # ser2net: connections per port (fan-out)
+    http_port: int | None = None  # serialmuxd: serve HTTP (WebSocket consoles, /metrics) on this port
+    unix_devices: bool = False  # serialmuxd: PortPlan.unix_path is the device (no PTY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +253,9 @@ class BarePty(Target):
         return StartTimes(0.0, None)
 
     def connect_writer(self, index: int) -> Endpoint:
-        return PtySlaveEndpoint(self.ports[index].pty)
+        pty = self.ports[index].pty
+        assert pty is not None
+        return PtySlaveEndpoint(pty)
 
 
 class Socat(Target):
@@ -270,6 +276,7 @@ class Socat(Target):
             raise Unsupported("one socat process serves one port")
         self.ports = ports
         port = ports[0]
+        assert port.pty is not None
         argv = [
             "socat",
             "-b",
@@ -308,6 +315,7 @@ class Ser2net(Target):
         accepter = "telnet,tcp" if options.telnet else "tcp"
         lines = ["%YAML 1.1", "---"]
         for i, port in enumerate(ports):
+            assert port.pty is not None
             lines += [
                 f"connection: &p{i}",
                 f"    accepter: {accepter},{HOST},{port.tcp_port}",
@@ -342,6 +350,7 @@ class Serialmuxd(Target):
         super().__init__(workdir)
         self.command = list(command) if command else default_daemon_command()
         self.ports_missing_at_ready: int | None = None
+        self.http_port: int | None = None
 
     def available(self) -> str | None:
         try:
@@ -361,6 +370,7 @@ class Serialmuxd(Target):
 
     def start(self, ports: Sequence[PortPlan], options: StartOptions, timeout_s: float) -> StartTimes:
         self.ports = ports
+        self.http_port = options.http_port
         self.ports_missing_at_ready = None
         config = self.workdir / "serialmuxd.toml"
         config.write_text(self.toml(ports, options))
@@ -391,6 +401,8 @@ class Serialmuxd(Target):
         """
         assert self.proc is not None
         wanted = self._all_ports(self.ports)
+        if self.http_port is not None:
+            wanted.append(self.http_port)
         probe = ListenProbe(wanted, t_spawn)
         deadline = t_spawn + timeout_s
         listen_s: float | None = None
@@ -421,11 +433,18 @@ class Serialmuxd(Target):
     @staticmethod
     def toml(ports: Sequence[PortPlan], options: StartOptions) -> str:
         lines = ["[daemon]", 'log_level = "warning"', ""]
+        if options.http_port is not None:
+            lines += ["[http]", f'listen = "{HOST}:{options.http_port}"', "max_connections = 100000", ""]
         for i, port in enumerate(ports):
+            if port.unix_path is not None:
+                device = f"unix:{port.unix_path}"
+            else:
+                assert port.pty is not None
+                device = f"tty:{port.pty.path}"
             lines += [
                 "[[ports]]",
                 f'name = "p{i}"',
-                f'device = "tty:{port.pty.path}"',
+                f'device = "{device}"',
                 f'telnet = "{HOST}:{port.tcp_port}"',
             ]
             if port.viewer_port is not None:
@@ -447,6 +466,12 @@ class Serialmuxd(Target):
         if viewer_port is None:
             raise BenchError("port planned without a viewer listener")
         return TcpEndpoint(HOST, viewer_port)
+
+    def connect_ws(self, index: int, mode: str = "rw", rcvbuf: int | None = None) -> WsEndpoint:
+        """A WebSocket console client of port ``index`` (``mode`` rw or ro); needs ``http_port``."""
+        if self.http_port is None:
+            raise BenchError("started without an HTTP listener")
+        return WsEndpoint(HOST, self.http_port, f"p{index}", mode, rcvbuf=rcvbuf)
 
 
 def make_workdir() -> Path:

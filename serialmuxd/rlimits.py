@@ -23,6 +23,59 @@ import contextlib
 import errno
 import os
 import resource
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import Config
+
+# What the daemon holds open whatever its ports: stdio, the log, the event loop's epoll and wake-up fds,
+# the executor's pipes, the audit log (13 measured with one port, uvloop); with room to spare.
+BASE_DESCRIPTORS = 24
+# Below this many descriptors left for clients after listeners and devices, the daemon starts but warns.
+CLIENT_HEADROOM = 64
+
+
+@dataclass(frozen=True, slots=True)
+class DescriptorBudget:
+    """Descriptors a configuration holds once started, before any client connects."""
+
+    listeners: int
+    devices: int
+
+    @property
+    def fixed(self) -> int:
+        return BASE_DESCRIPTORS + self.listeners + self.devices
+
+    def refusal(self, soft_limit: int) -> str | None:
+        """None if the listeners and devices fit in ``soft_limit``; else the reason, with the numbers."""
+        if self.fixed <= soft_limit:
+            return None
+        return (
+            f"this configuration needs at least {self.fixed} open files ({self.listeners} listeners, "
+            f"{self.devices} for devices, {BASE_DESCRIPTORS} for the daemon itself) before any client "
+            f"connects, but the open-file limit is {soft_limit}: raise LimitNOFILE in the systemd unit (or "
+            "the hard limit, ulimit -Hn) or serve fewer ports from one daemon"
+        )
+
+    def clients_left(self, soft_limit: int) -> int:
+        return soft_limit - self.fixed
+
+
+def descriptor_budget(config: Config) -> DescriptorBudget:
+    """Count the descriptors ``config``'s listeners and devices hold once started.
+
+    Per port: one per listener (``telnet``, ``telnet_readonly``), one per device (an ``exec`` console two:
+    the PTY master and the child's pidfd), one for a ``[ports.hypervisor]`` socket and one for a console
+    log file.  A disabled port counts too: it can be enabled through the API.  Daemon-wide: the HTTP and SSH
+    listeners.  Clients are not known in advance (``CLIENT_HEADROOM`` is only warned about)."""
+    listeners = sum(1 for address in (config.http.listen, config.ssh.listen) if address is not None)
+    devices = 0
+    for port in config.ports:
+        listeners += (port.telnet is not None) + (port.telnet_readonly is not None)
+        devices += 2 if port.device.kind == "exec" else 1
+        devices += (port.hypervisor is not None) + (getattr(port, "log", None) is not None)
+    return DescriptorBudget(listeners, devices)
 
 
 def raise_nofile_limit() -> tuple[int, int]:

@@ -8,9 +8,11 @@ bound, the same on every transport: what is written while paused may reach ``NOT
 the buffer, then the connection is cut.  A closing connection gets ``CLOSE_FLUSH_TIMEOUT_S`` to flush its
 last words before it is aborted.
 
-``FrameQueue`` is the WebSocket's outgoing queue (telnet uses the transport's own buffer): small chunks
-of guest output are coalesced in place into one ``bytearray`` frame, so a burst of one-byte reads costs one
-frame and no re-copying of what is already queued.
+``FrameQueue`` is the WebSocket's outgoing queue (telnet uses the transport's own buffer): a chunk of guest
+output that finds the queue empty is queued as it is (no copy: a keystroke echo or a 64 KiB read goes out
+as the object the device read produced); chunks that arrive while one is still queued are coalesced in
+place into one ``bytearray`` frame, so a burst of one-byte reads costs one frame and no re-copying of what
+is already queued.
 """
 
 from __future__ import annotations
@@ -53,25 +55,32 @@ class FrameQueue:
     __slots__ = ("_items", "queued_bytes")
 
     def __init__(self) -> None:
-        self._items: deque[bytearray | str] = deque()
+        # A chunk is queued as the bytes object it came in (no copy); only when a second one joins it is
+        # it turned into a bytearray, which later chunks are appended to in place.
+        self._items: deque[bytes | bytearray | str] = deque()
         self.queued_bytes = 0  # everything queued, text included: it all occupies the client's buffer
 
     def __bool__(self) -> bool:
         return bool(self._items)
 
     def push_bytes(self, data: bytes) -> None:
-        last = self._items[-1] if self._items else None
-        if isinstance(last, bytearray) and len(last) < FRAME_BYTES:
+        items = self._items
+        last = items[-1] if items else None
+        if last is not None and not isinstance(last, str) and len(last) < FRAME_BYTES:
+            if isinstance(last, bytes):
+                last = items[-1] = bytearray(last)
             last += data  # in place: amortised, the queued bytes are not copied again
         else:
-            self._items.append(bytearray(data))
+            # Kept by reference: immutable bytes only (a view of someone's buffer could change under us).
+            items.append(data if type(data) is bytes else bytes(data))
         self.queued_bytes += len(data)
 
     def push_text(self, text: str) -> None:
         self._items.append(text)
         self.queued_bytes += len(text)
 
-    def pop(self) -> bytes | str:
+    def pop(self) -> bytes | bytearray | str:
+        """The oldest frame: ``str`` for a text frame, else the guest bytes (never changed after this)."""
         item = self._items.popleft()
         self.queued_bytes -= len(item)
-        return bytes(item) if isinstance(item, bytearray) else item
+        return item

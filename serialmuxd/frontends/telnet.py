@@ -75,7 +75,9 @@ class TelnetConnection(asyncio.Protocol):
         self.raw = raw
         self.mode = mode
         self.codec: tn.TelnetCodec | None = None if raw else tn.TelnetCodec()
-        self.escape = esc.EscapeParser(esc.parse_escape_key(hub.config.escape))
+        prefix = esc.parse_escape_key(hub.config.escape)
+        self.escape = esc.EscapeParser(prefix)
+        self._escape_byte = None if prefix is None else bytes((prefix,))
         # notices = "none": a raw port carrying a binary protocol or feeding a log collector gets guest
         # bytes only, never serialmuxd's lines.
         self._inband = hub.config.notices is NoticePolicy.INBAND
@@ -124,6 +126,9 @@ class TelnetConnection(asyncio.Protocol):
         self.close_session(reason, EndReason.DENIED)
 
     def data_received(self, data: bytes) -> None:
+        if self.codec is None and self.session is not None and not self._closing:
+            self._keyboard(data)  # raw TCP, attached: the keystroke path
+            return
         if self._closing:
             return
         logging_in = self._login is not None and not self._login.done
@@ -215,6 +220,17 @@ class TelnetConnection(asyncio.Protocol):
         if session is None:
             if self._login is not None:
                 self._login.feed(data)
+            return
+        # The common keystroke: no escape byte in it, no escape sequence half typed, no question waiting
+        # for its answer.  Straight to the session, without the parser's event list.
+        if (
+            self._confirming is None
+            and not self._asked
+            and not self._closing
+            and self.escape.state is esc.EscapeState.IDLE
+            and (self._escape_byte is None or self._escape_byte not in data)
+        ):
+            session.input(data)
             return
         for event in self.escape.feed(data):
             if self._closing:

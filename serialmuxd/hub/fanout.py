@@ -97,8 +97,15 @@ class OutputFanout:
         self.last_output_at = now
         end = ring.end
         start = end - len(data)
-        if self.observers:
-            self._observe(data, start)
+        observers = self.observers
+        if observers:
+            # Inline (a keystroke echo is one chunk: every call counts); a tuple copy, since one that
+            # raises is removed.
+            for observer in tuple(observers):
+                try:
+                    observer(data, start)
+                except Exception:
+                    self._observer_failed(observer)
         # A tuple copy: a sink may close its session while we iterate (slow_reader = "close").
         for session in tuple(self._sessions.values()):
             if session.lagging or session.closed:  # closed: cut by a sink earlier in this loop
@@ -115,13 +122,9 @@ class OutputFanout:
             except Exception:
                 self._sink_failed(session)
 
-    def _observe(self, data: bytes, offset: int) -> None:
-        for observer in tuple(self.observers):
-            try:
-                observer(data, offset)
-            except Exception:
-                log.exception("output_observer_failed", port=self.port, observer=repr(observer))
-                self.observers.remove(observer)
+    def _observer_failed(self, observer: Callable[[bytes, int], None]) -> None:
+        log.exception("output_observer_failed", port=self.port, observer=repr(observer))
+        self.observers.remove(observer)
 
     def catch_up(self, session: Session) -> None:
         """Send a session what it has not received yet, from its cursor, until done or it pauses again."""

@@ -358,6 +358,8 @@ class TelnetCodec:
 
     def data_to_send(self) -> bytes:
         """Bytes the codec wants sent to the client (option replies, the AYT answer); drains them."""
+        if not self._outgoing:  # every keystroke asks: nothing to allocate then (no AYT answer queued)
+            return b""
         out = bytes(self._outgoing)
         self._outgoing.clear()
         self._ayt_reply_queued = False

@@ -133,10 +133,10 @@ class WsConnection:
             while True:
                 while self._queue:
                     item = self._queue.pop()
-                    if isinstance(item, bytes):
-                        await self.ws.send_bytes(item)
-                    else:
+                    if isinstance(item, str):
                         await self.ws.send_str(item)
+                    else:  # a chunk as it came (no copy), or a coalesced bytearray (copied once here)
+                        await self.ws.send_bytes(item if isinstance(item, bytes) else bytes(item))
                     if self._budget.paused and self._queue.queued_bytes <= self._budget.limit_bytes // 4:
                         self._budget.resume()
                         if self.session is not None:
