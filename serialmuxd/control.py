@@ -41,7 +41,13 @@ class Console(Protocol):
     def recording(self, identity: Identity, start: int | None, end: int | None) -> RecordingSlice: ...
 
     def attach(
-        self, sink: SessionSink, identity: Identity, mode: AttachMode, *, from_offset: int | None = None
+        self,
+        sink: SessionSink,
+        identity: Identity,
+        mode: AttachMode,
+        *,
+        from_offset: int | None = None,
+        force: bool = False,
     ) -> Session | None: ...
 
     def api_break(self, identity: Identity) -> None: ...

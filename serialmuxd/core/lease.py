@@ -6,7 +6,11 @@ The lease is FREE, HELD by one session, or ASKING: held, while the holder is bei
 one waiting session (takeover policy ``ask``).  Sessions ask for it in two ways:
 
 * ``ATTACH`` — an interactive attach (a client connecting to the port's interactive listener);
-* ``TAKE_OVER`` — an explicit request (escape command, WebSocket message, API call).
+* ``TAKE_OVER`` — an explicit request (escape command, WebSocket message, API call);
+* ``FORCE`` — take it at once whatever the policy (``ssh CONSOLE.force``): the holder is treated as if it
+  had said yes (``evict`` evicts it, ``demote`` and ``ask`` leave it attached read-only) or, under
+  ``refuse``, evicted; a request waiting for an answer is cancelled.  Access control asks for the same
+  ``Verb.TAKE_OVER`` as any takeover.
 
 Both follow the port's takeover policy; they are kept apart because access control grants them separately
 (``Verb.WRITE`` and ``Verb.TAKE_OVER``) and audit names them.  A request from a session that does not hold
@@ -45,6 +49,7 @@ class LeaseState(enum.Enum):
 class LeaseInput(enum.Enum):
     ATTACH = "attach"
     TAKE_OVER = "take_over"
+    FORCE = "force"
 
 
 class Outcome(enum.Enum):
@@ -140,6 +145,8 @@ class WriterLease:
         stamp = now if wall is None else wall
         if self.holds(session_id):
             return LeaseDecision(Outcome.ALREADY_HELD, self._holder)
+        if kind is LeaseInput.FORCE:
+            return self._force(session_id, who, stamp)
         if self._pending is not None and self._pending.asker.session_id == session_id:
             return LeaseDecision(Outcome.BUSY, self._holder, pending=self._pending)
         outcome = _REQUEST[(self.state, self.policy)]
@@ -151,6 +158,19 @@ class WriterLease:
         displaced = self._holder
         self._holder = Holder(session_id, who, stamp)
         return LeaseDecision(outcome, self._holder, displaced)
+
+    def _force(self, session_id: int, who: str, stamp: float) -> LeaseDecision:
+        """``pending`` of the decision is the request this cancelled (None if there was none)."""
+        cancelled, self._pending = self._pending, None
+        displaced = self._holder
+        self._holder = Holder(session_id, who, stamp)
+        if displaced is None:
+            outcome = Outcome.GRANTED
+        elif self.policy in (TakeoverPolicy.DEMOTE, TakeoverPolicy.ASK):
+            outcome = Outcome.GRANTED_DEMOTING
+        else:
+            outcome = Outcome.GRANTED_EVICTING
+        return LeaseDecision(outcome, self._holder, displaced, cancelled)
 
     def answer(self, session_id: int, accept: bool, wall: float) -> LeaseDecision | None:
         """The holder's answer to a waiting request; None if ``session_id`` is not being asked."""

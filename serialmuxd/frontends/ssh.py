@@ -50,7 +50,7 @@ from ..control import Console, ConsoleControl
 from ..core.access import AttachMode, Identity
 from ..core.policy import NoticePolicy
 from ..errors import StartupError
-from ..hub import EndReason, Notice, NoticeKind, Refused, Role, Session
+from ..hub import EndReason, Notice, NoticeKind, Refused, Session
 from ..obs.audit import AuditFn
 from ..proto import escape as esc
 from .output import OutputBudget
@@ -405,14 +405,15 @@ class SshConsoleSession(asyncssh.SSHServerSession[bytes]):
     def _attach(self) -> None:
         request = self.request
         mode = AttachMode.READ_ONLY if request.mode is SshMode.READ_ONLY else AttachMode.INTERACTIVE
-        self.console.attach(_Sink(self), self.identity, mode, from_offset=self._replay_from(request))
-        session = self.session
-        if session is None:
-            return
-        if self._size is not None:
-            session.window_size_changed(*self._size)
-        if request.mode is SshMode.FORCE and session.role is not Role.WRITER:
-            session.take_over()
+        self.console.attach(
+            _Sink(self),
+            self.identity,
+            mode,
+            from_offset=self._replay_from(request),
+            force=request.mode is SshMode.FORCE,  # the hub checks the takeover verb
+        )
+        if self.session is not None and self._size is not None:
+            self.session.window_size_changed(*self._size)
 
     def _replay_from(self, request: ConsoleRequest) -> int | None:
         """``replay-lines=N``: the offset where the last N lines of the scrollback start."""

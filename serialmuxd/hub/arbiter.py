@@ -95,7 +95,19 @@ class WriterArbiter:
         elif outcome is Outcome.ASKING:
             self._ask(session, decision)
         else:
-            self._granted(session, decision)
+            if kind is LeaseInput.FORCE and decision.pending is not None:
+                self._cancel_timer()  # the forced takeover settled the waiting request: tell its asker
+                asker = self._sessions.get(decision.pending.asker.session_id)
+                if asker is not None and asker is not session:
+                    asker.notify(
+                        Notice(
+                            NoticeKind.REFUSED,
+                            f"{session.identity} took write access to {self.port} at once; "
+                            "your request is cancelled",
+                            {"holder": str(session.identity)},
+                        )
+                    )
+            self._granted(session, decision, forced=kind is LeaseInput.FORCE)
 
     def answer(self, session: Session, accept: bool) -> None:
         decision = self.lease.answer(session.id, accept, self._wall())
@@ -131,7 +143,7 @@ class WriterArbiter:
         return True
 
     # -- internals ------------------------------------------------------------------------------------
-    def _granted(self, session: Session, decision: LeaseDecision) -> None:
+    def _granted(self, session: Session, decision: LeaseDecision, *, forced: bool = False) -> None:
         session.role = Role.WRITER
         self._on_writer_changed()  # nothing typed by a previous writer may follow the handover
         displaced = decision.displaced
@@ -150,6 +162,7 @@ class WriterArbiter:
             **session.identity.audit_fields(),
             displaced=displaced.who,
             action="evict" if evicting else "demote",
+            forced=forced,
         )
         old = self._sessions.get(displaced.session_id)
         if old is not None:
