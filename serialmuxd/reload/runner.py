@@ -270,6 +270,7 @@ class Reloader:
         except StartupError as exc:
             for hub in new_hubs.values():
                 daemon.close_listeners(hub)
+                await hub.close("the configuration reload was rejected")  # never started: closes little
             raise ReloadRejected(new.source, [(f"ports[{_index(new, name)}]", str(exc))]) from None
         return _Prepared(plan, new_hubs, late, grants, tls)
 
