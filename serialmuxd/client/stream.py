@@ -153,6 +153,8 @@ class ConsoleStream:
         except aiohttp.ClientError as exc:
             raise unreachable(self.api.base, exc) from None
         self.ws = ws
+        if self._stopping or self._reconnect_now.is_set():
+            await ws.close()  # asked to stop (or switch modes) while the upgrade was on its way
         self.mode = mode
         self.read_only = mode == "ro"
         self._closing_reason = ""

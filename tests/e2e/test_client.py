@@ -87,6 +87,12 @@ def test_connect_type_resize_detach_restores_the_terminal(shell: tuple[str, int,
     outer.expect_exact("41 133")
     outer.send("~?")
     outer.expect_exact("~~  send a literal ~")
+    outer.send("~r")
+    outer.expect_exact("you are now read-only")
+    outer.send("~f")
+    outer.expect_exact("you have write access")
+    outer.send("~B")  # a shell on a PTY has no serial line: the daemon says so, on the status line
+    outer.expect_exact("BREAK not sent: not supported by exec:")
     outer.send("echo ~~tilde\r")
     outer.expect_exact("~tilde")
     outer.send("~.")
@@ -108,6 +114,12 @@ def test_status_lines_go_to_stderr_not_into_the_guest_bytes(
     mark = len(outer.before or b"")
     outer.send("echo separate-$((6*7))\r")
     outer.expect_exact("separate-42")
+    # The shell exits: offline and online again (restarted) are status lines, on stderr only.
+    outer.send("exit\r")
+    wait_until(lambda: b"console sh1 online" in errors.read_bytes(), "sh1 offline and back")
+    assert b"console sh1 offline" in errors.read_bytes()
+    outer.send("\recho again-$((6*7))\r")
+    outer.expect_exact("again-42")
     outer.send("~.")
     outer.expect_exact(OUTER)
     shown = (outer.before or b"")[mark:]

@@ -1,6 +1,7 @@
 """``serialmux`` against a daemon with ``[auth]``: a token file (and its permissions), a user with
 ``$SERIALMUX_PASSWORD`` or the password prompt (no echo, in a real pseudo-terminal), the client config file,
-and the daemon's refusals as exit codes: 3 unauthorized/forbidden, 2 a console the caller may not see."""
+TLS verified with ``--ca-file`` and a client certificate, and the daemon's refusals as exit codes: 3
+unauthorized/forbidden, 2 a console the caller may not see."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
+import trustme
 
 from serialmuxd.auth.passwords import hash_password
 from serialmuxd.auth.tokens import new_token, token_digest
@@ -113,5 +115,59 @@ device = "exec:/bin/cat"
             (config_dir / "config.toml").write_text('url = "http://x"\ntokenfile = "t"\n')
             bad = run_client(bare, "ports")
             assert bad.returncode == 1 and b"config.toml: tokenfile: unknown key" in bad.stderr
+    finally:
+        guest.close()
+
+
+def test_tls_verified_by_default_with_ca_file_and_a_client_certificate(tmp_path: Path) -> None:
+    ca, guest = trustme.CA(), Guest()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    cert, key, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert.write_bytes(b"".join(blob.bytes() for blob in server.cert_chain_pems))
+    key.write_bytes(server.private_key_pem.bytes())
+    key.chmod(0o600)
+    ca.cert_pem.write_to_path(str(ca_file))
+    alice = ca.issue_cert("alice@example.com", common_name="alice")
+    alice_cert, alice_key = tmp_path / "alice.pem", tmp_path / "alice.key"
+    alice_cert.write_bytes(b"".join(blob.bytes() for blob in alice.cert_chain_pems))
+    alice_key.write_bytes(alice.private_key_pem.bytes())
+    alice_key.chmod(0o600)
+    users = tmp_path / "users.toml"
+    users.write_text('[[users]]\nname = "alice"\ngrants = [{ role = "operator", ports = ["vm1"] }]\n')
+    users.chmod(0o600)
+    extra = f"""tls = true
+[auth]
+users_file = "{users}"
+[tls]
+cert_file = "{cert}"
+key_file = "{key}"
+client_ca_file = "{ca_file}"
+"""
+    ports = f'[[ports]]\nname = "vm1"\ndevice = "tty:{guest.path}"\nreplay_bytes = 0\n'
+    try:
+        with daemon(tmp_path, ports, extra=extra) as (_, url):
+            env = client_env(tmp_path, url.replace("http://", "https://"))
+            untrusted = run_client(env, "ports")
+            assert untrusted.returncode == 5 and b"TLS certificate not trusted" in untrusted.stderr, untrusted
+            anonymous = run_client(env, "--ca-file", str(ca_file), "ports")
+            assert anonymous.returncode == 3 and b"(unauthorized)" in anonymous.stderr, anonymous
+
+            env.update(
+                SERIALMUX_CA_FILE=str(ca_file),
+                SERIALMUX_CERT_FILE=str(alice_cert),
+                SERIALMUX_KEY_FILE=str(alice_key),
+            )
+            listed = run_client(env, "ports", "--names")
+            assert listed.returncode == 0 and listed.stdout == b"vm1\n", listed
+            client = spawn([SERIALMUX, "connect", "vm1"], env)  # wss://, signed in by the certificate
+            client.expect_exact("you have write access")
+            client.send("typed-over-tls")
+            read_until(guest.master, b"typed-over-tls")
+            guest.write(b"answer-over-tls\r\n")
+            client.expect_exact("answer-over-tls")
+            client.send("\r~.")
+            client.expect(pexpect.EOF)
+            client.close()
+            assert client.exitstatus == 0
     finally:
         guest.close()
