@@ -352,14 +352,17 @@ class Daemon:
         self.state.console_enabled = enabled
         self.state.console_reason = reason
         self._save_state()
-        for name in self.hubs:
+        for name in list(self.hubs):  # a copy: a reload may add or remove ports meanwhile
             await self._apply_switch(name)
 
     async def _apply_switch(self, name: str) -> None:
+        hub = self.hubs.get(name)
+        if hub is None:  # removed by a reload meanwhile; its persisted switch stays for when it comes back
+            return
         switch = self.state.ports.get(name)
-        port_enabled = switch.enabled if switch else self.hubs[name].config.enabled
+        port_enabled = switch.enabled if switch else hub.config.enabled
         enabled = port_enabled and self.state.console_enabled
-        await self.hubs[name].set_enabled(enabled, "" if enabled else self._disabled_reason(name))
+        await hub.set_enabled(enabled, "" if enabled else self._disabled_reason(name))
 
     # -- offsets that survive restarts --------------------------------------------------------------------
     def _raise_offset_floors(self, *, force: bool = False) -> None:
@@ -406,7 +409,7 @@ class Daemon:
     async def _poll_vm_states(self) -> None:
         """QMP pushes state changes as events; the other adapters only answer when asked."""
         while True:
-            for hub in self.hubs.values():
+            for hub in list(self.hubs.values()):  # a copy: a reload may add or remove ports meanwhile
                 adapter = hub.vm.adapter
                 if adapter is not None and adapter.kind != "qmp":
                     await adapter.state()  # notifies the hub's VmControl when it changed

@@ -250,28 +250,28 @@ class Reloader:
         tls = self._load_tls(effective)
         ports = {p.name: p for p in effective.ports}
         rebuilt = port_names(plan.rebuilt)
-        new_hubs = {
-            name: self._new_hub(ports[name], rebuilt=name in rebuilt) for name in (*plan.added, *rebuilt)
-        }
         held = _addresses(daemon.config)  # what the running daemon has bound (or may: port 0 is always new)
-        bound: dict[str, list[asyncio.Server]] = {}
-        late: dict[str, list[tuple[ListenAddress, str]]] = {}
         context = self._tls.front if self._tls is not None else tls  # the front: rotations reach it
+        new_hubs: dict[str, PortHub] = {}
+        late: dict[str, list[tuple[ListenAddress, str]]] = {}
+        at = ""  # the key being set up, for the message
         try:
-            for name, hub in new_hubs.items():
+            for name in (*plan.added, *rebuilt):
+                at = f"ports[{_index(new, name)}]"
+                hub = new_hubs[name] = self._new_hub(ports[name], rebuilt=name in rebuilt)
                 for address, kind in _listeners(ports[name]):
+                    at = f"ports[{_index(new, name)}]." + ("telnet_readonly" if "-" in kind else "telnet")
                     if address.port != 0 and _key(address) in held:
-                        late.setdefault(name, []).append((address, kind))
+                        late.setdefault(name, []).append((address, kind))  # bound once the old hub let go
                         continue
                     tls_context = context if ports[name].telnet_tls else None
-                    bound.setdefault(name, []).append(
-                        await daemon.listen_one(hub, address, kind, tls_context)
-                    )
-        except StartupError as exc:
+                    await daemon.listen_one(hub, address, kind, tls_context)
+        except (StartupError, OSError) as exc:  # a busy address; a console-log directory it cannot make
             for hub in new_hubs.values():
                 daemon.close_listeners(hub)
                 await hub.close("the configuration reload was rejected")  # never started: closes little
-            raise ReloadRejected(new.source, [(f"ports[{_index(new, name)}]", str(exc))]) from None
+            reason = str(exc) if isinstance(exc, StartupError) else exc.strerror or str(exc)
+            raise ReloadRejected(new.source, [(at, reason)]) from None
         return _Prepared(plan, new_hubs, late, grants, tls)
 
     def _new_hub(self, port: PortConfig, *, rebuilt: bool) -> PortHub:

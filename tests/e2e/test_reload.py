@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -222,6 +223,40 @@ async def test_a_broken_file_changes_nothing_and_is_reported_and_counted(tmp_pat
         assert results == ["failed", "ok"]
     finally:
         guest.close()
+
+
+async def test_a_busy_address_for_a_new_port_rejects_the_whole_reload(tmp_path: Path) -> None:
+    guest, second = GuestPty(), GuestPty()
+    config = tmp_path / "serialmuxd.toml"
+    head = _head(tmp_path, free_port()) + _port("vm1", f"tty:{guest.path}")
+    config.write_text(head)
+    try:
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", 0))
+            squatter.listen()
+            busy = squatter.getsockname()[1]
+            async with daemon_process(config) as daemon:
+                config.write_text(
+                    head
+                    + _port("vm2", f"tty:{second.path}")
+                    + _port("vm3", f"tty:{second.path}x").replace("127.0.0.1:0", f"127.0.0.1:{busy}")
+                )
+                await daemon.reload()
+                [failed] = daemon.events("reload_failed")
+                assert (
+                    failed["key"] == "ports[3].telnet"
+                    and f"cannot listen on 127.0.0.1:{busy}" in failed["reason"]
+                )
+                # vm2's listener was bound before vm3's failed: it is closed again, and vm2 never started.
+                with pytest.raises(OSError):
+                    await TcpClient.connect(*daemon.address("vm2"))
+                assert not [e for e in daemon.events("device_online") if e["port"] == "vm2"]
+                client = await daemon.connect("vm1")
+                await client.expect(b"you have write access")
+                await client.close()
+    finally:
+        guest.close()
+        second.close()
 
 
 async def test_sighups_during_a_reload_queue_one_more_and_shutdown_ignores_them(tmp_path: Path) -> None:
