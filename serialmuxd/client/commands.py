@@ -9,9 +9,9 @@ import sys
 import time
 from typing import Any
 
-from .connect import StatusLines, _write_all
 from .errors import ClientError, Exit
 from .http import Api
+from .lines import StatusLines, write_all
 from .stream import ConsoleStream
 from .visible import Visualiser
 
@@ -69,9 +69,9 @@ class _Follower:
 
     def output(self, data: bytes) -> None:
         if self.raw:
-            _write_all(sys.stdout.fileno(), data)
+            write_all(sys.stdout.fileno(), data)
         else:
-            _write_all(sys.stdout.fileno(), self.visualiser.feed(data).encode("utf-8"))
+            write_all(sys.stdout.fileno(), self.visualiser.feed(data).encode("utf-8"))
 
     def status(self, text: str) -> None:
         self.lines.show(text)
@@ -99,16 +99,16 @@ async def log(args: argparse.Namespace, api: Api) -> int:
             params["from"] = str(offset)
         data, headers = await api.raw(Api.port_path(name, "scrollback"), f"scrollback of {name}", **params)
         if args.raw:
-            _write_all(sys.stdout.fileno(), data)
+            write_all(sys.stdout.fileno(), data)
         else:
-            _write_all(sys.stdout.fileno(), visualiser.feed(data).encode("utf-8"))
+            write_all(sys.stdout.fileno(), visualiser.feed(data).encode("utf-8"))
         following = int(headers.get("X-Scrollback-Next", "0"))
         end = int(headers.get("X-Scrollback-End", "0"))
         if not data or following >= end:
             break
         offset = following
     if not args.raw:
-        _write_all(sys.stdout.fileno(), visualiser.feed(b"", final=True).encode("utf-8"))
+        write_all(sys.stdout.fileno(), visualiser.feed(b"", final=True).encode("utf-8"))
     return Exit.OK
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from . import escape
 from .errors import ClientError, Exit
 from .http import Api
+from .lines import StatusLines, write_all
 from .stream import ConsoleStream
 from .terminal import RawTerminal, Signals, window_size
 
@@ -36,42 +37,6 @@ def attach_mode(read_only: bool, force: bool, writer: str | None, was_writer: bo
     if writer is None or force or was_writer:
         return "rw", ""
     return "ro", f"{writer} is writing; you are read-only (~f takes over, or connect --force)"
-
-
-class StatusLines:
-    """Status lines on stderr; in raw mode each starts on a line of its own (CR LF)."""
-
-    def __init__(self, raw: bool) -> None:
-        self.raw = raw
-        self.at_line_start = True  # of the terminal both streams share
-
-    def guest_output(self, data: bytes) -> None:
-        if data:
-            self.at_line_start = data.endswith((b"\n", b"\r"))
-
-    def show(self, text: str) -> None:
-        if self.raw:
-            lead = "" if self.at_line_start else "\r\n"
-            line = lead + "\r\n".join(f"[serialmux] {part}" for part in text.split("\n")) + "\r\n"
-        else:
-            line = "\n".join(f"[serialmux] {part}" for part in text.split("\n")) + "\n"
-        _write_all(sys.stderr.fileno(), line.encode("utf-8", "replace"))
-        self.at_line_start = True
-
-    def prompt(self, text: str) -> None:
-        """A question whose answer is the next key: no line end after it."""
-        lead = "" if self.at_line_start or not self.raw else "\r\n"
-        _write_all(sys.stderr.fileno(), f"{lead}[serialmux] {text} ".encode())
-        self.at_line_start = False
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view) :]
-        except BlockingIOError:
-            continue
 
 
 class Interactive:
@@ -103,7 +68,7 @@ class Interactive:
 
     # -- stream.Handler --------------------------------------------------------------------------------
     def output(self, data: bytes) -> None:
-        _write_all(sys.stdout.fileno(), data)
+        write_all(sys.stdout.fileno(), data)
         self.lines.guest_output(data)
 
     def status(self, text: str) -> None:

@@ -258,6 +258,15 @@ device = "tty:{guest.path}"
             raw = run_client(env, "log", "vm1", "--raw", "--from", str(start + 6))
             assert raw.stdout == b"\x1b[1mbold\x1b[0m bell\x07\r\n"
 
+            # connect --from: the stream from that offset (no replay), then live.
+            watch = spawn([SERIALMUX, "connect", "vm1", "--read-only", "--from", str(start + 6)], env)
+            watch.expect_exact(b"\x1b[1mbold\x1b[0m bell")
+            assert b"plain" not in (watch.before or b"")
+            watch.send("~.")
+            watch.expect(pexpect.EOF)
+            watch.close()
+            assert watch.exitstatus == 0
+
             follow = spawn([SERIALMUX, "log", "vm1", "--follow"], env)
             follow.expect_exact("plain ^[[1mbold")
             guest.write(b"new line \x1b!\r\n")
@@ -334,3 +343,30 @@ def test_completion_script_completes_console_names(shell: tuple[str, int, dict[s
         ["bash", "--norc", "-c", probe], env=env, capture_output=True, text=True, timeout=20
     )
     assert done.stdout.splitlines() == ["sh1", "send"], done
+
+
+def test_takeover_ask_is_answered_with_n_then_y(tmp_path: Path) -> None:
+    telnet_port = free_port()
+    port = _shell_port(telnet_port) + 'takeover = "ask"\nask_timeout_s = 30\n'
+    with daemon(tmp_path, port) as (_, url):
+        env = client_env(tmp_path, url)
+        client = spawn([SERIALMUX, "connect", "sh1"], env)
+        client.expect_exact("you have write access")
+        telnet = spawn(["telnet", "127.0.0.1", str(telnet_port)], env)
+        client.expect_exact("press y to hand over write access, n to keep it")
+        client.send("n")  # the answer, not typed into the guest
+        telnet.expect_exact("keeps write access to sh1; you stay read-only")
+        client.expect_exact("you keep write access")
+        client.send("echo kept-$((6*7))\r")
+        client.expect_exact("kept-42")
+        telnet.send("\x05cf")  # telnet's escape: Ctrl-E c f, take over
+        client.expect_exact("press y to hand over write access, n to keep it")
+        client.send("y")
+        client.expect_exact("you are now read-only")
+        telnet.expect_exact("you took over write access from ws")
+        telnet.send("echo handed-$((6*7))\r")
+        client.expect_exact("handed-42")  # the client watches on
+        client.send("~.")
+        client.expect(pexpect.EOF)
+        client.close()
+        telnet.close()

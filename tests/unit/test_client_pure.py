@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from serialmuxd.client.commands import ports_table
 from serialmuxd.client.connect import attach_mode
 from serialmuxd.client.errors import CODE_EXITS, ClientError, Exit, api_error, exit_for
+from serialmuxd.client.lines import StatusLines
 from serialmuxd.client.main import build_parser
 from serialmuxd.client.resume import Cursor, Resumption
 from serialmuxd.client.settings import (
@@ -302,3 +303,15 @@ def test_readme_lists_every_command_option_variable_and_exit_code() -> None:
     for code in Exit:
         if code is not Exit.INTERRUPTED:
             assert f"\n| {int(code)} |" in section, code
+
+
+def test_status_lines_show_escape_sequences_instead_of_obeying_them(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    lines = StatusLines(raw=True)
+    lines.guest_output(b"half a line")
+    lines.show("guest health: panic \x1b]0;owned\x07 at offset 5\nsecond")
+    err = capfd.readouterr().err
+    assert err == "\r\n[serialmux] guest health: panic ^[]0;owned^G at offset 5\r\n[serialmux] second\r\n"
+    StatusLines(raw=False).show("plain")
+    assert capfd.readouterr().err == "[serialmux] plain\n"
