@@ -125,6 +125,7 @@ class _ConnectionAuth(asyncssh.SSHServer):
         self._conn: asyncssh.SSHServerConnection | None = None
         self._peer = Identity("ssh", "?")
         self._in_gate = False
+        self._in_door = False  # got a gate slot (a connection turned away at the gate is audited there)
         self._request: ConsoleRequest | None = None
         self._malformed = ""
         self._began = False
@@ -142,7 +143,7 @@ class _ConnectionAuth(asyncssh.SSHServer):
             )
             conn.abort()
             return
-        self._in_gate = True
+        self._in_gate = self._in_door = True
         # asyncssh's own check runs first (signature, CA, validity); ours decides who and which console.
         # Assigned on the instance: SSHServer has no hook that sees certificates after asyncssh's verdict.
         original: Callable[[str, bytes, bytes, bytes], Awaitable[bool]] = conn.validate_public_key
@@ -150,16 +151,17 @@ class _ConnectionAuth(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._leave_gate()
-        if self.accepted is not None or not self._began:
+        if self.accepted is not None or not self._in_door:
             return
+        timed_out = exc is not None and _TIMEOUT_TEXT in str(exc)
         if self._failure is not None:
             user, method, reason = self._failure
             self._auth.ssh_login(self._peer, user, method, reason)
-        elif exc is not None and _TIMEOUT_TEXT in str(exc):
+        elif timed_out:  # also before any user name: an idle connection held a slot for the whole grace
             self._auth.refused(
                 self._peer, "publickey", f"login timed out after {self._front.door.login_grace_s:g} s"
             )
-        else:
+        elif self._began:  # a client that only looked at the host key (ssh-keyscan) is not a login
             self._auth.refused(self._peer, "publickey", "disconnected before offering an acceptable key")
 
     def begin_auth(self, username: str) -> Awaitable[bool]:

@@ -28,6 +28,7 @@ import pytest_asyncio
 
 from serialmuxd.auth.passwords import hash_password
 from serialmuxd.config import parse_config
+from serialmuxd.core.access import Identity
 from serialmuxd.daemon import Daemon, _default_link_factory
 from serialmuxd.devices.base import DeviceLink
 from serialmuxd.frontends.ssh_hostkey import HOST_KEY_NAME
@@ -383,6 +384,10 @@ async def test_certificates_and_refusals(rig: Rig) -> None:
         code, out, err = await rig.run(user, key, "who")
         answers[what] = (code, out, err.replace(user.encode(), b"USER"))
         assert code == 255 and DENIED in err, (what, err)
+    # Each refusal counted for the address in the same throttle as telnet and HTTP logins: the next
+    # connection from it waits before its first key is looked at.
+    assert rig.daemon.front_door is not None
+    assert rig.daemon.front_door.authenticator.source_delay_s(Identity("ssh", "127.0.0.1:1")) > 0
     # A console that does not exist is refused exactly like a key nobody knows: nothing to probe.
     assert answers["unknown console"] == answers["unknown key"]
     assert answers["no grant"] == answers["unknown key"]

@@ -22,6 +22,7 @@ from serialmuxd.config import (
     PortConfig,
     SerialSettings,
     SlowReaderPolicy,
+    SshSettings,
     TakeoverPolicy,
     TlsSettings,
     load_config,
@@ -102,6 +103,7 @@ def test_example_listeners_are_all_loopback() -> None:
         OidcConfig,
         TlsSettings,
         AuditSettings,
+        SshSettings,
     ],
 )
 def test_example_documents_every_key(settings: type) -> None:
@@ -140,6 +142,7 @@ def test_validator_covers_every_field() -> None:
 
     assert keys(module._DAEMON_KEYS) == names(DaemonSettings)
     assert keys(module._HTTP_KEYS) == names(HttpSettings)
+    assert keys(module._SSH_KEYS) == names(SshSettings)
     assert keys(module._SERIAL_KEYS) == names(SerialSettings)
     deprecated_aliases = {"input_rate_bps"}  # read into input_rate_bytes_per_s, with a warning
     port_keys = {*keys(module._PORT_ONLY_KEYS), *keys(module._INHERITABLE_KEYS), "serial", "hypervisor"}
