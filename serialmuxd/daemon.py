@@ -572,6 +572,9 @@ class Daemon:
         assert server is not None
         return server
 
+    def listeners_of(self, hub: PortHub) -> list[asyncio.Server]:
+        return [server for owner, server, _ in self._bindings if owner is hub]
+
     def close_listeners(self, hub: PortHub, only: Sequence[asyncio.Server] = ()) -> None:
         """Stop accepting for ``hub`` (or just the servers in ``only``); open sessions stay."""
         for binding in [b for b in self._bindings if b[0] is hub and (not only or b[1] in only)]:

@@ -2,9 +2,11 @@
 
 Ports are matched by name and compared as the typed, frozen ``PortConfig`` objects the validator built, field
 by field, so a key added to ``PortConfig`` later is covered without touching this module: unless it is
-listed in ``LIVE_PORT_FIELDS`` (a setting ``PortHub.reconfigure`` applies in place), a change to it rebuilds
-the port.  That is the safe default: a rebuild closes the port's sessions with a notice, its device link and
-listeners, and starts them again from the new settings; a wrongly "live" setting would be silently ignored.
+listed in ``LIVE_PORT_FIELDS`` (a setting ``PortHub.reconfigure`` applies in place) or ``LISTENER_FIELDS``
+(the port's listeners are bound again; its sessions, which are connections already accepted, and its device
+stay), a change to it rebuilds the port.  That is the safe default: a rebuild closes the port's sessions
+with a notice, its device link and listeners, and starts them again from the new settings; a wrongly
+"live" setting would be silently ignored.
 
 Daemon-wide tables are compared the same way.  What the reload applies: ``[auth]``'s users file, custom
 roles and OIDC group grants (the access policy and the authenticator are swapped in place), ``[tls]``'s
@@ -52,6 +54,10 @@ LIVE_PORT_FIELDS = frozenset(
     }
 )
 
+# Per-port settings of the listeners only: the old listeners close, new ones are bound for the same hub.
+# Sessions already attached keep the transport they connected with (telnet or raw, TLS or not).
+LISTENER_FIELDS = frozenset({"telnet", "telnet_readonly", "raw", "telnet_tls"})
+
 # Config fields that are not settings (where the file came from, its deprecation warnings) or that have
 # their own rules below.
 _NOT_SETTINGS = frozenset({"source", "warnings", "ports"})
@@ -73,7 +79,8 @@ class ReloadPlan:
     effective: Config
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
-    rebuilt: tuple[PortChange, ...] = ()  # at least one field outside LIVE_PORT_FIELDS changed
+    rebuilt: tuple[PortChange, ...] = ()  # at least one field outside LIVE_PORT_FIELDS | LISTENER_FIELDS
+    rebound: tuple[PortChange, ...] = ()  # listener fields (and maybe live ones) changed: new listeners
     updated: tuple[PortChange, ...] = ()  # only live fields changed
     unchanged: tuple[str, ...] = ()
     auth_changed: bool = False  # users file (re-read regardless), roles or group grants to swap in
@@ -83,7 +90,7 @@ class ReloadPlan:
 
     @property
     def port_changes(self) -> bool:
-        return bool(self.added or self.removed or self.rebuilt or self.updated)
+        return bool(self.added or self.removed or self.rebuilt or self.rebound or self.updated)
 
 
 def changed_fields(old: Any, new: Any) -> tuple[str, ...]:
@@ -92,12 +99,14 @@ def changed_fields(old: Any, new: Any) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(old) if getattr(old, f.name) != getattr(new, f.name))
 
 
-def classify_port(old: PortConfig, new: PortConfig) -> tuple[PortChange | None, bool]:
-    """(the change, or None when equal; True if it needs a rebuild)."""
+def classify_port(old: PortConfig, new: PortConfig) -> tuple[PortChange | None, str]:
+    """(the change, or None when equal; what it takes: "unchanged", "updated", "rebound" or "rebuilt")."""
     fields = changed_fields(old, new)
     if not fields:
-        return None, False
-    return PortChange(new.name, fields), any(f not in LIVE_PORT_FIELDS for f in fields)
+        return None, "unchanged"
+    if any(f not in LIVE_PORT_FIELDS and f not in LISTENER_FIELDS for f in fields):
+        return PortChange(new.name, fields), "rebuilt"
+    return PortChange(new.name, fields), "rebound" if any(f in LISTENER_FIELDS for f in fields) else "updated"
 
 
 def plan_reload(old: Config, new: Config) -> ReloadPlan:
@@ -105,18 +114,17 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     new_ports = {p.name: p for p in new.ports}
     added = tuple(name for name in new_ports if name not in old_ports)
     removed = tuple(name for name in old_ports if name not in new_ports)
-    rebuilt: list[PortChange] = []
-    updated: list[PortChange] = []
+    changes: dict[str, list[PortChange]] = {"rebuilt": [], "rebound": [], "updated": []}
     unchanged: list[str] = []
     for name, port in new_ports.items():
         before = old_ports.get(name)
         if before is None:
             continue
-        change, rebuild = classify_port(before, port)
+        change, action = classify_port(before, port)
         if change is None:
             unchanged.append(name)
         else:
-            (rebuilt if rebuild else updated).append(change)
+            changes[action].append(change)
 
     restart: list[tuple[str, str]] = []
     refused: list[tuple[str, str]] = []
@@ -149,8 +157,9 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         effective=effective,
         added=added,
         removed=removed,
-        rebuilt=tuple(rebuilt),
-        updated=tuple(updated),
+        rebuilt=tuple(changes["rebuilt"]),
+        rebound=tuple(changes["rebound"]),
+        updated=tuple(changes["updated"]),
         unchanged=tuple(unchanged),
         auth_changed=auth_changed,
         alerts_changed=old.alerts != new.alerts,

@@ -13,7 +13,8 @@ to an address no port had) are bound.  Any failure there rejects the reload: wha
 old configuration keeps serving, each problem is logged as ``reload_failed`` with the same
 ``FILE: key.path: reason`` text ``check-config`` prints, counted, and audited.  **Apply** then cannot be
 refused: removed ports' sessions are told why and closed (each ``detach`` audited), then their listeners,
-device links and adapters; changed ports are rebuilt or reconfigured in place (``plan.LIVE_PORT_FIELDS``);
+device links and adapters; changed ports are rebuilt, get new listeners (``plan.LISTENER_FIELDS``: the
+sessions and the device stay) or are reconfigured in place (``plan.LIVE_PORT_FIELDS``);
 the access policy, the authenticator's users and tokens, the TLS certificate and ``[alerts]`` are swapped;
 sessions whose user may no longer view their console are closed.  Ports that did not change are not
 touched at all: same hub, same sessions, same device link, same listeners.
@@ -75,7 +76,8 @@ class ReloadRejected(Exception):
 class _Prepared:
     plan: ReloadPlan
     new_hubs: dict[str, PortHub]  # added and rebuilt ports, not started yet (their new listeners bound)
-    late: dict[str, list[tuple[ListenAddress, str]]]  # rebuilt ports' addresses their old hub holds
+    old_servers: dict[str, list[asyncio.Server]]  # rebound ports: the listeners to close in apply
+    late: dict[str, list[tuple[ListenAddress, str]]]  # addresses a running listener holds until apply
     grants: tuple[RoleGrants, UserDirectory] | None
     tls: ssl.SSLContext | None
 
@@ -202,6 +204,7 @@ class Reloader:
             "added": list(plan.added),
             "removed": list(plan.removed),
             "rebuilt": port_names(plan.rebuilt),
+            "rebound": port_names(plan.rebound),
             "updated": port_names(plan.updated),
         }
         log.info(
@@ -253,26 +256,36 @@ class Reloader:
         held = _addresses(daemon.config)  # what the running daemon has bound (or may: port 0 is always new)
         context = self._tls.front if self._tls is not None else tls  # the front: rotations reach it
         new_hubs: dict[str, PortHub] = {}
+        rebound = port_names(plan.rebound)
+        old_servers = {name: daemon.listeners_of(daemon.hubs[name]) for name in rebound}
+        new_servers: dict[str, list[asyncio.Server]] = {}
         late: dict[str, list[tuple[ListenAddress, str]]] = {}
         at = ""  # the key being set up, for the message
         try:
-            for name in (*plan.added, *rebuilt):
+            for name in (*plan.added, *rebuilt, *rebound):
                 at = f"ports[{_index(new, name)}]"
-                hub = new_hubs[name] = self._new_hub(ports[name], rebuilt=name in rebuilt)
+                if name in rebound:
+                    hub = daemon.hubs[name]  # the same hub: new listeners, same sessions and device
+                else:
+                    hub = new_hubs[name] = self._new_hub(ports[name], rebuilt=name in rebuilt)
                 for address, kind in _listeners(ports[name]):
                     at = f"ports[{_index(new, name)}]." + ("telnet_readonly" if "-" in kind else "telnet")
                     if address.port != 0 and _key(address) in held:
-                        late.setdefault(name, []).append((address, kind))  # bound once the old hub let go
+                        late.setdefault(name, []).append((address, kind))  # bound once the old one let go
                         continue
                     tls_context = context if ports[name].telnet_tls else None
-                    await daemon.listen_one(hub, address, kind, tls_context)
+                    server = await daemon.listen_one(hub, address, kind, tls_context)
+                    new_servers.setdefault(name, []).append(server)
         except (StartupError, OSError) as exc:  # a busy address; a console-log directory it cannot make
+            for name, servers in new_servers.items():
+                if name in rebound:
+                    daemon.close_listeners(daemon.hubs[name], only=servers)
             for hub in new_hubs.values():
                 daemon.close_listeners(hub)
                 await hub.close("the configuration reload was rejected")  # never started: closes little
             reason = str(exc) if isinstance(exc, StartupError) else exc.strerror or str(exc)
             raise ReloadRejected(new.source, [(at, reason)]) from None
-        return _Prepared(plan, new_hubs, late, grants, tls)
+        return _Prepared(plan, new_hubs, old_servers, late, grants, tls)
 
     def _new_hub(self, port: PortConfig, *, rebuilt: bool) -> PortHub:
         daemon = self._daemon
@@ -311,15 +324,20 @@ class Reloader:
                 f"console {change.name} is restarted by a configuration reload ({changed} changed); "
                 "connect again",
             )
+        for name, servers in prepared.old_servers.items():
+            if servers:
+                daemon.close_listeners(daemon.hubs[name], only=servers)
         for name, hub in prepared.new_hubs.items():
             daemon.hubs[name] = hub
-            for address, kind in prepared.late.get(name, []):  # addresses the closed hubs just gave up
-                tls = self._tls.front if self._tls is not None else prepared.tls
+        for name, addresses in prepared.late.items():  # addresses the closed listeners just gave up
+            hub = daemon.hubs[name]
+            tls = self._tls.front if self._tls is not None else prepared.tls
+            for address, kind in addresses:
                 try:
                     await daemon.listen_one(hub, address, kind, tls if ports[name].telnet_tls else None)
                 except StartupError as exc:  # the address was ours a moment ago: someone else took it
                     log.error("reload_listen_failed", port=name, error=str(exc))
-        for change in plan.updated:
+        for change in (*plan.updated, *plan.rebound):
             hub = daemon.hubs[change.name]
             hub.reconfigure(ports[change.name])
             if "health_patterns" in change.fields:

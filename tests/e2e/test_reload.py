@@ -225,6 +225,45 @@ async def test_a_broken_file_changes_nothing_and_is_reported_and_counted(tmp_pat
         guest.close()
 
 
+async def test_new_listeners_for_a_port_keep_its_sessions_and_its_device(tmp_path: Path) -> None:
+    """raw = true -> false and a read-only listener added: the port gets new listeners; the session that
+    connected before keeps its raw connection, and the device link is the same one (never offline)."""
+    guest = GuestPty()
+    config = tmp_path / "serialmuxd.toml"
+    head = _head(tmp_path, free_port())
+    config.write_text(head + _port("vm1", f"tty:{guest.path}"))
+    viewer = None
+    try:
+        async with daemon_process(config) as daemon:
+            client = await daemon.connect("vm1")
+            await client.expect(b"you have write access")
+            await _round_trip(client, guest, b"before")
+            old = daemon.address("vm1", "raw")
+            config.write_text(
+                head
+                + _port("vm1", f"tty:{guest.path}", 'telnet_readonly = "127.0.0.1:0"').replace(
+                    "raw = true\n", ""
+                )
+            )
+            await daemon.reload()
+            assert daemon.events("reloaded")[-1]["rebound"] == ["vm1"]
+            await _round_trip(client, guest, b"after")  # the raw session carries on
+            with pytest.raises(OSError):
+                await TcpClient.connect(*old)
+            viewer = PtyChild(["telnet", *map(str, daemon.address("vm1", "telnet-readonly"))])
+            await viewer.expect(b"read-only")
+            await guest.send(b"to-both\r\n")
+            await viewer.expect(b"to-both")
+            await client.expect(b"to-both")
+            assert [e["port"] for e in daemon.events("device_online")].count("vm1") == 1
+            assert not [e for e in daemon.events("device_offline") if e["port"] == "vm1"]
+            await client.close()
+    finally:
+        if viewer is not None:
+            viewer.close()
+        guest.close()
+
+
 async def test_a_busy_address_for_a_new_port_rejects_the_whole_reload(tmp_path: Path) -> None:
     guest, second = GuestPty(), GuestPty()
     config = tmp_path / "serialmuxd.toml"

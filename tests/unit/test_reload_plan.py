@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from serialmuxd.config import Config, PortConfig, parse_config
-from serialmuxd.reload.plan import LIVE_PORT_FIELDS, classify_port, plan_reload, port_names
+from serialmuxd.reload.plan import LISTENER_FIELDS, LIVE_PORT_FIELDS, classify_port, plan_reload, port_names
 
 BASE = """
 [daemon]
@@ -62,23 +62,37 @@ def test_ports_are_added_removed_rebuilt_and_changed_in_place() -> None:
 def test_one_field_that_cannot_apply_live_rebuilds_the_whole_port() -> None:
     old = _config(BASE + _port("vm1"))
     new = _config(BASE + _port("vm1", 'takeover = "demote"\nscrollback_bytes = 2097152'))
-    change, rebuild = classify_port(old.ports[0], new.ports[0])
-    assert change is not None and rebuild
+    change, action = classify_port(old.ports[0], new.ports[0])
+    assert change is not None and action == "rebuilt"
     assert change.fields == ("takeover", "scrollback_bytes")
 
 
 @pytest.mark.parametrize(
     "extra",
+    ['telnet_readonly = "127.0.0.1:7101"', "raw = true", 'takeover = "demote"\nraw = true'],
+)
+def test_listener_settings_bind_new_listeners_for_the_same_port(extra: str) -> None:
+    old, new = _config(BASE + _port("vm1")), _config(BASE + _port("vm1", extra))
+    plan = plan_reload(old, new)
+    assert port_names(plan.rebound) == ["vm1"] and not plan.rebuilt and not plan.updated
+
+
+def test_a_listener_and_a_device_change_together_rebuild() -> None:
+    old = _config(BASE + _port("vm1"))
+    new = _config(BASE + _port("vm1", "raw = true", device="tcp:127.0.0.1:4555"))
+    assert [(c.name, c.fields) for c in plan_reload(old, new).rebuilt] == [("vm1", ("device", "raw"))]
+
+
+@pytest.mark.parametrize(
+    "extra",
     [
-        'telnet_readonly = "127.0.0.1:7101"',
-        "raw = true",
         "scrollback_bytes = 65536",
         "reconnect_max_s = 9",
         "device_buffer_bytes = 4096",
         "reconnect_initial_s = 1",
     ],
 )
-def test_device_listener_and_ring_settings_rebuild(extra: str) -> None:
+def test_device_and_ring_settings_rebuild(extra: str) -> None:
     old, new = _config(BASE + _port("vm1")), _config(BASE + _port("vm1", extra))
     assert port_names(plan_reload(old, new).rebuilt) == ["vm1"]
 
@@ -115,16 +129,18 @@ def test_session_and_policy_settings_apply_in_place(extra: str) -> None:
 
 def test_every_live_field_is_a_port_field() -> None:
     """A renamed PortConfig field must not leave a stale name here (its changes would rebuild, silently)."""
-    assert not LIVE_PORT_FIELDS - {f.name for f in dataclasses.fields(PortConfig)}
+    assert not (LIVE_PORT_FIELDS | LISTENER_FIELDS) - {f.name for f in dataclasses.fields(PortConfig)}
+    assert not LIVE_PORT_FIELDS & LISTENER_FIELDS
 
 
 def test_a_field_nobody_classified_rebuilds() -> None:
     """New keys (another helper's per-port settings) are covered without touching the plan: they rebuild."""
     port = _config(BASE + _port("vm1")).ports[0]
-    unknown = [f.name for f in dataclasses.fields(PortConfig) if f.name not in LIVE_PORT_FIELDS]
+    classified = LIVE_PORT_FIELDS | LISTENER_FIELDS
+    unknown = [f.name for f in dataclasses.fields(PortConfig) if f.name not in classified]
     assert "device" in unknown and "name" in unknown
     changed = dataclasses.replace(port, reconnect_initial_s=0.5)
-    assert classify_port(port, changed)[1]
+    assert classify_port(port, changed)[1] == "rebuilt"
 
 
 def test_daemon_wide_keys_that_need_a_restart_are_named_and_keep_their_running_value() -> None:
