@@ -79,6 +79,7 @@ FLUSH_INTERVAL_S = 0.2
 QUEUE_LIMIT_BYTES = 32 * 1024 * 1024  # all ports together; beyond it chunks are counted as lost
 _WAKE_BYTES = 1024 * 1024  # wake the thread early when this much is queued
 TRIGGER_GAP_S = 2.0
+_JOIN_WITHIN_S = 0.01  # with timestamps, chunks this close are stamped as one (a line's time is its last)
 LINE_IDLE_S = 1.0  # timestamps: an unfinished line is written after waiting this long
 _PATTERN_TAIL = 4096  # bytes of an unfinished line kept for boot_pattern matching across chunks
 _OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -685,11 +686,37 @@ class ConsoleLogWriter:
 
     def _drain(self) -> None:
         queue = self.queue
+        pending: _Item | None = None  # consecutive chunks of one port, joined: one pass instead of many
+        parts: list[bytes] = []
+        joined_end = 0  # stream offset one past the joined parts
         while queue:
-            port, data, offset, wall, extra = queue.popleft()
+            item = queue.popleft()
+            port, data, offset, wall, extra = item
             if data is not None:
                 self.drained += len(data)
-            self._guard(port, port._item, data, offset, wall, extra, time.monotonic())
+                if (
+                    pending is not None
+                    and pending[0] is port
+                    and joined_end == offset
+                    and (not port.settings.timestamps or wall - pending[3] < _JOIN_WITHIN_S)
+                ):
+                    parts.append(data)
+                    joined_end += len(data)
+                    continue
+            if pending is not None:
+                self._process(pending, parts)
+                pending, parts = None, []
+            if data is None:
+                self._guard(port, port._item, data, offset, wall, extra, time.monotonic())
+            else:
+                pending, parts, joined_end = item, [data], offset + len(data)
+        if pending is not None:
+            self._process(pending, parts)
+
+    def _process(self, item: _Item, parts: list[bytes]) -> None:
+        port, _, offset, wall, extra = item
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._guard(port, port._item, data, offset, wall, extra, time.monotonic())
 
     def _guard(self, port: PortLog, call: Callable[..., None], *args: Any) -> None:
         try:
