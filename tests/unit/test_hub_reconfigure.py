@@ -96,7 +96,7 @@ def test_revoked_grants_close_viewers_and_demote_writers() -> None:
     assert bob_sink.closed_reason == (
         "access withdrawn by a configuration reload: access to console vm1 ended"
     )
-    assert alice_sink.closed_reason is None and alice.role is Role.VIEWER
+    assert alice_sink.closed_reason is None and hub.sessions[alice.id].role is Role.VIEWER
     assert hub.arbiter.writer is None
     alice.input(b"typed")
     assert bytes(link.written) == b""
