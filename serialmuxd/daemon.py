@@ -529,8 +529,7 @@ class Daemon:
                     await task
         await self._close_servers()
         if self._ssh is not None:
-            await self._ssh.stop()
-            self._ssh = None
+            await self._ssh.stop_listening()  # its connections are closed after the hubs told them why
         if self._http is not None:
             await self._http.stop()  # closes WebSockets first
             self._http = None
@@ -540,6 +539,9 @@ class Daemon:
             await asyncio.wait_for(asyncio.gather(*closing), timeout)
         except TimeoutError:
             log.warning("shutdown_timeout", seconds=timeout)
+        if self._ssh is not None:
+            await self._ssh.stop()
+            self._ssh = None
         await self.console_logs.stop()  # the hubs flushed and closed their logs; a stuck one is cut here
         for hub in self.hubs.values():
             if hub.vm.adapter is not None:

@@ -136,6 +136,7 @@ class _ConnectionAuth(asyncssh.SSHServer):
     # -- connection ---------------------------------------------------------------------------------
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
+        self._front.connections.add(conn)
         self._peer = Identity("ssh", peer_text(conn.get_extra_info("peername")))
         if not self._front.door.gate.try_enter(self._peer.host):
             self._auth.refused(
@@ -151,6 +152,8 @@ class _ConnectionAuth(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._leave_gate()
+        if self._conn is not None:
+            self._front.connections.discard(self._conn)
         if self.accepted is not None or not self._in_door:
             return
         timed_out = exc is not None and _TIMEOUT_TEXT in str(exc)
@@ -727,6 +730,7 @@ class SshFrontend:
         self.audit = audit
         self.host_keys = host_keys
         self._acceptor: asyncssh.SSHAcceptor | None = None
+        self.connections: set[asyncssh.SSHServerConnection] = set()  # closed at stop (the acceptor does not)
         # Built again only when the authenticator's CA list changes (a reload of the users file).
         self._ca_source: tuple[SshPublicKey, ...] | None = None
         self._ca_entries: asyncssh.SSHAuthorizedKeys | None = None
@@ -778,12 +782,22 @@ class SshFrontend:
         sockname = self._acceptor.sockets[0].getsockname()
         return sockname[0], sockname[1]
 
-    async def stop(self) -> None:
+    async def stop_listening(self) -> None:
         if self._acceptor is not None:
             self._acceptor.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._acceptor.wait_closed(), 5)
             self._acceptor = None
+
+    async def stop(self) -> None:
+        """Stop listening and close every connection (the hubs have told their sessions why)."""
+        await self.stop_listening()
+        connections = list(self.connections)
+        for conn in connections:
+            conn.close()
+        for conn in connections:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.wait_closed(), 5)
 
 
 def _b64(blob: bytes) -> str:

@@ -34,7 +34,7 @@ from serialmuxd.devices.base import DeviceLink
 from serialmuxd.frontends.ssh_hostkey import HOST_KEY_NAME
 from serialmuxd.hub import PortHub, PortState
 
-from .support import PtyChild, TcpClient, eventually
+from .support import GuestPty, PtyChild, TcpClient, eventually
 
 pytestmark = [
     pytest.mark.asyncio,
@@ -90,7 +90,9 @@ class Rig:
     known_hosts: Path
     keys: dict[str, Path]
     breaks: list[float] = field(default_factory=list)
+    guest: GuestPty | None = None
     children: list[PtyChild] = field(default_factory=list)
+    stopped: bool = False
 
     @property
     def port(self) -> int:
@@ -119,8 +121,9 @@ class Rig:
             *command,
         ]
 
-    def attach(self, user: str, key: Path, cols: int = 0, rows: int = 0) -> PtyChild:
-        child = PtyChild(self.argv(user, key))
+    def attach(self, user: str, key: Path, cols: int = 0, rows: int = 0, *options: str) -> PtyChild:
+        argv = self.argv(user, key)
+        child = PtyChild([argv[0], *options, *argv[1:]])
         if cols:
             resize(child, cols, rows)
         self.children.append(child)
@@ -188,7 +191,7 @@ grants = [{{ role = "operator", ports = ["vm*"] }}]
     return path
 
 
-def config_text(tmp: Path, users: Path, audit: Path, record: Path) -> str:
+def config_text(tmp: Path, users: Path, audit: Path, record: Path, guest: str) -> str:
     nmi = f'["{sys.executable}", "-c", "{RECORD}", "{record}", "nmi"]'
     return f"""
 [daemon]
@@ -213,6 +216,10 @@ nmi = {nmi}
 [[ports]]
 name = "vm.two"
 device = "exec:/bin/cat"
+[[ports]]
+name = "vm-tty"
+device = "tty:{guest}"
+replay_bytes = 0
 """
 
 
@@ -243,11 +250,12 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     sign(ca, keys["carol_old"], "carol@example.com", "20200101:20200102")  # expired
     sign(other_ca, keys["mallory"], "carol@example.com", "-5m:+1h")  # a CA nobody trusts
     audit = tmp_path / "audit.jsonl"
-    toml = config_text(tmp_path, users_file(tmp_path, keys, ca), audit, tmp_path / "actions")
+    guest = GuestPty()
+    toml = config_text(tmp_path, users_file(tmp_path, keys, ca), audit, tmp_path / "actions", guest.path)
     breaks: list[float] = []
     daemon = Daemon(parse_config(toml, "<test>"), link_factory=BreakSpy(breaks))
     await daemon.start()
-    rig = Rig(daemon, tmp_path, audit, tmp_path / "known_hosts", keys, breaks)
+    rig = Rig(daemon, tmp_path, audit, tmp_path / "known_hosts", keys, breaks, guest=guest)
     try:
         await eventually(lambda: daemon.hubs["vm1"].state is PortState.ONLINE, "vm1 online")
         host_key = (tmp_path / "state" / f"{HOST_KEY_NAME}.pub").read_text().split()
@@ -257,7 +265,9 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     finally:
         for child in rig.children:
             child.close()
-        await daemon.stop()
+        if not rig.stopped:
+            await daemon.stop()
+        guest.close()
 
 
 async def test_attach_type_resize_break_read_only_and_force(rig: Rig) -> None:
@@ -421,3 +431,28 @@ async def test_replay_lines_option(rig: Rig) -> None:
     await viewer.expect(b"read-only: your input is not sent")
     await viewer.expect(b"line-5-x")
     assert b"line-3-x" not in viewer.buffer and b"line-4-x" in viewer.buffer
+
+
+async def test_eight_bit_clean_both_ways_and_told_at_shutdown(rig: Rig) -> None:
+    guest = rig.guest
+    assert guest is not None
+    client = rig.attach("vm-tty", rig.keys["alice"], 80, 24, "-e", "none")  # no ssh escapes: raw bytes
+    await client.expect(b"you have write access")
+    # Every byte value from the guest arrives unchanged (no line editor, no charset conversion).
+    everything = bytes(range(256))
+    mark = len(client.buffer)
+    await guest.send(b"<<" + everything + b">>")
+    found = await client.expect(
+        re.compile(re.escape(b"<<") + b"(.*)" + re.escape(b">>"), re.DOTALL), start=mark
+    )
+    assert found.group(1) == everything
+    # And 8-bit input reaches the guest whole (the escape key, Ctrl-E, is the console's, so it is left out).
+    typed = bytes(b for b in range(256) if b != 0x05)
+    await client.send(b"[" + typed + b"]")
+    await guest.expect(b"[" + typed + b"]")
+
+    # A daemon that stops tells the SSH session why before the connection goes.
+    await rig.daemon.stop()
+    rig.stopped = True
+    await client.expect(b"[serialmuxd] disconnected: serialmuxd is shutting down")
+    await client.wait_eof()
