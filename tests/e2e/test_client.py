@@ -315,6 +315,14 @@ telnet = "127.0.0.1:{telnet_port}"
             assert enabled.returncode == 0 and enabled.stdout in (b"vm1: connecting\n", b"vm1: online\n")
             wait_until(lambda: get_json(f"{url}/api/v1/ports/vm1")["state"] == "online", "vm1 enabled")
 
+            # Every console at once (the host-wide switch).
+            assert run_client(env, "disable", "--reason", "host maintenance").returncode == 0
+            off = run_client(env, "status")
+            assert b"console access: disabled: host maintenance" in off.stdout, off
+            assert run_client(env, "connect", "vm1").returncode == 5
+            assert run_client(env, "enable").stdout == b"console access on this host: enabled\n"
+            wait_until(lambda: get_json(f"{url}/api/v1/ports/vm1")["state"] == "online", "vm1 back")
+
             status = run_client(env, "status")
             assert status.returncode == 0, status
             assert status.stdout.decode().splitlines()[:3] == [

@@ -64,6 +64,7 @@ device = "tty:{guest.path}"
 [[ports]]
 name = "web1"
 device = "exec:/bin/cat"
+group = "web"
 """
     try:
         with daemon(tmp_path, ports, extra=f'[auth]\nusers_file = "{users}"\n') as (_, url):
@@ -110,6 +111,8 @@ device = "exec:/bin/cat"
             _token_file(config_dir, "admin.token", admin)
             (config_dir / "config.toml").write_text(f'url = "{url}"\ntoken_file = "admin.token"\n')
             bare = {k: v for k, v in env.items() if k != "SERIALMUX_URL"}
+            web = run_client(bare, "ports", "--group", "web", "--names")
+            assert web.returncode == 0 and web.stdout == b"web1\n", web
             assert run_client(bare, "disable", "vm1", "--reason", "maintenance").returncode == 0
             assert run_client(bare, "enable", "vm1").returncode == 0
             (config_dir / "config.toml").write_text('url = "http://x"\ntokenfile = "t"\n')
