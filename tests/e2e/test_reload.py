@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from serialmuxd.config import load_config
@@ -25,6 +26,7 @@ from serialmuxd.daemon import Daemon
 from .reload_support import daemon_process, metric
 from .support import GuestPty, PtyChild, TcpClient, eventually
 from .test_cli import free_port
+from .test_http import WsClient
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
@@ -103,6 +105,9 @@ async def test_ports_added_removed_changed_and_unchanged(tmp_path: Path) -> None
                 await clients[name].expect(b"you have write access")
                 await _round_trip(clients[name], guest, name.encode())
             old_vm4 = daemon.address("vm4")
+            http = aiohttp.ClientSession()
+            ws = WsClient(await http.ws_connect(f"http://127.0.0.1:{http_port}/api/v1/ports/vm2/ws?mode=ro"))
+            await ws.wait_kind("hello")
 
             # vm2 removed, vm5 added, vm3's takeover policy changed (in place), vm4's device changed
             # (rebuilt); the shell port is not touched in the file.
@@ -123,6 +128,10 @@ async def test_ports_added_removed_changed_and_unchanged(tmp_path: Path) -> None
             await clients["vm2"].wait_eof()
             with pytest.raises(OSError):
                 await TcpClient.connect(*daemon.address("vm2"))
+            closing = await ws.wait_kind("closing")  # the WebSocket is told the same, then closed (1001)
+            assert "console vm2 was removed from the configuration" in closing["reason"]
+            assert await ws.wait_closed() == 1001
+            await http.close()
 
             # Added: listens and serves.
             vm5 = await daemon.connect("vm5")
