@@ -109,6 +109,7 @@ class HypervisorAdapter(abc.ABC):
         self._description = description
         self.timeout_s = timeout_s
         self._listeners: list[StateListener] = []
+        self._reset_listeners: list[Callable[[], None]] = []
         self._current = StateReport(VmState.UNKNOWN, "not asked yet")
 
     # -- facts ------------------------------------------------------------------------------------------
@@ -173,6 +174,18 @@ class HypervisorAdapter(abc.ABC):
                 self._listeners.remove(listener)
 
         return remove
+
+    def on_reset(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` whenever the hypervisor reports the machine was reset, whoever did it (the
+        guest's own reboot too): QMP's ``RESET`` event.  Adapters without such events never call it."""
+        self._reset_listeners.append(listener)
+
+    def _machine_reset(self) -> None:
+        for listener in list(self._reset_listeners):
+            try:
+                listener()
+            except Exception:
+                log.exception("reset listener failed", adapter=self._description)
 
     def _set_state(self, report: StateReport) -> None:
         previous = self._current

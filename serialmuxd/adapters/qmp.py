@@ -362,6 +362,7 @@ class QmpAdapter(HypervisorAdapter):
             )
         elif event.name == "RESET":
             self._panicked = False
+            self._machine_reset()  # a new boot starts (console logs keep its first lines)
         elif event.name == "SHUTDOWN":
             reason = str(data.get("reason", "?"))
             conn.shutdown_reason = reason

@@ -170,6 +170,8 @@ class PortHub(DeviceListener, LineRequests):
         if console_log is not None:
             self.output.observers.append(console_log.observe)
             self.vm.on_action = lambda action: console_log.trigger(f"{action} through the hypervisor")
+            if adapter is not None:
+                adapter.on_reset(lambda: console_log.trigger("machine reset reported by the hypervisor"))
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
