@@ -9,13 +9,22 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import resource
 import selectors
+import shutil
+import socket
 import statistics
+import subprocess
+import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from serialmuxd.rlimits import BASE_DESCRIPTORS, CLIENT_HEADROOM
 
 from . import procfs
-from .targets import PortPlan, Serialmuxd, StartOptions, Target, Unsupported, free_tcp_ports
+from .targets import HOST, PortPlan, Serialmuxd, StartOptions, Target, Unsupported, free_tcp_ports
 from .workload import (
     BenchError,
     Endpoint,
@@ -23,11 +32,13 @@ from .workload import (
     Pty,
     Stream,
     StreamReceiver,
+    TcpEndpoint,
     TelnetClient,
     check_stop,
     drain,
     read_some,
     wait_readable,
+    write_all,
 )
 from .wsclient import WsEndpoint
 
@@ -526,3 +537,169 @@ def _hello_offset(ep: WsEndpoint) -> int:
             if isinstance(offset, int):
                 return offset
     raise BenchError("no hello event with an offset on a WebSocket console")
+
+
+def _serialmuxd(target: Target, what: str) -> Serialmuxd:
+    if not isinstance(target, Serialmuxd):
+        raise Unsupported(what)
+    return target
+
+
+def _fitting_ports(requested: int) -> tuple[int, int]:
+    """How many ports (telnet listener + unix-socket device each) fit in this machine's hard open-file
+    limit with the daemon's own descriptors, the HTTP listener and a reserve for clients; and that limit."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fit = (hard - BASE_DESCRIPTORS - 1 - CLIENT_HEADROOM) // 2
+    return min(requested, fit), hard
+
+
+def _refusal_of(target: Serialmuxd, count: int) -> str:
+    """Start the daemon with ``count`` ports that cannot fit: it must exit 1 and say why (returned)."""
+    plans = [PortPlan(None, 20000 + i % 40000, unix_path=f"/nonexistent/c{i}.sock") for i in range(count)]
+    config = target.workdir / "too-many.toml"
+    config.write_text(target.toml(plans, StartOptions()))
+    done = subprocess.run(
+        [*target.command, "run", "--config", str(config)], capture_output=True, timeout=120, check=False
+    )
+    text = (done.stderr or done.stdout).decode("utf-8", "replace").strip()
+    if done.returncode != 1 or "open-file limit" not in text:
+        raise BenchError(f"{count} ports over the limit: exit {done.returncode}, {text[-300:]!r}")
+    return text.splitlines()[-1]
+
+
+def consoles(target: Target, requested: int, window_s: float, samples: int) -> Metrics:
+    """Many consoles on one daemon: ``requested`` ports on unix-socket devices (no PTY: the kernel has
+    4,096), each with a telnet listener, plus /metrics.  Start -> READY, RSS, idle CPU and wake-ups, a
+    fresh telnet client's first guest byte on random ports, and a /metrics scrape."""
+    daemon = _serialmuxd(target, "one daemon with unix-socket devices and /metrics: serialmuxd only")
+    count, hard = _fitting_ports(requested)
+    refusal = _refusal_of(daemon, requested) if count < requested else ""
+    tcp_ports = free_tcp_ports(count + 1)  # before the guests: both at once would double the bench's fds
+    guest_dir = Path(tempfile.mkdtemp(prefix="smd-c-"))
+    guests: list[socket.socket] = []
+    endpoints: list[Endpoint] = []
+    try:
+        plans = []
+        for i in range(count):
+            guest = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            guest.bind(str(guest_dir / f"{i}.sock"))
+            guest.listen(1)  # the daemon's connection waits in the backlog until a sample accepts it
+            guests.append(guest)
+            plans.append(PortPlan(None, tcp_ports[i], unix_path=str(guest_dir / f"{i}.sock")))
+        options = StartOptions(telnet=True, http_port=tcp_ports[-1])
+        times = daemon.start(plans, options, START_TIMEOUT_S)
+        pid = daemon.pid
+        assert pid is not None
+        time.sleep(2.0)  # start-up work (every device connecting) settles before anything counts as idle
+        rss = procfs.rss_bytes(pid)
+        cpu0, switches0, t0 = procfs.cpu_seconds(pid), procfs.context_switches(pid), time.perf_counter()
+        time.sleep(window_s)
+        cpu1, switches1, t1 = procfs.cpu_seconds(pid), procfs.context_switches(pid), time.perf_counter()
+        daemon.check_running()
+        first_byte_us: list[float] = []
+        for index in random.Random(11).sample(range(count), min(samples, count)):
+            check_stop()
+            client = KeystrokeClient(daemon.connect_writer(index), TelnetClient())
+            endpoints.append(client.endpoint)
+            client.settle()  # negotiation and the attach notice
+            guest_conn, _ = guests[index].accept()
+            try:
+                t_write = time.perf_counter_ns()
+                guest_conn.sendall(b"Z")
+                while b"Z" not in client.receive(1):
+                    pass
+                first_byte_us.append((time.perf_counter_ns() - t_write) / 1000)
+            finally:
+                guest_conn.close()
+            client.close()
+            endpoints.remove(client.endpoint)
+        scrape_ms: list[float] = []
+        size = 0
+        for _ in range(3):
+            t_scrape = time.perf_counter()
+            with urllib.request.urlopen(f"http://{HOST}:{tcp_ports[-1]}/metrics", timeout=60) as response:
+                size = len(response.read())
+            scrape_ms.append((time.perf_counter() - t_scrape) * 1000)
+        return {
+            "ports_requested": requested,
+            "ports": count,
+            "hard_nofile": hard,
+            "refusal": refusal,
+            "ready_s": times.ready_s,
+            "listen_s": times.listen_s,
+            "rss_mib": rss / MIB,
+            "rss_kib_per_port": rss / 1024 / count,
+            "idle_cpu_pct": (cpu1 - cpu0) / (t1 - t0) * 100,
+            "idle_wakeups_per_s": (switches1 - switches0) / (t1 - t0),
+            "first_byte_us_p50": statistics.median(first_byte_us),
+            "first_byte_us_max": max(first_byte_us),
+            "metrics_scrape_ms": statistics.median(scrape_ms),
+            "metrics_kib": size / 1024,
+        }
+    finally:
+        _close_all(endpoints)
+        target.stop()
+        for guest in guests:
+            guest.close()
+        shutil.rmtree(guest_dir, ignore_errors=True)
+
+
+def sessions_memory(target: Target, count: int, kind: str) -> Metrics:
+    """RSS per attached session: ``count`` idle viewers (telnet or WebSocket) on one port, then the same
+    sessions as slow readers at their buffer cap (the daemon's default ``client_buffer_bytes``): the guest
+    writes more than the cap while no client reads (small socket receive buffers, so the kernel hides
+    little), until every session has been paused.  RSS deltas ÷ sessions."""
+    daemon = _serialmuxd(target, "session memory is measured on serialmuxd")
+    pty = Pty.open()
+    clients: list[Endpoint] = []
+    try:
+        tcp_port, viewer_port, http_port = free_tcp_ports(3)
+        options = StartOptions(
+            telnet=kind == "telnet",
+            http_port=http_port if kind == "ws" else None,
+            client_buffer_bytes=DEFAULT_CLIENT_BUFFER,
+            max_sessions=count + 10,
+        )
+        daemon.start([PortPlan(pty, tcp_port, viewer_port)], options, START_TIMEOUT_S)
+        pid = daemon.pid
+        assert pid is not None
+        time.sleep(1.0)
+        rss0 = procfs.rss_bytes(pid)
+        for _ in range(count):
+            check_stop()
+            if kind == "ws":
+                clients.append(daemon.connect_ws(0, "ro", rcvbuf=SLOW_RCVBUF))
+            else:
+                clients.append(TcpEndpoint(HOST, viewer_port, rcvbuf=SLOW_RCVBUF))
+        for client in clients:  # every session attached (its hello or attach notice arrived)
+            if isinstance(client, WsEndpoint):
+                client.parse_buffered()  # the hello may have come with the handshake's answer
+                if any(event.get("type") == "hello" for _, event in client.events):
+                    continue
+            if not wait_readable(client.fileno(), 10.0):
+                raise BenchError("a session was never attached")
+            client.recv()
+        time.sleep(1.0)
+        rss_idle = procfs.rss_bytes(pid)
+        # Slow: the guest writes 4x the cap in 4 KiB lines, nobody reads.
+        cap = DEFAULT_CLIENT_BUFFER
+        line = b"x" * 4095 + b"\n"
+        for _ in range(4 * cap // len(line)):
+            write_all(pty.master, line)
+        time.sleep(2.0)
+        rss_slow = procfs.rss_bytes(pid)
+        daemon.check_running()
+        return {
+            "sessions": count,
+            "kind": kind,
+            "rss_before_mib": rss0 / MIB,
+            "rss_idle_mib": rss_idle / MIB,
+            "rss_slow_mib": rss_slow / MIB,
+            "kib_per_idle_session": (rss_idle - rss0) / 1024 / count,
+            "kib_per_slow_session": (rss_slow - rss0) / 1024 / count,
+            "client_buffer_kib": cap / 1024,
+        }
+    finally:
+        _close_all(clients)
+        target.stop()
+        pty.close()

@@ -50,7 +50,7 @@ class StartOptions:
     scrollback_bytes: int = 1 << 20  # serialmuxd: ring size per port
     max_connections: int = 101  # ser2net: connections per port (fan-out)
     http_port: int | None = None  # serialmuxd: serve HTTP (WebSocket consoles, /metrics) on this port
-    unix_devices: bool = False  # serialmuxd: PortPlan.unix_path is the device (no PTY)
+    max_sessions: int = 1000  # serialmuxd: per port (and per address: every bench client is 127.0.0.1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,8 +455,8 @@ class Serialmuxd(Target):
                 "replay_bytes = 0",
                 f"client_buffer_bytes = {options.client_buffer_bytes}",
                 # Every bench client comes from 127.0.0.1: the per-address cap must not count them.
-                "max_sessions = 1000",
-                "max_sessions_per_address = 1000",
+                f"max_sessions = {options.max_sessions}",
+                f"max_sessions_per_address = {options.max_sessions}",
                 "",
             ]
         return "\n".join(lines)

@@ -209,8 +209,16 @@ class Endpoint(Protocol):
 
 
 class TcpEndpoint:
-    def __init__(self, host: str, port: int, timeout_s: float = 10.0) -> None:
-        self._sock = socket.create_connection((host, port), timeout=timeout_s)
+    def __init__(self, host: str, port: int, timeout_s: float = 10.0, rcvbuf: int | None = None) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:  # before connect: the window scale is agreed in the handshake
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self._sock.settimeout(timeout_s)
+        try:
+            self._sock.connect((host, port))
+        except BaseException:
+            self._sock.close()
+            raise
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock.settimeout(None)
 

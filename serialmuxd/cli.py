@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import shlex
 import sys
@@ -93,13 +94,26 @@ async def _serve(config: Config, started: Callable[[Daemon], Awaitable[None]] | 
     except StartupError as exc:
         print(f"serialmuxd: {exc}", file=sys.stderr)
         return EXIT_STARTUP
+    _settle_heap()
     if started is not None:
         await started(daemon)
     await daemon.run_until_stopped()
     return EXIT_OK
 
 
+def _settle_heap() -> None:
+    """After start-up (READY is out): one collection of its garbage, then everything alive moves to the
+    permanent generation, which later collections do not scan (the configuration, hubs, listeners: they
+    live as long as the daemon), and the cyclic GC is on again (``_cmd_run`` turned it off)."""
+    gc.collect()
+    gc.freeze()
+    gc.enable()
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    # Start-up allocates objects per port that all stay alive; the cyclic GC would scan the growing heap
+    # again and again while they are built (quadratic: ~40 % of a 6,000-port start).  Off until READY.
+    gc.disable()
     try:
         config = load_config(args.config)
     except ConfigError as exc:

@@ -920,6 +920,8 @@ class _Claims:
     names: dict[str, str] = field(default_factory=dict)  # name -> path of the port that has it
     devices: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # identity -> (path, how)
     listeners: list[tuple[ListenAddress, str]] = field(default_factory=list)  # (address, key path)
+    # The same, by port number: only listeners on one port can clash (10,000 ports: no n² comparisons).
+    listeners_by_port: dict[int, list[tuple[ListenAddress, str]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1541,12 +1543,14 @@ def _claim_listener(
     *,
     tls: bool = False,
 ) -> None:
-    for other, other_path in claims.listeners:
+    same_port = claims.listeners_by_port.setdefault(address.port, [])
+    for other, other_path in same_port if address.port else ():  # port 0 never clashes
         if _listeners_clash(address, other):
             same = "" if str(other) == str(address) else f" ({other})"
             problems.add(at, f"{show(str(address))} is already used by {other_path}{same}")
             break
     claims.listeners.append((address, at))
+    same_port.append((address, at))
     if is_loopback_host(address.host):
         return
     claims.remote.append(at)

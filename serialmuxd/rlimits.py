@@ -98,6 +98,11 @@ def open_descriptors(soft_limit: int) -> int | None:
     Listing the directory needs a descriptor itself: when none is left, that failure is the answer (all of
     them are in use)."""
     try:
+        # Linux 6.2+ reports the number of open descriptors as the directory's size: O(1), where listing
+        # 20,000 descriptors (10,000 consoles) costs ~25 ms every few seconds on an idle daemon.
+        counted = os.stat("/proc/self/fd").st_size
+        if counted > 0:
+            return counted
         return len(os.listdir("/proc/self/fd")) - 1  # minus the one listdir itself held open
     except OSError as exc:
         if exc.errno in (errno.EMFILE, errno.ENFILE):

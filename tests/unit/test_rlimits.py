@@ -3,6 +3,7 @@ descriptor budget of a configuration (what must fit in the limit before any clie
 
 from __future__ import annotations
 
+import os
 import resource
 
 from serialmuxd.config import Config, parse_config
@@ -33,6 +34,13 @@ def test_raise_keeps_the_hard_limit_and_reaches_it() -> None:
 def test_open_descriptors_counts_this_process() -> None:
     count = open_descriptors(1 << 20)
     assert count is not None and count >= 3
+    # The same number as a listing (minus the descriptor the listing itself holds), and it follows opens.
+    assert count == len(os.listdir("/proc/self/fd")) - 1
+    fd = os.open("/dev/null", os.O_RDONLY)
+    try:
+        assert open_descriptors(1 << 20) == count + 1
+    finally:
+        os.close(fd)
 
 
 def _config(ports: str, top: str = "") -> Config:
