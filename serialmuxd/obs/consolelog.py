@@ -119,30 +119,57 @@ class History:
 
 def load_history(name: str, settings: LogSettings, want: int) -> History | None:
     """The newest persisted run of ``name``'s output without a hole, at most ``want`` bytes, read back
-    through the sidecar indexes (oldest rotation first).  None when there is nothing usable."""
+    through the sidecar indexes.  Only the records needed are read (newest first), so a large
+    ``rotate_bytes`` costs no more than the ring's worth.  None when there is nothing usable."""
     base = settings.dir / f"{name}.log"
     files = [Path(f"{base}.{k}") for k in range(settings.keep, 0, -1)] + [base]
-    pieces: list[tuple[int, bytes]] = []
+    records: list[tuple[Path, IndexRecord]] = []  # in write order
     for path in files:
         try:
-            records = parse_index(Path(index_name(str(path))).read_bytes())
-            if not records:
-                continue
-            content = path.read_bytes()
+            found = parse_index(Path(index_name(str(path))).read_bytes())
         except FileNotFoundError:
             continue
         except OSError as exc:
             log.warning("console_log_history_unreadable", port=name, path=str(path), error=exc.strerror)
             continue
-        for record in records:
-            if record.filepos + record.flen > len(content):
-                continue  # its data never reached the disk (power loss): not claimed
-            raw = content[record.filepos : record.filepos + record.flen]
-            data = strip_stamps(raw, record.stamp_len, record.starts_line)
-            if len(data) == record.glen:
-                pieces.append((record.offset, data))
-    tail = contiguous_tail(pieces, want)
+        records += [(path, record) for record in found]
+    pieces: list[tuple[int, bytes]] = []  # newest first
+    total = 0
+    start: int | None = None
+    fds: dict[Path, int] = {}
+    try:
+        for path, record in reversed(records):
+            if start is not None and record.end != start:
+                break  # a hole: the history is what came after it
+            data = _read_record(path, record, fds)
+            if data is None:
+                if start is None:
+                    continue  # the newest records never reached the disk (power loss): not claimed
+                break
+            pieces.append((record.offset, data))
+            start, total = record.offset, total + len(data)
+            if total >= want:
+                break
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    tail = contiguous_tail(pieces[::-1], want)
     return None if tail is None else History(*tail)
+
+
+def _read_record(path: Path, record: IndexRecord, fds: dict[Path, int]) -> bytes | None:
+    """The guest bytes of one index record, or None if the file does not hold them (torn, truncated)."""
+    fd = fds.get(path)
+    try:
+        if fd is None:
+            fd = fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        raw = os.pread(fd, record.flen, record.filepos)
+    except OSError:
+        return None
+    if len(raw) != record.flen:
+        return None
+    data = strip_stamps(raw, record.stamp_len, record.starts_line)
+    return data if len(data) == record.glen else None
 
 
 def restart_marker(history: History, run_start: int, previous_end: int | None, wall: float) -> bytes:

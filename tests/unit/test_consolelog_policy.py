@@ -205,3 +205,43 @@ def test_example_logs_block_loads() -> None:
     text = text.replace("True", "true").replace("False", "false")
     port = parse_config(text + _port("vm1"), "example").ports[0]
     assert port.log is not None and port.log.dir == Path("/var/log/serialmuxd/consoles")
+
+
+# -- reading the history back (files only) ----------------------------------------------------------
+
+
+def _write_log(path: Path, runs: list[tuple[int, bytes]], *, stamps: bool, claim_more: int = 0) -> None:
+    """NAME.log and its index as the writer leaves them; ``claim_more`` adds a record whose data never
+    reached the file (what a power loss can leave)."""
+    content, index, at_start = b"", b"", True
+    for offset, data in runs:
+        raw, next_start = stamp_lines(data, 0.0, at_start, stamps)
+        record = IndexRecord(offset, len(content), len(raw), len(data), STAMP_LEN if stamps else 0, at_start)
+        content, index, at_start = content + raw, index + record.line(), next_start
+    if claim_more:
+        end = runs[-1][0] + len(runs[-1][1])
+        index += IndexRecord(end, len(content), claim_more, claim_more, 0, at_start).line()
+    path.write_bytes(content)
+    Path(f"{path}.idx").write_bytes(index + b"123 4")  # and a torn last line
+
+
+@pytest.mark.parametrize("stamps", [False, True])
+def test_history_reads_back_exact_offsets_across_rotations(tmp_path: Path, stamps: bool) -> None:
+    from serialmuxd.obs.consolelog import load_history
+
+    settings = LogSettings(tmp_path, keep=2, timestamps=stamps)
+    _write_log(tmp_path / "vm1.log.2", [(0, b"first run\r\n")], stamps=stamps)
+    _write_log(
+        tmp_path / "vm1.log.1", [(2**32, b"second run, "), (2**32 + 12, b"line one\r\nline ")], stamps=stamps
+    )
+    _write_log(tmp_path / "vm1.log", [(2**32 + 27, b"two\r\n")], stamps=stamps, claim_more=50)
+    history = load_history("vm1", settings, 1 << 20)
+    assert history is not None
+    assert (history.start, history.data) == (2**32, b"second run, line one\r\nline two\r\n")
+    short = load_history("vm1", settings, 9)  # the newest 9 bytes, at their offsets
+    assert short is not None and short.data == history.data[-9:] and short.end == history.end
+    # A hole (a restart after a crash, a log gap) ends the history: only what came after it.
+    _write_log(tmp_path / "vm1.log", [(2**32 + 40, b"two\r\n")], stamps=stamps)
+    after_hole = load_history("vm1", settings, 1 << 20)
+    assert after_hole is not None and (after_hole.start, after_hole.data) == (2**32 + 40, b"two\r\n")
+    assert load_history("other", settings, 100) is None
