@@ -166,7 +166,9 @@ class Reloader:
             if not Path(source).is_file():  # noqa: ASYNC240 (a stat of one local file)
                 raise ReloadRejected(source, [("(file)", "no configuration file to read again (a demo)")])
             try:
-                new = load_config(source)
+                # Off the event loop: validating 1,000 ports takes a few hundred ms of CPU, and the consoles
+                # must keep streaming meanwhile (the thread yields the GIL every few ms).
+                new = await asyncio.to_thread(load_config, source)
             except ConfigError as exc:
                 raise ReloadRejected(exc.source, exc.problems) from None
             prepared = await self._prepare(new)
@@ -238,7 +240,7 @@ class Reloader:
     # -- prepare: everything that may fail, nothing that changes what runs ------------------------------
     async def _prepare(self, new: Config) -> _Prepared:
         daemon = self._daemon
-        plan = plan_reload(daemon.config, new)
+        plan = await asyncio.to_thread(plan_reload, daemon.config, new)  # frozen values: thread-safe
         if plan.refused:
             raise ReloadRejected(new.source, list(plan.refused))
         effective = plan.effective
@@ -247,10 +249,10 @@ class Reloader:
             from ..auth.setup import build_grants
 
             try:
-                grants = build_grants(effective)
+                grants = await asyncio.to_thread(build_grants, effective)
             except ConfigError as exc:
                 raise ReloadRejected(exc.source, exc.problems) from None
-        tls = self._load_tls(effective)
+        tls = await asyncio.to_thread(self._load_tls, effective)
         ports = {p.name: p for p in effective.ports}
         rebuilt = port_names(plan.rebuilt)
         held = _addresses(daemon.config)  # what the running daemon has bound (or may: port 0 is always new)
