@@ -651,6 +651,11 @@ class Daemon:
         try:
             await self.stop_requested.wait()
         finally:
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for signum in (signal.SIGTERM, signal.SIGINT):  # a second one during the stop ends it at once
                 loop.remove_signal_handler(signum)
-            await self.stop()
+            try:
+                await self.stop()  # a SIGHUP meanwhile (systemctl reload) is logged and ignored
+            finally:
+                loop.remove_signal_handler(signal.SIGHUP)
+                # Not back to the default action (terminate): a late reload must not kill a clean exit.
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)

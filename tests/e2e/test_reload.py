@@ -345,6 +345,21 @@ async def test_sighups_during_a_reload_queue_one_more_and_shutdown_ignores_them(
         guest.close()
 
 
+async def test_a_sighup_during_the_stop_is_ignored_and_the_exit_stays_clean(tmp_path: Path) -> None:
+    """The console program ignores SIGTERM, so the stop takes its terminate timeout (2 s) before SIGKILL:
+    a SIGHUP sent once STOPPING=1 is out surely lands inside the stop, which must still end with exit 0."""
+    config = tmp_path / "serialmuxd.toml"
+    stubborn = "exec:/bin/sh -c 'trap \\\"\\\" TERM; while :; do sleep 1; done'"
+    config.write_text(_head(tmp_path, free_port()).replace('"exec:/bin/sh"', f'"{stubborn}"'))
+    async with daemon_process(config) as daemon:
+        await daemon.wait_for("the shell", lambda: bool(daemon.events("device_online")))
+        daemon.proc.send_signal(signal.SIGTERM)
+        await daemon.wait_for("STOPPING=1", lambda: any("STOPPING=1" in m for m in daemon.notices))
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert await asyncio.wait_for(daemon.proc.wait(), 30) == 0
+    assert daemon.events("reload_ignored") and not daemon.events("reload_started")
+
+
 async def test_an_unchanged_port_streams_byte_exact_across_a_reload(tmp_path: Path) -> None:
     """A steady stream from the guest while the file changes around it: every byte arrives, in order."""
     guest, other = GuestPty(), GuestPty()
