@@ -157,14 +157,14 @@ class SshConnection(asyncssh.SSHServer):
             delay = self._auth.delay_s(self._peer, user)
             if delay > 0:
                 await asyncio.sleep(delay)
-        # The console is looked up for every key that got this far, known console or not: same path.
+        # The console is looked up for every key, known or not, on a console that exists or not: one path.
         identity = Identity("ssh", self._peer.address, user=user, method=method)
         request = self._request
-        console = self._front.control.console(request.console, identity) if request and user else None
+        console = self._front.control.console(request.console, identity) if request else None
         if not reason:
             if request is None:
                 reason = f"malformed user name: {self._malformed}"
-            elif console is None:
+            elif console is None or user is None:
                 reason = f"no console {request.console!r} that {user} may view"
         if reason:
             self._refused(user, method, reason)
