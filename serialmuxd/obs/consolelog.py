@@ -384,7 +384,17 @@ class PortLog:
             log.warning("console_log_close_timeout", port=self.name, seconds=timeout_s)
 
     # -- writer thread side ----------------------------------------------------------------------------
+    def _busy(self) -> bool:
+        """Something waits for a later tick: a held line, a batch, a boot capture, a paused log."""
+        return bool(
+            self._holder.held
+            or self._failure is not None
+            or (self._file is not None and self._file.pending)
+            or (self._boot is not None and self._boot.pending)
+        )
+
     def _item(self, data: bytes | None, offset: int, wall: float, extra: Any, now: float) -> None:
+        self._writer.active.add(self)
         if data is not None:
             self._chunk(data, offset, wall, now)
         elif isinstance(extra, str):
@@ -640,6 +650,7 @@ class PortLog:
             self._file.close()
             self._file = None
         self._writer.ports.discard(self)
+        self._writer.active.discard(self)
 
 
 # -- the daemon's writer thread ------------------------------------------------------------------------
@@ -659,6 +670,7 @@ class ConsoleLogWriter:
         self.interval_s = interval_s
         self.wake = threading.Event()
         self.ports: set[PortLog] = set()
+        self.active: set[PortLog] = set()  # ports the thread has work for (thread side only)
         self.running = False
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -702,12 +714,15 @@ class ConsoleLogWriter:
         while True:
             self.wake.wait(self.interval_s)
             self.wake.clear()
-            for port in [p for p in self.ports if p.paused]:
+            for port in [p for p in self.active if p.paused]:
                 self._guard(port, port._retry)  # before the new chunks: they are written if it works
             self._drain()
             now = time.monotonic()
-            for port in list(self.ports):
+            # Only ports with something to write or hold: 10,000 idle ports cost the thread nothing.
+            for port in list(self.active):
                 self._guard(port, port._tick, now)
+                if not port._busy():
+                    self.active.discard(port)
             if self._stopping and not self.queue:
                 return
 
@@ -751,6 +766,7 @@ class ConsoleLogWriter:
         except Exception as exc:
             # A bug here must not end every port's log: this port's is closed, named in the log.
             self.ports.discard(port)
+            self.active.discard(port)
             port.closed = True
             self.report("console_log_failed", port=port.name, error=repr(exc))
             for arg in args:
