@@ -348,3 +348,65 @@ async def test_a_full_log_disk_never_stops_the_console(tmp_path: Path) -> None:
             assert int(gap.group(1)) == len(full) - len(written_full) == log.bytes_lost
             assert _metric(daemon, "port_log_bytes_total") == log.bytes_logged
             assert text.endswith(b"after space was freed\r\n")
+
+
+# -- reload ----------------------------------------------------------------------------------------------
+
+
+def _reload_toml(path: Path, guests: dict[str, GuestPty], logs: Path, timestamps: bool) -> None:
+    ports = "".join(
+        f'[[ports]]\nname = "{name}"\ndevice = "tty:{guest.path}"\ntelnet = "127.0.0.1:0"\nraw = true\n'
+        "replay_bytes = 0\n"
+        for name, guest in guests.items()
+    )
+    stamps = "true" if timestamps else "false"
+    path.write_text(
+        f'[daemon]\nlog_format = "json"\n\n[logs]\ndir = "{logs}"\ntimestamps = {stamps}\n\n{ports}'
+    )
+
+
+def _open_logs(pid: int, logs: Path) -> set[str]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith(str(logs)):
+                found.add(Path(target).name)
+    return found
+
+
+@pytest.mark.slow
+async def test_reload_closes_a_removed_ports_log_and_applies_changed_log_settings(tmp_path: Path) -> None:
+    from .reload_support import daemon_process as reloadable
+
+    logs = tmp_path / "logs"
+    guests = {"p1": GuestPty(), "p2": GuestPty()}
+    config = tmp_path / "serialmuxd.toml"
+    _reload_toml(config, guests, logs, timestamps=False)
+    try:
+        async with reloadable(config) as daemon:
+            pid = daemon.proc.pid
+            await guests["p1"].send(b"p1 before\r\n")
+            await guests["p2"].send(b"p2 unfinished line, no newline")
+            await eventually(
+                lambda: (logs / "p2.log").exists() and (logs / "p2.log").stat().st_size == 30, "p2"
+            )
+            await eventually(lambda: _open_logs(pid, logs) >= {"p1.log", "p2.log"}, "both logs open")
+            # p2 removed, p1's log settings changed: p2's log is written out and closed; p1 is rebuilt.
+            _reload_toml(config, {"p1": guests["p1"]}, logs, timestamps=True)
+            await daemon.reload()
+            assert "p2.log" not in _open_logs(pid, logs)
+            assert (logs / "p2.log").read_bytes() == b"p2 unfinished line, no newline"
+            client = await daemon.connect("p1")
+            await client.expect(b"attached", 10)
+            await guests["p1"].send(b"p1 after\r\n")
+            await client.expect(b"p1 after", 10)
+            await eventually(
+                lambda: (logs / "p1.log").read_bytes().endswith(b" p1 after\r\n"), "p1 stamped", 10
+            )
+            await client.close()
+        text = (logs / "p1.log").read_bytes()
+        assert re.fullmatch(rb"p1 before\r\n\d{4}-\d\d-\d\dT[\d:.]{12}Z p1 after\r\n", text), text
+    finally:
+        for guest in guests.values():
+            guest.close()
