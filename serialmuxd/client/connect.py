@@ -28,13 +28,14 @@ _WRITER_KINDS = frozenset({"write_granted", "took_over"})
 _VIEWER_KINDS = frozenset({"evicted", "demoted", "read_only"})
 
 
-def attach_mode(read_only: bool, force: bool, writer: str | None, was_writer: bool) -> tuple[str, str]:
+def attach_mode(read_only: bool, force: bool, writer: str | None) -> tuple[str, str]:
     """The WebSocket mode for an attach, and a line to show (or ""): read-write unless asked otherwise, or
-    someone else is writing and neither ``--force`` nor our own write access before a reconnect says to
-    take over (a takeover would detach them, under the default takeover policy)."""
+    someone else is writing and ``force`` (``--force``, first attach only) does not say to take over: a
+    read-write attach would displace them under the default takeover policy, so a reconnect never does
+    that by itself either (whoever attached while we were away keeps writing)."""
     if read_only:
         return "ro", ""
-    if writer is None or force or was_writer:
+    if writer is None or force:
         return "rw", ""
     return "ro", f"{writer} is writing; you are read-only (~f takes over, or connect --force)"
 
@@ -61,7 +62,6 @@ class Interactive:
         self.stream = ConsoleStream(
             api, name, self, read_only=read_only, from_offset=from_offset, choose_mode=self._choose_mode
         )
-        self.writer = False
         self.exit_code: int = Exit.OK
         self._keys: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._discard_told = False
@@ -81,11 +81,9 @@ class Interactive:
     def event(self, event: dict[str, Any]) -> None:
         kind = event.get("kind")
         if kind in _WRITER_KINDS:
-            self.writer = True
             self.parser.answer_settled()
             self._send_size()  # a viewer's size was not applied; the writer's is
         elif kind in _VIEWER_KINDS:
-            self.writer = False
             self.parser.answer_settled()
         elif kind == "asked":
             self.parser.expect_answer()
@@ -98,10 +96,7 @@ class Interactive:
         writer = status.get("writer")
         who = writer.get("who") if isinstance(writer, dict) else None
         mode, note = attach_mode(
-            self.stream.read_only,
-            self.force,
-            who if isinstance(who, str) else None,
-            reconnect and self.writer,
+            self.stream.read_only, self.force and not reconnect, who if isinstance(who, str) else None
         )
         if note:
             self.status(f"{self.name}: {note}")
@@ -160,8 +155,8 @@ class Interactive:
             self.status(escape.help_text(self.parser.escape))
         elif action is A.TAKE_OVER and self.stream.mode == "ro":
             self.status(f"taking over {self.name}: attaching read-write")
-            self.force = True
-            self.stream.reconnect(read_only=False)
+            self.stream.read_only = False
+            self.stream.reconnect("rw")
         elif action in _API_ACTIONS:
             verb = _API_ACTIONS[action]
             try:
@@ -171,6 +166,8 @@ class Interactive:
             else:
                 self.status(f"{verb} sent to {self.name}")
         else:
+            if action in (A.TAKE_OVER, A.READ_ONLY):
+                self.stream.read_only = action is A.READ_ONLY  # and so after a reconnect too
             messages: dict[escape.Action, dict[str, Any]] = {
                 A.TAKE_OVER: {"type": "take_over"},
                 A.READ_ONLY: {"type": "read_only"},

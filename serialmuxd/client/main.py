@@ -132,6 +132,11 @@ def build_parser() -> Parser:
     return parser
 
 
+def _no_prompt(text: str) -> str:
+    """``ports --names`` runs under shell completion: a password prompt there would hang the shell."""
+    raise EOFError
+
+
 async def _with_api(args: argparse.Namespace, run: Callable[[Api], Awaitable[int]]) -> int:
     env = environment()
     explicit = args.config
@@ -141,7 +146,7 @@ async def _with_api(args: argparse.Namespace, run: Callable[[Api], Awaitable[int
         for k in ("url", "token_file", "user", "ca_file", "cert_file", "key_file", "escape")
     }
     settings = resolve(flags, env, file)
-    header = authorization(settings, getpass.getpass)
+    header = authorization(settings, _no_prompt if getattr(args, "names", False) else getpass.getpass)
     args.settings = settings
     async with Api(settings, header) as api:
         return await run(api)

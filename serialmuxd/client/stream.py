@@ -51,7 +51,7 @@ class ConsoleStream:
         self.api = api
         self.name = name
         self.handler = handler
-        self.read_only = read_only  # the mode of the next (re)connect
+        self.read_only = read_only  # what the user asked for (--read-only, ~r, ~f): the next attaches' mode
         self.cursor = Cursor(from_offset)
         self._requested = from_offset
         # Given the port's status and whether this is a reconnect: "rw" or "ro" (connect's "someone is
@@ -63,6 +63,7 @@ class ConsoleStream:
         self._reconnect_now = asyncio.Event()
         self._closing_reason = ""
         self._backoff = Backoff(RETRY, random.random)
+        self._next_mode: str | None = None  # reconnect()'s mode for the next attach only
 
     # -- control ---------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -71,10 +72,9 @@ class ConsoleStream:
         if self.ws is not None and not self.ws.closed:
             asyncio.get_running_loop().create_task(self.ws.close())
 
-    def reconnect(self, read_only: bool) -> None:
-        """Attach again at once, in the other mode, from where we are (no byte lost on the way)."""
-        self.read_only = read_only
-        self._choose_mode = None
+    def reconnect(self, mode: str) -> None:
+        """Attach again at once, in ``mode`` this once, from where we are (no byte lost on the way)."""
+        self._next_mode = mode
         self._reconnect_now.set()
         if self.ws is not None and not self.ws.closed:
             asyncio.get_running_loop().create_task(self.ws.close())
@@ -112,11 +112,12 @@ class ConsoleStream:
                     # The upgrade would be refused with this reason, which a failed handshake does not show.
                     reason = status.get("state_reason") or "disabled"
                     raise ClientError(f"console {self.name} is disabled: {reason}", Exit.UNAVAILABLE)
-                mode = (
-                    self._choose_mode(status, not first)
-                    if self._choose_mode is not None
-                    else ("ro" if self.read_only else "rw")
-                )
+                if self._next_mode is not None:
+                    mode, self._next_mode = self._next_mode, None
+                elif self._choose_mode is not None:
+                    mode = self._choose_mode(status, not first)
+                else:
+                    mode = "ro" if self.read_only else "rw"
                 await self._session(mode, resumed_from)
                 self._backoff.reset()
             except ClientError as exc:
@@ -156,7 +157,6 @@ class ConsoleStream:
         if self._stopping or self._reconnect_now.is_set():
             await ws.close()  # asked to stop (or switch modes) while the upgrade was on its way
         self.mode = mode
-        self.read_only = mode == "ro"
         self._closing_reason = ""
         resumption = Resumption(resumed_from) if resumed_from is not None else None
         try:

@@ -378,3 +378,28 @@ def test_takeover_ask_is_answered_with_n_then_y(tmp_path: Path) -> None:
         client.expect(pexpect.EOF)
         client.close()
         telnet.close()
+
+
+def test_a_reconnect_does_not_take_write_access_from_whoever_attached_meanwhile(tmp_path: Path) -> None:
+    telnet_port = free_port()
+    with daemon(tmp_path, _shell_port(telnet_port)) as (process, url):
+        env = client_env(tmp_path, url)
+        client = spawn([SERIALMUX, "connect", "sh1"], env)
+        assert client.pid is not None
+        client.expect_exact("you have write access")
+        os.kill(client.pid, signal.SIGSTOP)  # away while the daemon restarts and someone else comes
+        process.stop()
+        process.start()
+        telnet = spawn(["telnet", "127.0.0.1", str(telnet_port)], env)
+        telnet.expect_exact("you have write access")
+        os.kill(client.pid, signal.SIGCONT)
+        client.expect(rb"telnet 127\.0\.0\.1:\d+ is writing; you are read-only")
+        client.expect(rb"resumed from offset \d+: no bytes missed")
+        telnet.send("echo still-mine-$((6*7))\r")
+        telnet.expect_exact("still-mine-42")
+        client.expect_exact("still-mine-42")
+        assert b"taken over" not in (telnet.before or b"")
+        client.send("~.")
+        client.expect(pexpect.EOF)
+        client.close()
+        telnet.close()

@@ -247,12 +247,11 @@ def test_resumption_reports_exactly() -> None:
 
 
 def test_attach_mode() -> None:
-    assert attach_mode(False, False, None, False) == ("rw", "")
-    assert attach_mode(True, True, None, False) == ("ro", "")
-    mode, note = attach_mode(False, False, "telnet 127.0.0.1:5555", False)
+    assert attach_mode(False, False, None) == ("rw", "")
+    assert attach_mode(True, True, None) == ("ro", "")
+    mode, note = attach_mode(False, False, "telnet 127.0.0.1:5555")
     assert mode == "ro" and "telnet 127.0.0.1:5555 is writing" in note and "~f" in note
-    assert attach_mode(False, True, "alice", False) == ("rw", "")
-    assert attach_mode(False, False, "alice", True) == ("rw", "")  # our own write access, reconnecting
+    assert attach_mode(False, True, "alice") == ("rw", "")
 
 
 def test_ports_table() -> None:
