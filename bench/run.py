@@ -5,8 +5,9 @@ Usage::
     .venv/bin/python bench/run.py --quick        # smoke run, about a minute
     .venv/bin/python bench/run.py                # full run (see bench/README.md)
 
-Prints a Markdown table (with ratios serialmuxd / baseline) and writes ``bench/results/latest.md`` and
-``bench/results/latest.json``.  Every process the bench starts is stopped by its pid, also on failure.
+Prints a Markdown table (with ratios serialmuxd / baseline) and the goals it is held to, and writes
+``bench/results/latest.md``, ``latest.json`` and ``latest.svg`` (a chart of the goals).  Every process the
+bench starts is stopped by its pid, also on failure.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable as a package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import scenarios
+from bench import goals, scenarios
 from bench.scenarios import MIB, Metrics
 from bench.targets import BarePty, Ser2net, Serialmuxd, Socat, Target, Unsupported, make_workdir
 from bench.workload import BenchError, Stream, check_stop, request_stop
@@ -384,6 +385,12 @@ def render_markdown(results: dict[str, dict[str, Metrics]], meta: dict[str, Any]
     ]
     if notes:
         out += ["", *[f"[{i}] {note}" for i, note in enumerate(notes, 1)]]
+    out += [
+        "",
+        "Goals (same-run figures; the chart `latest.svg` shows the same):",
+        "",
+        goals.markdown(results),
+    ]
     skipped = meta.get("unavailable") or {}
     for name, reason in skipped.items():
         out.append(f"- {name} not measured: {reason}")
@@ -537,10 +544,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(report)
         args.out_dir.mkdir(parents=True, exist_ok=True)
         (args.out_dir / "latest.md").write_text(report)
+        title = f"serialmuxd against its goals ({meta['mode']} run, {meta['date']})"
+        (args.out_dir / "latest.svg").write_text(goals.svg(results, title))
         (args.out_dir / "latest.json").write_text(
             json.dumps({"meta": meta, "results": results}, indent=2) + "\n"
         )
-        print(f"written: {args.out_dir / 'latest.md'}, {args.out_dir / 'latest.json'}", file=sys.stderr)
+        print(f"written: {args.out_dir}/latest.md, .json and .svg", file=sys.stderr)
         return 0
     except Exception:
         traceback.print_exc()

@@ -2,7 +2,8 @@
 
 A WebSocket session is an ordinary hub session: ``WsConnection`` implements ``hub.SessionSink``.  The hub
 never awaits a client, so guest bytes and JSON events go, in order, into a ``FrameQueue`` that a writer task
-drains; above ``client_buffer_bytes`` queued the session counts as behind (the hub stops feeding it and
+drains (guest bytes that find the queue empty and the transport's buffer empty are written as a frame at
+once: a keystroke echo costs no task wake-up); above ``client_buffer_bytes`` queued the session counts as behind (the hub stops feeding it and
 later resumes it from the ring, telling it how many bytes it missed), and events queued while behind are
 bounded by the shared ``OutputBudget``.  Control messages (text frames) are parsed by ``proto.wsmsg`` and
 passed to the session; the hub decides whether this session may do them.
@@ -13,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from typing import Any
+import struct
+from collections.abc import Iterable
+from typing import Any, Protocol, cast
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -45,6 +48,44 @@ _END_CODES: dict[EndReason, int] = {
 }
 
 
+class _FrameSink(Protocol):
+    """The transport methods the direct path uses (uvloop's transports do not subclass asyncio's)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def writelines(self, data: Iterable[bytes]) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    def get_write_buffer_size(self) -> int: ...
+
+
+def _is_frame_sink(transport: object) -> bool:
+    return all(
+        hasattr(transport, name) for name in ("write", "writelines", "is_closing", "get_write_buffer_size")
+    )
+
+
+_COPY_BELOW = 16 * 1024  # smaller payloads are joined to their header (one small copy, one write)
+
+
+def _frame_header(length: int) -> bytes:
+    """RFC 6455 header of one unfragmented, unmasked (server) binary frame; no extensions (compress=False)."""
+    if length < 126:
+        return bytes((0x82, length))
+    if length < 1 << 16:
+        return struct.pack("!BBH", 0x82, 126, length)
+    return struct.pack("!BBQ", 0x82, 127, length)
+
+
+def _binary_frame(data: bytes) -> bytes:
+    return _frame_header(len(data)) + data
+
+
+def _binary_frames(data: bytes) -> tuple[bytes, bytes]:
+    return _frame_header(len(data)), data
+
+
 class WsConnection:
     """One WebSocket console session; implements ``hub.SessionSink``.
 
@@ -57,6 +98,8 @@ class WsConnection:
     ) -> None:
         self.ws = ws
         self._transport = transport
+        # What send_output may write frames to directly (aiohttp writes its own frames to the same transport).
+        self._direct = cast(_FrameSink, transport) if _is_frame_sink(transport) else None
         self.session: Session | None = None
         self._queue = FrameQueue()
         self._budget = OutputBudget(limit_bytes)
@@ -74,6 +117,22 @@ class WsConnection:
 
     def send_output(self, data: bytes) -> None:
         if self.close_code is not None:
+            return
+        out = self._direct
+        if (
+            out is not None
+            and not self._queue
+            and not self.ws.closed  # a close frame went out: nothing may follow it
+            and not out.is_closing()
+            and not out.get_write_buffer_size()
+        ):
+            # Nothing queued and the kernel took everything so far: the frame goes out now, as telnet's
+            # bytes do (no wake-up of the writer task, no queue).  Frame order is kept: only an empty queue
+            # lets a frame bypass it, and every frame aiohttp writes (pings, the close) is written whole.
+            if len(data) < _COPY_BELOW:
+                out.write(_binary_frame(data))
+            else:
+                out.writelines(_binary_frames(data))
             return
         self._queue.push_bytes(data)
         self._wakeup.set()
