@@ -273,6 +273,51 @@ async def test_new_listeners_for_a_port_keep_its_sessions_and_its_device(tmp_pat
         guest.close()
 
 
+async def test_console_log_settings_are_port_settings_to_a_reload(tmp_path: Path) -> None:
+    """[logs] (persistent console logs) through a reload: a port added under it logs from its start, and a
+    port whose log settings change (logs = false) is rebuilt and stops writing its file."""
+    one, two = GuestPty(), GuestPty()
+    logs = tmp_path / "logs"
+    config = tmp_path / "serialmuxd.toml"
+    head = _head(tmp_path, free_port()) + f'[logs]\ndir = "{logs}"\n'
+    config.write_text(head + _port("vm1", f"tty:{one.path}"))
+    try:
+        async with daemon_process(config) as daemon:
+            client = await daemon.connect("vm1")
+            await client.expect(b"you have write access")
+            await one.send(b"logged-before\r\n")
+            await eventually(lambda: b"logged-before" in _read(logs / "vm1.log"), "vm1.log written")
+            config.write_text(
+                head + _port("vm1", f"tty:{one.path}", "logs = false") + _port("vm2", f"tty:{two.path}")
+            )
+            await daemon.reload()
+            reloaded = daemon.events("reloaded")[-1]
+            assert (reloaded["added"], reloaded["rebuilt"]) == (["vm2"], ["vm1"])
+            await client.expect(b"console vm1 is restarted by a configuration reload (log changed)")
+            vm2 = await daemon.connect("vm2")
+            await vm2.expect(b"you have write access")
+            await two.send(b"logged-after\r\n")
+            await eventually(lambda: b"logged-after" in _read(logs / "vm2.log"), "vm2.log written")
+            vm1 = await daemon.connect("vm1")
+            await vm1.expect(b"you have write access")
+            await one.send(b"not-logged\r\n")
+            await vm1.expect(b"not-logged")  # served, but no longer logged
+            await two.send(
+                b"flush-marker\r\n"
+            )  # one writer thread: once this is in vm2.log, vm1 had its turn
+            await eventually(lambda: b"flush-marker" in _read(logs / "vm2.log"), "vm2.log written again")
+            assert b"not-logged" not in _read(logs / "vm1.log")
+            for each in (client, vm1, vm2):
+                await each.close()
+    finally:
+        one.close()
+        two.close()
+
+
+def _read(path: Path) -> bytes:
+    return path.read_bytes() if path.exists() else b""
+
+
 async def test_a_busy_address_for_a_new_port_rejects_the_whole_reload(tmp_path: Path) -> None:
     guest, second = GuestPty(), GuestPty()
     config = tmp_path / "serialmuxd.toml"
