@@ -213,3 +213,12 @@ def test_alerts_changes_are_applied() -> None:
     new = _config(BASE + '[alerts]\nwebhook_url = "http://127.0.0.1:9/hook"\n' + _port("vm1"))
     plan = plan_reload(old, new)
     assert plan.alerts_changed and not plan.needs_restart and plan.effective.alerts == new.alerts
+
+
+def test_tables_added_later_need_a_restart_by_key() -> None:
+    """[ssh] is a listener set up at start: its keys are reported like any daemon-wide key not made live."""
+    old = _config(BASE + AUTH + '[ssh]\nlisten = "127.0.0.1:2222"\n' + _port("vm1"))
+    new = _config(BASE + AUTH + '[ssh]\nlisten = "127.0.0.1:2223"\n' + _port("vm1"))
+    plan = plan_reload(old, new)
+    assert [key for key, _ in plan.needs_restart] == ["ssh.listen"]
+    assert plan.effective.ssh == old.ssh
