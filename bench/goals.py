@@ -133,7 +133,7 @@ def markdown(results: Results) -> str:
 
 def svg(results: Results, title: str) -> str:
     """One horizontal bar per goal on the common scale (the goal's limit at 1.0; clipped at 2.0)."""
-    label_w, bar_w, row_h, top, scale_max = 360, 420, 26, 58, 2.0
+    label_w, bar_w, row_h, top, scale_max = 430, 420, 26, 58, 2.0
     rows = [(goal, goal.value(results)) for goal in GOALS]
     height = top + row_h * len(rows) + 40
     width = label_w + bar_w + 250

@@ -5,8 +5,8 @@ never awaits a client, so guest bytes and JSON events go, in order, into a ``Fra
 drains (guest bytes that find the queue empty and the transport's buffer empty are written as a frame at
 once: a keystroke echo costs no task wake-up); above ``client_buffer_bytes`` queued the session counts as
 behind (the hub stops feeding it and later resumes it from the ring, telling it how many bytes it missed),
-and events queued while behind are bounded by the shared ``OutputBudget``.  Control messages (text frames) are parsed by ``proto.wsmsg`` and
-passed to the session; the hub decides whether this session may do them.
+and events queued while behind are bounded by the shared ``OutputBudget``.  Control messages (text frames)
+are parsed by ``proto.wsmsg`` and passed to the session; the hub decides whether this session may do them.
 """
 
 from __future__ import annotations
