@@ -43,7 +43,7 @@ _SESSION_KINDS = tuple((mode, role) for mode in AttachMode for role in Role)
 _VM_ACTIONS = (Action.NMI, Action.RESET, Action.RESTART, Action.START)
 _RESULTS = ("ok", "failed")
 # The methods Authenticator counts (auth/authenticator.py); shown at zero before the first login.
-LOGIN_METHODS = ("password", "token", "oidc", "certificate")
+LOGIN_METHODS = ("password", "token", "oidc", "certificate", "publickey")  # publickey: SSH keys
 
 
 class LoginCounts(Protocol):

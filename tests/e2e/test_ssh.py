@@ -397,7 +397,12 @@ async def test_certificates_and_refusals(rig: Rig) -> None:
     # Each refusal counted for the address in the same throttle as telnet and HTTP logins: the next
     # connection from it waits before its first key is looked at.
     assert rig.daemon.front_door is not None
-    assert rig.daemon.front_door.authenticator.source_delay_s(Identity("ssh", "127.0.0.1:1")) > 0
+    authenticator = rig.daemon.front_door.authenticator
+    assert authenticator.source_delay_s(Identity("ssh", "127.0.0.1:1")) > 0
+    # ... and in serialmuxd_logins_total by method (read from these counts at scrape time).
+    assert authenticator.login_counts[("certificate", "ok")] == 1
+    assert authenticator.login_counts[("publickey", "failed")] == 3  # stranger, nora, alice on vm9
+    assert authenticator.login_counts[("certificate", "failed")] == 2  # other CA, expired
     # A console that does not exist is refused exactly like a key nobody knows: nothing to probe.
     assert answers["unknown console"] == answers["unknown key"]
     assert answers["no grant"] == answers["unknown key"]
