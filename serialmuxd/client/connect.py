@@ -65,6 +65,7 @@ class Interactive:
         self.exit_code: int = Exit.OK
         self._keys: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._discard_told = False
+        self._tasks: set[asyncio.Task[bool]] = set()
 
     # -- stream.Handler --------------------------------------------------------------------------------
     def output(self, data: bytes) -> None:
@@ -106,9 +107,11 @@ class Interactive:
         size = window_size(self.terminal.fd) if self.terminal.is_tty else None
         if size is not None and self.stream.connected:
             cols, rows = (min(max(v, 1), 1000) for v in size)
-            asyncio.get_running_loop().create_task(
+            task = asyncio.get_running_loop().create_task(
                 self.stream.send_json({"type": "resize", "cols": cols, "rows": rows})
             )
+            self._tasks.add(task)  # the loop keeps only a weak reference
+            task.add_done_callback(self._tasks.discard)
 
     def _stop(self, signum: int) -> None:
         self.exit_code = 128 + signum

@@ -74,9 +74,9 @@ WS_CLOSE_EXITS: dict[int, Exit] = {
     4002: Exit.FAILED,  # the daemon called a message of ours bad: a bug, retrying would repeat it
     4005: Exit.DENIED,  # access denied
 }
-# 1000 (closed by the daemon, e.g. an idle writer detached) ends the session with 0; 4003 (fell behind),
-# 4006 (too many sessions), 1001 (daemon shutting down) and lost connections are retried from the offset.
-WS_RETRY_CODES = frozenset({4003, 4006, 1001, 1006, 1011, 1012, 1013, 1014})
+# 1000 (closed by the daemon, e.g. an idle writer detached) ends the session with 0; every other code
+# (4003 fell behind, 4006 too many sessions, 1001 daemon shutting down, 1006 connection lost, ...) is
+# retried from the offset reached.
 
 
 class ClientError(Exception):

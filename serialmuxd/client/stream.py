@@ -26,6 +26,7 @@ from .resume import Cursor, Resumption
 
 RETRY = BackoffPolicy(initial_s=0.2, max_s=5.0, jitter=0.2)
 HEARTBEAT_S = 20.0
+STABLE_S = 5.0  # a session that lasted this long was a good one: the next retry starts at RETRY.initial_s
 
 
 class Handler(Protocol):
@@ -64,20 +65,25 @@ class ConsoleStream:
         self._closing_reason = ""
         self._backoff = Backoff(RETRY, random.random)
         self._next_mode: str | None = None  # reconnect()'s mode for the next attach only
+        self._tasks: set[asyncio.Task[bool]] = set()
 
     # -- control ---------------------------------------------------------------------------------------
     def stop(self) -> None:
         self._stopping = True
         self._reconnect_now.set()
-        if self.ws is not None and not self.ws.closed:
-            asyncio.get_running_loop().create_task(self.ws.close())
+        self._close_soon()
 
     def reconnect(self, mode: str) -> None:
         """Attach again at once, in ``mode`` this once, from where we are (no byte lost on the way)."""
         self._next_mode = mode
         self._reconnect_now.set()
+        self._close_soon()
+
+    def _close_soon(self) -> None:
         if self.ws is not None and not self.ws.closed:
-            asyncio.get_running_loop().create_task(self.ws.close())
+            task = asyncio.get_running_loop().create_task(self.ws.close())
+            self._tasks.add(task)  # the loop keeps only a weak reference
+            task.add_done_callback(self._tasks.discard)
 
     @property
     def connected(self) -> bool:
@@ -118,8 +124,10 @@ class ConsoleStream:
                     mode = self._choose_mode(status, not first)
                 else:
                     mode = "ro" if self.read_only else "rw"
+                began = asyncio.get_running_loop().time()
                 await self._session(mode, resumed_from)
-                self._backoff.reset()
+                if asyncio.get_running_loop().time() - began >= STABLE_S:
+                    self._backoff.reset()  # a new incident starts quickly; a closing loop keeps backing off
             except ClientError as exc:
                 if first or exc.exit_code is not Exit.UNAVAILABLE:
                     raise
