@@ -401,7 +401,7 @@ class PortHub(DeviceListener, LineRequests):
         if vm_notice is not None:
             session.notify(vm_notice)
         if from_offset is None:
-            self.output.replay(session, self.config.replay_bytes, manual=False)
+            self._replay(session)
         else:
             self._resume(session, min(from_offset, self.ring.end))
         if session.closed:
@@ -418,6 +418,47 @@ class PortHub(DeviceListener, LineRequests):
                 )
             )
         return session
+
+    def _replay(self, session: Session) -> None:
+        """The attach replay; after a restart, while the new run is shorter than ``replay_bytes``, it
+        starts in the persisted history, with the restart gap told in between (as a resume would)."""
+        ring, want = self.ring, self.config.replay_bytes
+        history = self._history_now()
+        fresh = ring.read(self.output.run_start).data  # this run's output, after the restart-gap line
+        room = want - len(fresh)
+        if history is None or room <= 0 or self.config.replay_lines > 0 or session.cursor != ring.end:
+            self.output.replay(session, want, manual=False)
+            return
+        old = history.data[-room:]
+        begin = history.end - len(old)
+        newline = old.find(b"\n")
+        if begin > history.start and 0 <= newline < len(old) - 1:  # start at a line start, as replays do
+            old, begin = old[newline + 1 :], begin + newline + 1
+        previous_end = self.output.previous_end
+        lost = None if previous_end is None else max(0, previous_end - history.end)
+        session.notify(
+            Notice(
+                NoticeKind.REPLAY_START,
+                f"replaying {len(old) + len(fresh)} bytes of scrollback, from before serialmuxd restarted on",
+                {"offset": begin, "bytes": len(old) + len(fresh)},
+            )
+        )
+        session.sink.send_output(old)
+        if session.closed:
+            return
+        gap = f"{lost} bytes not logged" if lost is not None else "what came after it is not known"
+        session.notify(
+            Notice(
+                NoticeKind.RESTART_GAP,
+                f"serialmuxd restarted: the logged output above ends at offset {history.end} ({gap}); "
+                f"the stream continues at offset {self.output.run_start}",
+                {"from": history.end, "to": self.output.run_start, "exact": lost is not None, "lost": lost},
+            )
+        )
+        if fresh:
+            session.sink.send_output(fresh)
+        session.notify(Notice(NoticeKind.REPLAY_END, "end of replay; live from here", {"offset": ring.end}))
+        session.cursor = ring.end
 
     def _resume(self, session: Session, offset: int) -> None:
         """``output.resume``, with the persisted history of the previous run first when ``offset`` is in it

@@ -410,3 +410,42 @@ async def test_reload_closes_a_removed_ports_log_and_applies_changed_log_setting
     finally:
         for guest in guests.values():
             guest.close()
+
+
+async def test_attach_replay_after_a_restart_starts_in_the_logged_history(tmp_path: Path) -> None:
+    """ConMan-style: whoever attaches after a restart first sees what the guest printed before it."""
+    logs = tmp_path / "logs"
+    guest = GuestPty()
+    toml = _toml(guest, logs).replace("replay_bytes = 0", "replay_bytes = 2048")
+    toml = toml.replace("[daemon]\n", f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n')
+    try:
+        async with running_daemon(toml, online=["p1"]) as daemon:
+            old = _lines("old", 0, 100)  # 5 KiB: more than the replay
+            await guest.send(old)
+            hub = daemon.hubs["p1"]
+            await eventually(
+                lambda: hub.console_log is not None and hub.console_log.bytes_logged == len(old), "log"
+            )
+            end = hub.stream_end
+        async with running_daemon(toml, online=["p1"]) as daemon:
+            await guest.send(b"new run\r\n")
+            hub = daemon.hubs["p1"]
+            await eventually(lambda: hub.stream_end >= hub.output.run_start + 9, "new output")
+            client = await TcpClient.connect("127.0.0.1", daemon.listener("p1", "raw").tcp_port)
+            done = await client.expect(b"end of replay", 10)
+            text = bytes(client.buffer[: done.end()])
+            await client.close()
+        old_tail = old[-(2048 - 9) :]
+        old_tail = old_tail[old_tail.index(b"\n") + 1 :]  # from a line start
+        start = text.index(b"replaying")
+        body = text[text.index(b"\n", start) + 1 :]
+        assert body.startswith(old_tail), body[:200]
+        gap = re.compile(
+            rb"(\r\n)?\[serialmuxd\] serialmuxd restarted: the logged output above ends at offset %d "
+            rb"\(0 bytes not logged\); the stream continues at offset \d+\r?\n" % end
+        )
+        rest = body[len(old_tail) :]
+        assert gap.match(rest), rest[:300]
+        assert rest[gap.match(rest).end() :].startswith(b"new run\r\n")  # type: ignore[union-attr]
+    finally:
+        guest.close()
