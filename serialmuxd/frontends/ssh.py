@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 from typing import TYPE_CHECKING
 
 import asyncssh
@@ -127,6 +128,9 @@ class SshFrontend:
         self._ca_entries = asyncssh.import_authorized_keys(lines) if lines else None
 
     async def start(self, address: ListenAddress) -> tuple[str, int]:
+        # asyncssh logs every connection, channel and auth step at INFO; serialmuxd's own log and the audit
+        # trail already say what matters (listening, logins, sessions), so only its warnings come through.
+        logging.getLogger("asyncssh").setLevel(logging.WARNING)
         try:
             self._acceptor = await asyncssh.create_server(
                 lambda: SshConnection(self),
