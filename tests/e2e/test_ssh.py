@@ -216,6 +216,7 @@ nmi = {nmi}
 [[ports]]
 name = "vm.two"
 device = "exec:/bin/cat"
+takeover = "refuse"
 [[ports]]
 name = "vm-tty"
 device = "tty:{guest}"
@@ -461,3 +462,21 @@ async def test_eight_bit_clean_both_ways_and_told_at_shutdown(rig: Rig) -> None:
     rig.stopped = True
     await client.expect(b"[serialmuxd] disconnected: serialmuxd is shutting down")
     await client.wait_eof()
+
+
+async def test_force_overrides_a_refuse_policy(rig: Rig) -> None:
+    first = rig.attach("vm.two", rig.keys["alice"])
+    await first.expect(b"you have write access")
+    refused = rig.attach("vm.two", rig.keys["alice2"])  # takeover = "refuse": a plain attach only watches
+    await refused.expect(b"takeover policy: refuse")
+    forced = rig.attach("vm.two.force", rig.keys["alice2"])
+    await forced.expect(b"you took over write access")
+    await first.expect(b"disconnected: taken over by alice")
+    await first.wait_eof()
+    takeover = await rig.audited("forced takeover", lambda line: line["event"] == "takeover")
+    assert takeover["forced"] is True and takeover["action"] == "evict"
+    # A viewer may not force: the takeover verb is the hub's to check.
+    viewer = rig.attach("vm.two.force", rig.keys["vic"])
+    await viewer.expect(b"vic may not type into this console on vm.two")
+    writer = rig.daemon.hubs["vm.two"].status().writer
+    assert writer is not None and writer.who.startswith("alice")
