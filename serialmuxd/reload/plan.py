@@ -10,10 +10,10 @@ with a notice, its device link and listeners, and starts them again from the new
 
 Daemon-wide tables are compared the same way.  What the reload applies: ``[auth]``'s users file, custom
 roles and OIDC group grants (the access policy and the authenticator are swapped in place), ``[tls]``'s
-files (re-read on every reload, for certificate rotation), ``[alerts]`` and
-``daemon.allow_remote_unauthenticated`` (a rule the validator applies to the new file).  Every other
-daemon-wide key that differs (``daemon.state_dir``, ``http.listen``, ``audit.file``, tables other helpers
-add, such as ``[ssh]`` or ``[logs]``...) is reported as needing a restart, by key, and keeps its running
+files (re-read on every reload, for certificate rotation), ``[alerts]``, ``daemon.log_level`` and
+``log_format``, and ``daemon.allow_remote_unauthenticated`` (a rule the validator applies to the new
+file).  Every other daemon-wide key that differs (``daemon.state_dir``, ``http.listen``, ``audit.file``,
+tables added later, such as ``[ssh]``...) is reported as needing a restart, by key, and keeps its running
 value; the rest of the reload is still applied.  One change refuses the whole reload: adding or removing
 ``[auth]``, because the new ports' listeners were validated for a daemon with (or without) authentication
 that is not the one running.
@@ -62,7 +62,8 @@ LISTENER_FIELDS = frozenset({"telnet", "telnet_readonly", "raw", "telnet_tls"})
 # their own rules below.
 _NOT_SETTINGS = frozenset({"source", "warnings", "ports"})
 _LIVE_AUTH_FIELDS = frozenset({"users_file", "roles", "oidc"})  # oidc: only its group_grants, see _auth
-_LIVE_DAEMON_FIELDS = frozenset({"allow_remote_unauthenticated"})
+# A rule the validator applies to the new file; the log settings (structlog is configured again).
+_LIVE_DAEMON_FIELDS = frozenset({"allow_remote_unauthenticated", "log_level", "log_format"})
 
 
 @dataclass(frozen=True, slots=True)

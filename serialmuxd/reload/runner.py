@@ -358,7 +358,12 @@ class Reloader:
                 daemon.use_tls(prepared.tls)
             else:
                 self._tls.rotate(prepared.tls)
+        before = daemon.config.daemon
         daemon.config = effective
+        if (before.log_level, before.log_format) != (effective.daemon.log_level, effective.daemon.log_format):
+            from ..obs.logging import configure_logging
+
+            configure_logging(effective.daemon.log_level, effective.daemon.log_format)
         await daemon.reconfigure_alerts(list(prepared.new_hubs.values()), changed=plan.alerts_changed)
         for hub in prepared.new_hubs.values():
             await daemon.start_hub(hub)

@@ -318,6 +318,34 @@ def _read(path: Path) -> bytes:
     return path.read_bytes() if path.exists() else b""
 
 
+async def test_the_log_level_changes_without_a_restart(tmp_path: Path) -> None:
+    guest, other = GuestPty(), GuestPty()
+    config = tmp_path / "serialmuxd.toml"
+    head = _head(tmp_path, free_port())
+    quiet_port = free_port()
+    config.write_text(head + _port("vm1", f"tty:{guest.path}"))
+    try:
+        async with daemon_process(config) as daemon:
+            quiet = _port("vm2", f"tty:{other.path}").replace("127.0.0.1:0", f"127.0.0.1:{quiet_port}")
+            config.write_text(
+                head.replace('log_format = "json"', 'log_format = "json"\nlog_level = "warning"')
+                + _port("vm1", f"tty:{guest.path}")
+                + quiet
+            )
+            await daemon.reload()
+            # vm2 was added and serves; the info-level "reloaded" line, written after the switch, is not.
+            client = await TcpClient.connect("127.0.0.1", quiet_port)
+            await client.expect(b"you have write access")
+            await client.close()
+            assert daemon.events("reload_started") and not daemon.events("reloaded")
+            config.write_text(head + _port("vm1", f"tty:{guest.path}") + quiet)
+            await daemon.reload()
+            await daemon.wait_for("the info line again", lambda: bool(daemon.events("reloaded")))
+    finally:
+        guest.close()
+        other.close()
+
+
 async def test_a_busy_address_for_a_new_port_rejects_the_whole_reload(tmp_path: Path) -> None:
     guest, second = GuestPty(), GuestPty()
     config = tmp_path / "serialmuxd.toml"

@@ -159,16 +159,18 @@ def test_daemon_wide_keys_that_need_a_restart_are_named_and_keep_their_running_v
     assert plan.effective.ports == new.ports
 
 
-def test_a_live_daemon_key_is_taken_without_a_restart() -> None:
+def test_live_daemon_keys_are_taken_without_a_restart() -> None:
     old = _config(BASE + _port("vm1"))
     new = _config(
         BASE.replace("[http]", 'allow_remote_unauthenticated = true\nlog_level = "debug"\n[http]')
         + _port("vm1")
     )
     plan = plan_reload(old, new)
-    assert [key for key, _ in plan.needs_restart] == ["daemon.log_level"]
+    assert not plan.needs_restart
     assert plan.effective.daemon.allow_remote_unauthenticated
-    assert plan.effective.daemon.log_level == "info"
+    assert plan.effective.daemon.log_level == "debug"
+    slower = _config(BASE.replace("[http]", "shutdown_timeout_s = 9\n[http]") + _port("vm1"))
+    assert [key for key, _ in plan_reload(old, slower).needs_restart] == ["daemon.shutdown_timeout_s"]
 
 
 AUTH = '[auth]\nusers_file = "/etc/serialmuxd/users.toml"\n'
