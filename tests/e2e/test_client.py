@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -403,3 +404,20 @@ def test_a_reconnect_does_not_take_write_access_from_whoever_attached_meanwhile(
         client.expect(pexpect.EOF)
         client.close()
         telnet.close()
+
+
+def test_python_m_and_the_client_loads_none_of_the_daemon() -> None:
+    probe = (
+        "import sys, serialmuxd.client.main as m\n"
+        "print(sorted(n for n in sys.modules if n.startswith('serialmuxd') and not n.startswith("
+        "('serialmuxd.client', 'serialmuxd.core.backoff')) and n not in ('serialmuxd', 'serialmuxd.core')))\n"
+        "print('structlog' in sys.modules, 'serial' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=20
+    )
+    assert done.stdout.splitlines() == ["[]", "False False"]
+    version = subprocess.run(
+        [sys.executable, "-m", "serialmuxd.client", "--version"], capture_output=True, text=True, timeout=20
+    )
+    assert version.returncode == 0 and version.stdout.startswith("serialmux ")
