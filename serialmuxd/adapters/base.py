@@ -104,6 +104,8 @@ class HypervisorAdapter(abc.ABC):
 
     #: ``type`` as written in the config (``qmp``, ``command``, ...).
     kind: ClassVar[str] = ""
+    #: ``on_reset`` listeners hear every reset of the machine (QMP's RESET event), whoever caused it.
+    reports_resets: ClassVar[bool] = False
 
     def __init__(self, description: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self._description = description

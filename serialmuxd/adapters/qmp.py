@@ -128,6 +128,7 @@ class QmpAdapter(HypervisorAdapter):
     """A VM run by QEMU, controlled through its QMP unix socket.  See the module docstring."""
 
     kind: ClassVar[str] = "qmp"
+    reports_resets: ClassVar[bool] = True
 
     def __init__(
         self,

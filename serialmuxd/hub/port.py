@@ -169,7 +169,7 @@ class PortHub(DeviceListener, LineRequests):
         self.window_size: tuple[int, int] | None = None
         if console_log is not None:
             self.output.observers.append(console_log.observe)
-            self.vm.on_action = lambda action: console_log.trigger(f"{action} through the hypervisor")
+            self.vm.on_action = self._boot_action
             if adapter is not None:
                 adapter.on_reset(lambda: console_log.trigger("machine reset reported by the hypervisor"))
 
@@ -459,6 +459,16 @@ class PortHub(DeviceListener, LineRequests):
             session.sink.send_output(fresh)
         session.notify(Notice(NoticeKind.REPLAY_END, "end of replay; live from here", {"offset": ring.end}))
         session.cursor = ring.end
+
+    def _boot_action(self, action: Action) -> None:
+        """A reset or start through the adapter is a boot.  A graceful restart is one only later, when the
+        guest has shut down: where the adapter reports resets, that report starts the capture instead."""
+        adapter, console_log = self.vm.adapter, self.console_log
+        if console_log is None or (
+            action is Action.RESTART and adapter is not None and adapter.reports_resets
+        ):
+            return
+        console_log.trigger(f"{action} through the hypervisor")
 
     def _resume(self, session: Session, offset: int) -> None:
         """``output.resume``, with the persisted history of the previous run first when ``offset`` is in it

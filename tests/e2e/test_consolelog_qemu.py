@@ -1,6 +1,7 @@
-"""Boot retention against the real QEMU guest: the guest boots, is reset three times through the HTTP API
-and finally crashed with ``echo c > /proc/sysrq-trigger``.  With a small NAME.log that has long wrapped,
-each boot's first lines are still on disk in its own NAME.boot-SEQ.log, and the panic is in NAME.log."""
+"""Boot retention against the real QEMU guest: the guest boots, is reset three times through the HTTP API,
+restarted gracefully once (it shuts down, then QEMU's RESET event starts the capture) and finally crashed
+with ``echo c > /proc/sysrq-trigger``.  With a small NAME.log that has long wrapped, each boot's first lines
+are still on disk in its own NAME.boot-SEQ.log, and the panic is in NAME.log."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ dir = "{logs}"
 rotate_bytes = {ROTATE_BYTES}
 keep = 1
 boot_bytes = {BOOT_BYTES}
-keep_boots = 4
+keep_boots = 5
 
 [[ports]]
 name = "vm1"
@@ -58,7 +59,9 @@ timeout_s = 10.0
 
 async def test_each_boot_and_the_last_panic_survive_a_wrapped_log(guest_vm: GuestVM, tmp_path: Path) -> None:
     logs = tmp_path / "logs"
-    await guest_vm.start(paused=True)  # COM1 drops output while nobody is connected: resume once we are
+    # Paused: COM1 drops output while nobody is connected, so resume once we are.  -no-shutdown: a graceful
+    # restart is a powerdown the adapter answers with system_reset + cont.
+    await guest_vm.start(paused=True, no_shutdown=True)
     daemon = Daemon(parse_config(_config(guest_vm, logs), "<test>"))
     await daemon.start()
     try:
@@ -81,6 +84,15 @@ async def test_each_boot_and_the_last_panic_survive_a_wrapped_log(guest_vm: Gues
                 await client.expect(BANNER, BOOT_TIMEOUT_S, mark)
                 await client.expect(LOGIN_PROMPT, BOOT_TIMEOUT_S, mark)
                 boots.append(bytes(client.buffer[mark:]))
+            # A graceful restart: the guest shuts down first, and the capture starts at QEMU's RESET.
+            mark = len(client.buffer)
+            status, _ = await rig.post("restart")
+            assert status == 200
+            await client.expect(b"reboot: Power down", BOOT_TIMEOUT_S, mark)
+            boot_mark = len(client.buffer)
+            await client.expect(BANNER, BOOT_TIMEOUT_S, mark)
+            await client.expect(LOGIN_PROMPT, BOOT_TIMEOUT_S, mark)
+            boots.append(bytes(client.buffer[boot_mark:]))
             await login(client, mark)  # at the last boot's prompt
             mark = len(client.buffer)
             await client.send(b"echo c > /proc/sysrq-trigger\r")
@@ -91,18 +103,18 @@ async def test_each_boot_and_the_last_panic_survive_a_wrapped_log(guest_vm: Gues
     finally:
         await daemon.stop()
 
-    assert log.bytes_lost == 0 and log.boot_captures == 4
+    assert log.bytes_lost == 0 and log.boot_captures == 5
     recent = (logs / "vm1.log.1").read_bytes() + (logs / "vm1.log").read_bytes()
     assert b"Kernel panic - not syncing: sysrq triggered crash" in recent
     # NAME.log has wrapped well past the first boots: what the guest printed overall is many times the
     # two files kept, and the first boot's opening is no longer in them.
-    assert hub.output.bytes_from_device > 4 * len(recent)
+    assert hub.output.bytes_from_device > 5 * len(recent)
     first_line = boots[0].lstrip(b"\r\n").split(b"\n", 1)[0]
     assert len(first_line) > 10 and first_line not in recent, first_line
 
     # QEMU's RESET event comes before the API's reset returns: either names the trigger (one capture each).
     reset = rb"(reset through the hypervisor|machine reset reported by the hypervisor)"
-    reasons = [rb"port started", reset, reset, reset]
+    reasons = [rb"port started", reset, reset, reset, rb"machine reset reported by the hypervisor"]
     for seq, (boot, reason) in enumerate(zip(boots, reasons, strict=True), start=1):
         text = (logs / f"vm1.boot-{seq}.log").read_bytes()
         header, body = text.split(b"\n", 1)
