@@ -145,7 +145,9 @@ class SshConnection(asyncssh.SSHServer):
         if cert is None:
             method, user = "publickey", self._auth.ssh_user(key_data)
         else:
-            method, user = "certificate", self._auth.ssh_user(None, cert.principals)
+            # Principals mean a user only in a certificate asyncssh accepted: anyone can write one.
+            method = "certificate"
+            user = self._auth.ssh_user(None, cert.principals) if proven else None
         reason = ""
         if not proven:
             reason = _why_not_proven(cert, key_data, user, self._front.ca_blobs(), bool(msg))
@@ -208,13 +210,14 @@ def _why_not_proven(
         return "bad signature" if signed else "key refused"
     from asyncssh.public_key import CERT_TYPE_USER
 
+    claims = f" (principals {list(cert.principals)[:8]})"
     if cert.signing_key.public_data not in ca_blobs:
-        return f"certificate from an untrusted CA {cert.signing_key.get_fingerprint()}"
+        return f"certificate from an untrusted CA {cert.signing_key.get_fingerprint()}{claims}"
     try:
         cert.validate(CERT_TYPE_USER, None)
     except ValueError as exc:
-        return f"certificate refused: {str(exc).lower()}"
-    return "certificate refused (source-address or signature)"
+        return f"certificate refused: {str(exc).lower()}{claims}"
+    return f"certificate refused (source-address or signature){claims}"
 
 
 def _fingerprint(key_data: bytes) -> str:

@@ -55,13 +55,14 @@ def keygen(path: Path, *extra: str) -> Path:
     return path
 
 
-def sign(ca: Path, key: Path, principal: str, validity: str) -> Path:
+def sign(ca: Path, key: Path, principal: str, validity: str, *options: str) -> Path:
     """A user certificate for ``key`` (``key``-cert.pub, which ssh -i KEY picks up by itself)."""
     import subprocess
 
     subprocess.run(
         [
             "ssh-keygen",
+            *options,
             "-q",
             "-s",
             str(ca),
@@ -244,11 +245,12 @@ class BreakSpy:
 
 @pytest_asyncio.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    names = ("alice", "alice2", "vic", "nora", "stranger", "carol", "carol_old", "mallory")
+    names = ("alice", "alice2", "vic", "nora", "stranger", "carol", "carol_old", "carol_cmd", "mallory")
     keys = {name: keygen(tmp_path / f"key_{name}") for name in names}
     ca, other_ca = keygen(tmp_path / "ca"), keygen(tmp_path / "other_ca")
     sign(ca, keys["carol"], "carol@example.com", "-5m:+1h")
     sign(ca, keys["carol_old"], "carol@example.com", "20200101:20200102")  # expired
+    sign(ca, keys["carol_cmd"], "carol@example.com", "-5m:+1h", "-O", "force-command=who")
     sign(other_ca, keys["mallory"], "carol@example.com", "-5m:+1h")  # a CA nobody trusts
     audit = tmp_path / "audit.jsonl"
     guest = GuestPty()
@@ -383,6 +385,11 @@ async def test_certificates_and_refusals(rig: Rig) -> None:
     )
     assert ok["method"] == "certificate" and ok["transport"] == "ssh"
 
+    # The CA's force-command holds: an interactive login with that certificate runs only "who".
+    code, out, err = await rig.run("vm.two", rig.keys["carol_cmd"])
+    assert code == 0, err
+    assert out.startswith(b"vm.two: writer: nobody")
+
     refusals = {
         "unknown key": ("vm1", rig.keys["stranger"]),
         "untrusted CA": ("vm1", rig.keys["mallory"]),
@@ -401,7 +408,7 @@ async def test_certificates_and_refusals(rig: Rig) -> None:
     authenticator = rig.daemon.front_door.authenticator
     assert authenticator.source_delay_s(Identity("ssh", "127.0.0.1:1")) > 0
     # ... and in serialmuxd_logins_total by method (read from these counts at scrape time).
-    assert authenticator.login_counts[("certificate", "ok")] == 1
+    assert authenticator.login_counts[("certificate", "ok")] == 2
     assert authenticator.login_counts[("publickey", "failed")] == 3  # stranger, nora, alice on vm9
     assert authenticator.login_counts[("certificate", "failed")] == 2  # other CA, expired
     # A console that does not exist is refused exactly like a key nobody knows: nothing to probe.
@@ -416,8 +423,12 @@ async def test_certificates_and_refusals(rig: Rig) -> None:
         )
 
     await rig.audited("unknown key", failed("unknown key SHA256:", method="publickey", transport="ssh"))
-    await rig.audited("untrusted CA", failed("certificate from an untrusted CA", method="certificate"))
-    await rig.audited("expired", failed("certificate refused: certificate expired", method="certificate"))
+    # A certificate asyncssh refused names no user (anyone can write one); its claims are in the reason.
+    claims = "(principals ['carol@example.com'])"
+    untrusted = await rig.audited("untrusted CA", failed("certificate from an untrusted CA", user=None))
+    assert untrusted["method"] == "certificate" and untrusted["reason"].endswith(claims)
+    expired = await rig.audited("expired", failed("certificate refused: certificate expired", user=None))
+    assert expired["method"] == "certificate" and expired["reason"].endswith(claims)
     await rig.audited("no grant", failed("no console 'vm1' that nora may view", user="nora"))
     await rig.audited("unknown console", failed("no console 'vm9' that alice may view", user="alice"))
 
