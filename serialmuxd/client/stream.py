@@ -118,6 +118,12 @@ class ConsoleStream:
                     # The upgrade would be refused with this reason, which a failed handshake does not show.
                     reason = status.get("state_reason") or "disabled"
                     raise ClientError(f"console {self.name} is disabled: {reason}", Exit.UNAVAILABLE)
+                end = status.get("scrollback", {}).get("end")
+                if first and self._requested is not None and isinstance(end, int) and self._requested > end:
+                    raise ClientError(
+                        f"--from {self._requested} is beyond the end of {self.name}'s stream ({end})",
+                        Exit.USAGE,
+                    )
                 if self._next_mode is not None:
                     mode, self._next_mode = self._next_mode, None
                 elif self._choose_mode is not None:

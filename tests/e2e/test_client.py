@@ -332,6 +332,8 @@ telnet = "127.0.0.1:{telnet_port}"
                 "console access: enabled",
             ]
             assert run_client(env, "send", "frobnicate", "vm1").returncode == 1
+            beyond = run_client(env, "connect", "vm1", "--from", str(2**62))
+            assert beyond.returncode == 1 and b"is beyond the end of vm1's stream" in beyond.stderr, beyond
             assert run_client(env, "--url", "ftp://x", "ports").returncode == 1
         down = run_client(client_env(tmp_path, url), "ports")
         assert down.returncode == 5 and b"cannot reach serialmuxd" in down.stderr
