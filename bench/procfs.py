@@ -39,6 +39,15 @@ def context_switches(pid: int) -> int:
     return total
 
 
+def tcp_kernel_bytes() -> int:
+    """Memory the kernel holds in TCP socket buffers, machine-wide (``/proc/net/sockstat`` ``mem``, pages)."""
+    for line in Path("/proc/net/sockstat").read_text().splitlines():
+        if line.startswith("TCP:"):
+            fields = line.split()
+            return int(fields[fields.index("mem") + 1]) * os.sysconf("SC_PAGE_SIZE")
+    raise LookupError("no TCP line in /proc/net/sockstat")
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size (``VmRSS``) of a process."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

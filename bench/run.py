@@ -293,10 +293,24 @@ def rows(plan: Plan) -> list[Row]:
             False,
         ),
         Row(
-            "  RSS per slow session at its buffer cap (KiB)",
+            "  RSS per slow session at its buffer cap (100 sessions; KiB)",
             "sessions_telnet",
             "kib_per_slow_session",
             "{:.1f}",
+            False,
+        ),
+        Row(
+            "  kernel TCP memory per session after 4x its cap unread (KiB)",
+            "sessions_telnet",
+            "kernel_kib_per_session_4x_cap",
+            "{:.0f}",
+            False,
+        ),
+        Row(
+            "  kernel TCP memory per slow session at its cap (KiB)",
+            "sessions_telnet",
+            "kernel_kib_per_slow_session",
+            "{:.0f}",
             False,
         ),
         Row(
@@ -307,10 +321,24 @@ def rows(plan: Plan) -> list[Row]:
             False,
         ),
         Row(
-            "  RSS per slow session at its buffer cap (KiB)",
+            "  RSS per slow session at its buffer cap (100 sessions; KiB)",
             "sessions_ws",
             "kib_per_slow_session",
             "{:.1f}",
+            False,
+        ),
+        Row(
+            "  kernel TCP memory per session after 4x its cap unread (KiB)",
+            "sessions_ws",
+            "kernel_kib_per_session_4x_cap",
+            "{:.0f}",
+            False,
+        ),
+        Row(
+            "  kernel TCP memory per slow session at its cap (KiB)",
+            "sessions_ws",
+            "kernel_kib_per_slow_session",
+            "{:.0f}",
             False,
         ),
     ]

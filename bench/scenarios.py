@@ -644,12 +644,35 @@ def consoles(target: Target, requested: int, window_s: float, samples: int) -> M
         shutil.rmtree(guest_dir, ignore_errors=True)
 
 
-def sessions_memory(target: Target, count: int, kind: str) -> Metrics:
-    """RSS per attached session: ``count`` idle viewers (telnet or WebSocket) on one port, then the same
-    sessions as slow readers at their buffer cap (the daemon's default ``client_buffer_bytes``): the guest
-    writes more than the cap while no client reads (small socket receive buffers, so the kernel hides
-    little), until every session has been paused.  RSS deltas ÷ sessions."""
-    daemon = _serialmuxd(target, "session memory is measured on serialmuxd")
+def _viewers(daemon: Serialmuxd, kind: str, count: int, viewer_port: int) -> list[Endpoint]:
+    """``count`` read-only sessions (telnet or WebSocket) with 16 KiB receive buffers, each attached."""
+    clients: list[Endpoint] = []
+    for _ in range(count):
+        check_stop()
+        if kind == "ws":
+            clients.append(daemon.connect_ws(0, "ro", rcvbuf=SLOW_RCVBUF))
+        else:
+            clients.append(TcpEndpoint(HOST, viewer_port, rcvbuf=SLOW_RCVBUF))
+    for client in clients:  # every session attached (its hello or attach notice arrived)
+        if isinstance(client, WsEndpoint):
+            client.parse_buffered()  # the hello may have come with the handshake's answer
+            if any(event.get("type") == "hello" for _, event in client.events):
+                continue
+        if not wait_readable(client.fileno(), 10.0):
+            raise BenchError("a session was never attached")
+        client.recv()
+    return clients
+
+
+def _burst(master: int, nbytes: int) -> None:
+    line = b"x" * 4095 + b"\n"
+    for _ in range(nbytes // len(line)):
+        write_all(master, line)
+
+
+def _memory_run(kind: str, count: int, burst: int, daemon: Serialmuxd) -> tuple[float, float, float, float]:
+    """Start, attach ``count`` viewers, then ``burst`` guest bytes nobody reads.  Returns (RSS before the
+    sessions, after attaching, after the burst, kernel TCP memory growth over the burst), in bytes."""
     pty = Pty.open()
     clients: list[Endpoint] = []
     try:
@@ -665,41 +688,45 @@ def sessions_memory(target: Target, count: int, kind: str) -> Metrics:
         assert pid is not None
         time.sleep(1.0)
         rss0 = procfs.rss_bytes(pid)
-        for _ in range(count):
-            check_stop()
-            if kind == "ws":
-                clients.append(daemon.connect_ws(0, "ro", rcvbuf=SLOW_RCVBUF))
-            else:
-                clients.append(TcpEndpoint(HOST, viewer_port, rcvbuf=SLOW_RCVBUF))
-        for client in clients:  # every session attached (its hello or attach notice arrived)
-            if isinstance(client, WsEndpoint):
-                client.parse_buffered()  # the hello may have come with the handshake's answer
-                if any(event.get("type") == "hello" for _, event in client.events):
-                    continue
-            if not wait_readable(client.fileno(), 10.0):
-                raise BenchError("a session was never attached")
-            client.recv()
+        clients = _viewers(daemon, kind, count, viewer_port)
         time.sleep(1.0)
-        rss_idle = procfs.rss_bytes(pid)
-        # Slow: the guest writes 4x the cap in 4 KiB lines, nobody reads.
-        cap = DEFAULT_CLIENT_BUFFER
-        line = b"x" * 4095 + b"\n"
-        for _ in range(4 * cap // len(line)):
-            write_all(pty.master, line)
+        rss_idle, kernel0 = procfs.rss_bytes(pid), procfs.tcp_kernel_bytes()
+        _burst(pty.master, burst)
         time.sleep(2.0)
-        rss_slow = procfs.rss_bytes(pid)
+        rss_slow, kernel1 = procfs.rss_bytes(pid), procfs.tcp_kernel_bytes()
         daemon.check_running()
-        return {
-            "sessions": count,
-            "kind": kind,
-            "rss_before_mib": rss0 / MIB,
-            "rss_idle_mib": rss_idle / MIB,
-            "rss_slow_mib": rss_slow / MIB,
-            "kib_per_idle_session": (rss_idle - rss0) / 1024 / count,
-            "kib_per_slow_session": (rss_slow - rss0) / 1024 / count,
-            "client_buffer_kib": cap / 1024,
-        }
+        return rss0, rss_idle, rss_slow, kernel1 - kernel0
     finally:
         _close_all(clients)
-        target.stop()
+        daemon.stop()
         pty.close()
+
+
+def sessions_memory(target: Target, count: int, kind: str, at_cap: int = 100) -> Metrics:
+    """Memory per attached session (telnet or WebSocket viewers on one port, 16 KiB receive buffers).
+
+    1. ``count`` idle sessions: RSS growth ÷ count.  Then 4x ``client_buffer_bytes`` (the daemon's default)
+       of guest output nobody reads: on Linux the kernel's send buffer of each connection grows and takes
+       all of it (tcp_wmem allows up to 4 MiB): kernel TCP memory ÷ count.
+    2. A fresh daemon with ``at_cap`` sessions and 32x the cap of unread output: the kernel buffers fill,
+       then the daemon's own buffer reaches the cap and the session is paused (it is resumed from the ring
+       later, told what it missed).  RSS growth over idle ÷ at_cap: what a slow session costs in the
+       daemon at its cap.  (Fewer sessions here: 1,000 x 4 MiB would push the machine's TCP memory into
+       pressure.)"""
+    daemon = _serialmuxd(target, "session memory is measured on serialmuxd")
+    cap = DEFAULT_CLIENT_BUFFER
+    rss0, rss_idle, rss_slow, kernel = _memory_run(kind, count, 4 * cap, daemon)
+    _, cap_idle, cap_slow, cap_kernel = _memory_run(kind, at_cap, 32 * cap, daemon)
+    return {
+        "sessions": count,
+        "kind": kind,
+        "rss_before_mib": rss0 / MIB,
+        "rss_idle_mib": rss_idle / MIB,
+        "kib_per_idle_session": (rss_idle - rss0) / 1024 / count,
+        "kib_per_session_4x_cap": (rss_slow - rss_idle) / 1024 / count,
+        "kernel_kib_per_session_4x_cap": kernel / 1024 / count,
+        "sessions_at_cap": at_cap,
+        "kib_per_slow_session": (cap_slow - cap_idle) / 1024 / at_cap,
+        "kernel_kib_per_slow_session": cap_kernel / 1024 / at_cap,
+        "client_buffer_kib": cap / 1024,
+    }
