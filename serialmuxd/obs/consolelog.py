@@ -80,6 +80,9 @@ QUEUE_LIMIT_BYTES = 32 * 1024 * 1024  # all ports together; beyond it chunks are
 _WAKE_BYTES = 1024 * 1024  # wake the thread early when this much is queued
 TRIGGER_GAP_S = 2.0
 _JOIN_WITHIN_S = 0.01  # with timestamps, chunks this close are stamped as one (a line's time is its last)
+# A joined batch is stamped with one bytes.replace, which holds the GIL throughout: bounded, so that the
+# event loop never waits more than a fraction of a millisecond for this thread.
+_JOIN_MAX_BYTES = 256 * 1024
 LINE_IDLE_S = 1.0  # timestamps: an unfinished line is written after waiting this long
 _PATTERN_TAIL = 4096  # bytes of an unfinished line kept for boot_pattern matching across chunks
 _OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -740,6 +743,7 @@ class ConsoleLogWriter:
                     pending is not None
                     and pending[0] is port
                     and joined_end == offset
+                    and joined_end - pending[2] + len(data) <= _JOIN_MAX_BYTES
                     and (not port.settings.timestamps or wall - pending[3] < _JOIN_WITHIN_S)
                 ):
                     parts.append(data)
