@@ -361,6 +361,14 @@ class LeaseModel:
             self.asker = i
         # refuse, or ask while another request waits: nothing changes
 
+    def attach_forced(self) -> None:
+        """``ssh CONSOLE.force``: the lease at once; the holder as if it said yes, evicted under refuse."""
+        self.sessions.append(ModelSession(True))
+        self.asker = None  # a waiting request is cancelled (its asker stays a viewer)
+        if self.writer is not None and self.policy in (TakeoverPolicy.EVICT, TakeoverPolicy.REFUSE):
+            self.sessions[self.writer].closed = True
+        self.writer = len(self.sessions) - 1
+
     def answer(self, i: int, accept: bool) -> None:
         if self.writer != i or self.asker is None or self.sessions[i].closed:
             return
@@ -418,6 +426,17 @@ class LeaseMachine(RuleBasedStateMachine):
         )
         self.sessions.append(s)
         self.model.attach(interactive)
+
+    @precondition(lambda self: self.hub is not None)
+    @rule()
+    def attach_forced(self) -> None:
+        assert self.hub is not None and self.model is not None
+        sink = Sink()
+        who = f"10.0.0.{len(self.sessions) % 250}:1"
+        session = self.hub.attach(sink, Identity("ssh", who), AttachMode.INTERACTIVE, force=True)
+        assert session is not None
+        self.sessions.append(session)
+        self.model.attach_forced()
 
     @precondition(lambda self: self.hub is not None)
     @rule(i=st.integers(0, 20))
