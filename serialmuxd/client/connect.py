@@ -26,6 +26,7 @@ _ACTION_WORDS = {escape.Action.NMI: "send an NMI to", escape.Action.RESET: "hard
 _API_ACTIONS = {escape.Action.NMI: "nmi", escape.Action.RESET: "reset"}
 _WRITER_KINDS = frozenset({"write_granted", "took_over"})
 _VIEWER_KINDS = frozenset({"evicted", "demoted", "read_only"})
+_EARLY_MAX = 4096  # bytes typed before the first attach that are kept for it
 
 
 def attach_mode(read_only: bool, force: bool, writer: str | None) -> tuple[str, str]:
@@ -66,6 +67,9 @@ class Interactive:
         self._keys: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._discard_told = False
         self._tasks: set[asyncio.Task[bool]] = set()
+        # Typed before the first attach (the client was still starting): sent once it is attached.  Typing
+        # during a later outage is discarded instead: the user cannot see what it would land in.
+        self._early: bytearray | None = bytearray()
 
     # -- stream.Handler --------------------------------------------------------------------------------
     def output(self, data: bytes) -> None:
@@ -78,6 +82,8 @@ class Interactive:
     def connected(self) -> None:
         self._discard_told = False
         self._send_size()
+        if self._early is not None:
+            self._keys.put_nowait(b"")  # the input task sends what was typed early, in order
 
     def event(self, event: dict[str, Any]) -> None:
         kind = event.get("kind")
@@ -128,6 +134,11 @@ class Interactive:
 
     async def _input(self) -> None:
         while (data := await self._keys.get()) is not None:
+            if not data:
+                early, self._early = self._early, None
+                if early:
+                    await self.stream.send_bytes(bytes(early))
+                continue
             for ev in self.parser.feed(data):
                 await self._handle(ev)
         self.status(f"end of input: detached from {self.name}")
@@ -136,7 +147,9 @@ class Interactive:
     async def _handle(self, ev: escape.Event) -> None:
         match ev:
             case escape.Send(data):
-                if not await self.stream.send_bytes(data) and not self._discard_told:
+                if self._early is not None and len(self._early) + len(data) <= _EARLY_MAX:
+                    self._early += data
+                elif not await self.stream.send_bytes(data) and not self._discard_told:
                     self._discard_told = True
                     self.status(f"not connected to {self.name}: typing is discarded until it is back")
             case escape.Ask(action, need):

@@ -78,7 +78,9 @@ def test_connect_type_resize_detach_restores_the_terminal(shell: tuple[str, int,
     outer = outer_shell(env, 24, 80)
     before = stty_g(outer)
     outer.sendline(f"{SERIALMUX} connect sh1")
+    outer.send("echo early-$((6*7))\r")  # typed while the client is still starting: kept for the guest
     outer.expect_exact("you have write access")
+    outer.expect_exact("early-42")
     outer.send("echo typed-$((6*7))\r")
     outer.expect_exact("typed-42")
     # The terminal's size was sent on connect, and a resize (SIGWINCH) is followed.
