@@ -514,7 +514,7 @@ class PortLog:
         return self._ensure_file() is not None
 
     def _start_capture(self, reason: str, wall: float, offset: int) -> None:
-        self._end_capture(complete=False)
+        self._end_capture("the next boot began")
         settings = self.settings
         try:
             names = os.listdir(settings.dir)
@@ -552,19 +552,20 @@ class PortLog:
         boot.add_guest(piece, segment.offset + skip, segment.wall)
         self._boot_left -= len(piece)
         if self._boot_left <= 0:
-            self._end_capture(complete=True)
+            self._end_capture(None)
 
-    def _end_capture(self, *, complete: bool) -> None:
+    def _end_capture(self, cut_short: str | None) -> None:
+        """Close the capture: complete (``None``), or cut short for the reason given."""
         boot = self._boot
         if boot is None:
             return
         self._boot = None
-        if complete:
-            boot.add_marker(
-                f"end of boot capture: the first {self.settings.boot_bytes} bytes after the boot are kept "
-                f"here; the rest is in {self.name}.log",
-                time.time(),
-            )
+        kept = self.settings.boot_bytes - self._boot_left
+        if cut_short is None:
+            text = f"end of boot capture: the first {kept} bytes after the boot are kept here"
+        else:
+            text = f"end of boot capture after {kept} bytes: {cut_short}"
+        boot.add_marker(f"{text}; the rest is in {self.name}.log", time.time())
         try:
             boot.flush()
         except _WriteFailed as exc:
@@ -574,13 +575,13 @@ class PortLog:
     def _lose(self, count: int, reason: str) -> None:
         """Bytes that never reached the thread (the queue limit): a gap marker in place of them."""
         self.bytes_lost += count
-        if self._failure is not None:
-            self._unlogged += count  # told in the marker written when logging resumes
-            return
-        target = self._ensure_file()
-        if target is not None:
-            target.add_marker(f"log gap: {count} bytes not written ({reason})", time.time())
-            self._writer.report("console_log_gap", port=self.name, lost=count, reason=reason)
+        if self._failure is None:
+            target = self._ensure_file()
+            if target is not None:
+                target.add_marker(f"log gap: {count} bytes not written ({reason})", time.time())
+                self._writer.report("console_log_gap", port=self.name, lost=count, reason=reason)
+                return
+        self._unlogged += count  # paused: told in the marker written when logging resumes
 
     def _fail(self, reason: str, lost: int) -> None:
         self.bytes_lost += lost
@@ -648,7 +649,7 @@ class PortLog:
     def _finish(self) -> None:
         self._release(self._holder.flush(), time.monotonic())
         self._flush_main()
-        self._end_capture(complete=False)
+        self._end_capture("the port's log was closed")
         if self._file is not None:
             self._file.close()
             self._file = None
