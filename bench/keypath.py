@@ -50,6 +50,9 @@ max_sessions_per_address = 1000
 """
 
 
+_TEXT_CHUNK = (b"[  OK  ] Started serial-getty@ttyS0.service - Serial Getty on ttyS0.\r\n" * 60)[:4096]
+
+
 class _Link:
     """The device end: takes every byte."""
 
@@ -137,6 +140,9 @@ async def measure(number: int, repeat: int) -> list[tuple[str, float, float]]:
 
             label = f"out, {kind}, {n} session(s): device_data_received(b'a') -> transport.write"
             out.append((label, best_us(echoed, number, repeat), calls_per_op(echoed)))
+        text = functools.partial(hub.device_data_received, _TEXT_CHUNK)
+        label = f"out, {kind}, 100 sessions: a 4 KiB chunk of text lines"
+        out.append((label, best_us(text, max(number // 10, 100), repeat), calls_per_op(text)))
     return out
 
 

@@ -198,6 +198,9 @@ _TIMING_MARK: Final = int(TelnetOption.TIMING_MARK)
 
 _CR_PAIR: Final = re.compile(rb"\r[\x00\n]")  # inbound CR NUL / CR LF, left to right, non-overlapping
 _BARE_CR: Final = re.compile(rb"\r(?!\n)")  # outbound CR that needs a NUL after it
+# The last chunk encode() saw, per BINARY state, and its wire form: sessions of one port get the same bytes
+# object in turn (an identity check; the reference kept here stops the id from being reused).
+_last_encoded: tuple[bytes, bool, bytes] = (b"", True, b"")
 
 # What we agree to when the client asks (RFC 1143 "acceptable" sets).
 _LOCAL_ACCEPTED: Final = frozenset({TelnetOption.ECHO, TelnetOption.SGA, TelnetOption.BINARY})
@@ -367,11 +370,18 @@ class TelnetCodec:
 
     def encode(self, data: bytes) -> bytes:
         """Guest output → wire bytes: double 0xFF; outside our BINARY mode a bare CR becomes CR NUL."""
-        if b"\xff" in data:
-            data = data.replace(b"\xff", b"\xff\xff")
-        if b"\r" in data and self._us.state[_BINARY] is not _YES:
-            data = _BARE_CR.sub(b"\r\x00", data)
-        return data
+        global _last_encoded
+        binary = self._us.state[_BINARY] is _YES
+        last = _last_encoded
+        if last[0] is data and last[1] is binary:
+            return last[2]  # the fan-out hands one chunk to every session: encode it once, not per viewer
+        wire = data
+        if b"\xff" in wire:
+            wire = wire.replace(b"\xff", b"\xff\xff")
+        if not binary and b"\r" in wire:
+            wire = _BARE_CR.sub(b"\r\x00", wire)
+        _last_encoded = (data, binary, wire)
+        return wire
 
     # -- inbound parsing --------------------------------------------------------------------------------
 

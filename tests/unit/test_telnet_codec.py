@@ -456,6 +456,18 @@ def test_encode_plain_data_is_not_copied() -> None:
     assert non_binary().encode(b"no carriage return") == b"no carriage return"
 
 
+def test_one_chunk_encoded_for_many_sessions_in_either_mode() -> None:
+    """The fan-out hands the same chunk to every session in turn; each gets its own mode's wire form,
+    however the binary and non-binary sessions alternate."""
+    chunk = b"a\rb\xffc\r\n"
+    codecs = [binary(), non_binary(), non_binary(), binary(), non_binary()]
+    wire = [codec.encode(chunk) for codec in codecs]
+    for codec, got in zip(codecs, wire, strict=True):
+        assert got == (b"a\rb\xff\xffc\r\n" if codec.local_enabled(BINARY) else b"a\r\x00b\xff\xffc\r\n")
+    other = bytes(chunk)  # equal bytes, another object: encoded on its own
+    assert non_binary().encode(b"x" + other) == b"xa\r\x00b\xff\xffc\r\n"
+
+
 def test_row5_client_sees_the_guest_bytes_exactly() -> None:
     guest = bytes(range(256)) * 4
     client = TelnetCodec()
