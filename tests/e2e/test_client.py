@@ -425,3 +425,48 @@ def test_python_m_and_the_client_loads_none_of_the_daemon() -> None:
         [sys.executable, "-m", "serialmuxd.client", "--version"], capture_output=True, text=True, timeout=20
     )
     assert version.returncode == 0 and version.stdout.startswith("serialmux ")
+
+
+def test_falling_behind_while_attached_is_reported_with_the_daemons_count(tmp_path: Path) -> None:
+    guest = Guest()
+    port = f"""
+[[ports]]
+name = "vm1"
+device = "tty:{guest.path}"
+replay_bytes = 0
+scrollback_bytes = 65536
+client_buffer_bytes = 4096
+"""
+    try:
+        with daemon(tmp_path, port) as (_, url):
+            env = client_env(tmp_path, url)
+            client = spawn([SERIALMUX, "connect", "vm1", "--read-only"], env)
+            assert client.pid is not None
+            client.expect_exact("read-only")
+            client.searchwindowsize = 4096  # megabytes arrive after the flood; search only the tail
+            # Reads nothing while the guest writes more than the kernel's socket buffers hold (a few MiB
+            # on loopback) and many rings' worth.
+            os.kill(client.pid, signal.SIGSTOP)
+            payload = b"".join(b"row %07d\r\n" % i for i in range(1_200_000))
+            guest.write(payload)
+
+            def missed() -> int:
+                return int(get_json(f"{url}/api/v1/ports/vm1")["bytes_missed"])
+
+            wait_until(
+                lambda: get_json(f"{url}/api/v1/ports/vm1")["bytes_from_device"] >= len(payload), "read"
+            )
+            os.kill(client.pid, signal.SIGCONT)
+            guest.write(b"after-the-flood\r\n")
+            client.expect_exact("after-the-flood", timeout=60)
+            # Told on the status line (live resync, or a reconnect after 4003), and the count is the daemon's.
+            told = re.compile(
+                rb"\[serialmux\] [^\r\n]*?(\d+) bytes of console output (?:skipped|were missed)"
+            )
+            shown = [int(n) for n in told.findall(client.before or b"")]
+            assert shown and sum(shown) == missed() > 0, (shown, missed())
+            client.send("~.")
+            client.expect(pexpect.EOF)
+            client.close()
+    finally:
+        guest.close()
