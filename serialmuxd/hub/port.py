@@ -274,7 +274,8 @@ class PortHub(DeviceListener, LineRequests):
             writer=None if holder is None else WriterStatus(holder.who, holder.since),
             viewers=sum(1 for s in self.sessions.values() if s.role is Role.VIEWER),
             sessions=len(self.sessions),
-            scrollback=ScrollbackStatus(ring.start, ring.end, ring.capacity),
+            # The oldest offset the scrollback API serves: after a restart, the persisted history's.
+            scrollback=ScrollbackStatus(self.scrollback_bounds()[0], ring.end, ring.capacity),
             bytes_from_device=self.output.bytes_from_device,
             bytes_to_device=self.input.bytes_to_device,
             bytes_missed=self.output.bytes_missed,

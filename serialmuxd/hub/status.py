@@ -54,7 +54,7 @@ class HypervisorStatus:
 
 @dataclass(frozen=True, slots=True)
 class ScrollbackStatus:
-    start: int  # oldest offset still in the ring
+    start: int  # oldest offset the scrollback serves (the ring's, or a restart's persisted history)
     end: int  # offset of the next guest byte
     capacity: int
 

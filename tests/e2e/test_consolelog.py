@@ -228,6 +228,8 @@ async def test_sigkill_then_restart_serves_the_persisted_history_with_a_gap(tmp_
             async with daemon_process(config) as second:
                 history, h = await _scrollback(http, http_port)
                 assert h["start"] == h["offset"] == base  # the persisted history comes first ...
+                async with http.get(f"http://127.0.0.1:{http_port}/api/v1/ports/vm1") as resp:
+                    assert (await resp.json())["scrollback"]["start"] == base  # (the port's status says so)
                 assert history == seen[: len(history)] and len(history) >= len(
                     persisted
                 )  # ... at its offsets
