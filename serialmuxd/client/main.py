@@ -147,7 +147,6 @@ async def _with_api(args: argparse.Namespace, run: Callable[[Api], Awaitable[int
     }
     settings = resolve(flags, env, file)
     header = authorization(settings, _no_prompt if getattr(args, "names", False) else getpass.getpass)
-    args.settings = settings
     async with Api(settings, header) as api:
         return await run(api)
 
