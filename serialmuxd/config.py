@@ -1262,12 +1262,30 @@ def _parse_ports(
     if not isinstance(raw, list):
         problems.add("ports", f"must be an array of tables: write [[ports]] (two brackets), {got(raw)}")
         return ()
-    ports = []
+    ports: list[tuple[int, PortConfig]] = []
     for index, item in enumerate(raw):
         port = _parse_port(index, item, defaults, claims, problems, logs)
         if port is not None:
-            ports.append(port)
-    return tuple(ports)
+            ports.append((index, port))
+    _check_log_names(ports, problems)
+    return tuple(port for _, port in ports)
+
+
+_BOOT_CAPTURE_NAME = re.compile(r"(.+)\.boot-[0-9]+")  # NAME.boot-SEQ(.log): obs/consolelog_policy.py
+
+
+def _check_log_names(ports: list[tuple[int, PortConfig]], problems: Problems) -> None:
+    """A console named like another's boot capture (``a.boot-1`` beside ``a``) would write its log into that
+    capture's file in a shared log directory, and ``a``'s boot retention would delete it."""
+    logged = {(port.name, port.log.dir) for _, port in ports if port.log is not None}
+    for index, port in ports:
+        match = _BOOT_CAPTURE_NAME.fullmatch(port.name)
+        if port.log is not None and match and (match.group(1), port.log.dir) in logged:
+            problems.add(
+                f"ports[{index}].name",
+                f"{show(port.name)} is the file name of a boot capture of console {show(match.group(1))} "
+                f"in {port.log.dir}: rename it, or give one of them its own log_dir",
+            )
 
 
 def _parse_port(

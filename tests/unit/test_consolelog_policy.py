@@ -191,6 +191,21 @@ def test_logs_problems_name_file_and_key() -> None:
         assert any(line.startswith(prefix) for line in lines), (prefix, lines)
 
 
+def test_a_console_named_like_a_boot_capture_of_another_is_refused() -> None:
+    # a.boot-1.log is console a's first boot capture: console "a.boot-1" would write into it, and a's
+    # retention would delete it.  Fine in another directory, or when either is not logged.
+    text = '[logs]\ndir = "/var/log/c"\n' + _port("a") + _port("a.boot-1")
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "t.toml")
+    assert info.value.lines() == [
+        "t.toml: ports[1].name: 'a.boot-1' is the file name of a boot capture of console 'a' in "
+        "/var/log/c: rename it, or give one of them its own log_dir"
+    ]
+    assert len(parse_config(text.replace('"a.boot-1"\n', '"a.boot-1"\nlog_dir = "/srv/x"\n'), "t").ports) == 2
+    assert len(parse_config(text.replace('"a.boot-1"\n', '"a.boot-1"\nlogs = false\n'), "t").ports) == 2
+    assert len(parse_config('[logs]\ndir = "/l"\n' + _port("b.boot-1"), "t").ports) == 1
+
+
 def test_example_logs_block_loads() -> None:
     """The commented [logs] block of config.example.toml, uncommented, is valid."""
     lines = EXAMPLE.read_text().splitlines()
