@@ -354,6 +354,24 @@ class TelnetCodec:
         self._parse(data)
         self._flush_data()
 
+    def passes_through(self, data: bytes) -> bool:
+        """True when ``data`` is plain client data that ``receive_data`` would turn into exactly one
+        ``DataReceived(data)`` and nothing else: the client sends BINARY, no IAC in it, nothing pending.
+        The caller then uses ``data`` as typed, without the event (the keystroke path); the codec's state
+        is as if it had been received."""
+        if (
+            self._state is _ParseState.DATA
+            and self._him.state[_BINARY] is _YES
+            and not self._events
+            and not self._data
+            and not self._error
+            and data
+            and _IAC_BYTE not in data
+        ):
+            self._after_cr = False  # what _add_data does in BINARY
+            return True
+        return False
+
     def events_received(self) -> list[TelnetEvent]:
         """Events parsed so far, oldest first; drains them."""
         events, self._events = self._events, []

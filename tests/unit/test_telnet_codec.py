@@ -456,6 +456,33 @@ def test_encode_plain_data_is_not_copied() -> None:
     assert non_binary().encode(b"no carriage return") == b"no carriage return"
 
 
+def test_plain_binary_data_passes_through_without_an_event() -> None:
+    codec = binary()
+    assert codec.passes_through(b"ls -l\r")
+    assert codec.events_received() == [] and codec.data_to_send() == b""
+    assert not codec.passes_through(b"a\xff\xffb")  # an escaped 0xFF needs the parser
+    assert not codec.passes_through(b"")
+    codec.receive_data(b(IAC))  # half a command pending: the next byte belongs to it
+    assert not codec.passes_through(b"a")
+    assert not non_binary().passes_through(b"abc")  # CR NUL / CR LF translation needs the parser
+
+
+def test_pass_through_or_parse_give_the_same_stream() -> None:
+    """What the front end does (plain chunks straight through, the rest parsed) equals parsing all."""
+    brk, nop = TelnetCommand.BRK, TelnetCommand.NOP
+    chunks = [b"a", b"b\r", b"\x00", b(IAC, IAC), b"c", b(IAC, brk), b"d", b(IAC), b(nop), b"e\r\n", b"f"]
+    parsed, _ = feed(binary(), chunks)
+    codec = binary()
+    events: list[TelnetEvent] = []
+    for chunk in chunks:
+        if codec.passes_through(chunk):
+            events.append(DataReceived(chunk))
+        else:
+            codec.receive_data(chunk)
+            events += codec.events_received()
+    assert merged(events) == parsed
+
+
 def test_one_chunk_encoded_for_many_sessions_in_either_mode() -> None:
     """The fan-out hands the same chunk to every session in turn; each gets its own mode's wire form,
     however the binary and non-binary sessions alternate."""
