@@ -82,6 +82,9 @@ class _Follower:
     def connected(self) -> None:
         pass
 
+    def hint(self, hint: object) -> str | None:
+        return None  # read-only: nothing to take over
+
 
 async def log(args: argparse.Namespace, api: Api) -> int:
     name: str = args.console

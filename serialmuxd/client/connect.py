@@ -29,7 +29,9 @@ _VIEWER_KINDS = frozenset({"evicted", "demoted", "read_only"})
 _EARLY_MAX = 4096  # bytes typed before the first attach that are kept for it
 
 
-def attach_mode(read_only: bool, force: bool, writer: str | None) -> tuple[str, str]:
+def attach_mode(
+    read_only: bool, force: bool, writer: str | None, escape_byte: int | None = ord(escape.DEFAULT_ESCAPE)
+) -> tuple[str, str]:
     """The WebSocket mode for an attach, and a line to show (or ""): read-write unless asked otherwise, or
     someone else is writing and ``force`` (``--force``, first attach only) does not say to take over: a
     read-write attach would displace them under the default takeover policy, so a reconnect never does
@@ -38,7 +40,9 @@ def attach_mode(read_only: bool, force: bool, writer: str | None) -> tuple[str, 
         return "ro", ""
     if writer is None or force:
         return "rw", ""
-    return "ro", f"{writer} is writing; you are read-only (~f takes over, or connect --force)"
+    keys = escape.action_keys(escape_byte, escape.Action.TAKE_OVER)
+    how = f"{keys} takes over, or connect --force" if keys else "connect --force takes over"
+    return "ro", f"{writer} is writing; you are read-only ({how})"
 
 
 class Interactive:
@@ -79,6 +83,9 @@ class Interactive:
     def status(self, text: str) -> None:
         self.lines.show(text)
 
+    def hint(self, hint: object) -> str | None:
+        return escape.hint_text(self.parser.escape, hint)
+
     def connected(self) -> None:
         self._discard_told = False
         self._send_size()
@@ -103,7 +110,10 @@ class Interactive:
         writer = status.get("writer")
         who = writer.get("who") if isinstance(writer, dict) else None
         mode, note = attach_mode(
-            self.stream.read_only, self.force and not reconnect, who if isinstance(who, str) else None
+            self.stream.read_only,
+            self.force and not reconnect,
+            who if isinstance(who, str) else None,
+            self.parser.escape,
         )
         if note:
             self.status(f"{self.name}: {note}")

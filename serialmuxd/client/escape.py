@@ -116,6 +116,27 @@ def escape_name(byte: int) -> str:
     return f"^{chr(byte ^ 0x40)}" if byte < 0x20 or byte == 0x7F else chr(byte)
 
 
+def action_keys(escape: int | None, action: Action) -> str | None:
+    """What to type for ``action`` (``"~f"``), or None without an escape key (``-e none``)."""
+    if escape is None:
+        return None
+    return escape_name(escape) + next(c.key for c in COMMANDS if c.action is action)
+
+
+# The daemon's notice hints (the event's "hint" field) that this client can act on, and the words for them.
+_HINTS: Final = {"take_over": (Action.TAKE_OVER, "takes over")}
+
+
+def hint_text(escape: int | None, hint: object) -> str | None:
+    """A notice's ``hint`` in this client's words ("~f takes over"); None for a hint it does not know (a
+    newer daemon) or cannot act on (no escape key)."""
+    known = _HINTS.get(hint) if isinstance(hint, str) else None
+    if known is None:
+        return None
+    keys = action_keys(escape, known[0])
+    return None if keys is None else f"{keys} {known[1]}"
+
+
 def help_text(escape: int | None) -> str:
     if escape is None:
         return "no escape key (-e none): end the session by closing the terminal or with kill"

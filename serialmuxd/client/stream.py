@@ -34,6 +34,7 @@ class Handler(Protocol):
     def status(self, text: str) -> None: ...
     def event(self, event: dict[str, Any]) -> None: ...
     def connected(self) -> None: ...
+    def hint(self, hint: object) -> str | None: ...  # a notice's "hint" in the handler's words, or None
 
 
 class ConsoleStream:
@@ -231,4 +232,6 @@ class ConsoleStream:
         self.handler.event(event)
         text = event.get("text")
         if isinstance(text, str) and text:
-            self.handler.status(f"{self.name}: {text}")
+            # The daemon's text never says how to act on it; the hint does, in this client's keys.
+            how = self.handler.hint(event["hint"]) if "hint" in event else None
+            self.handler.status(f"{self.name}: {text}" + (f" ({how})" if how else ""))

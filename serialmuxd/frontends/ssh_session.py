@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
@@ -25,13 +26,13 @@ from ..adapters import Action
 from ..control import Console
 from ..core.access import AttachMode, Identity
 from ..core.policy import NoticePolicy
-from ..hub import EndReason, Notice, NoticeKind, Session
+from ..hub import EndReason, Notice, NoticeKind, Session, notice_line
 from ..obs.audit import AuditFn
 from ..proto import escape as esc
 from .output import OutputBudget
 from .ssh_exec import CommandRunner
 from .ssh_user import ConsoleRequest, SshMode
-from .telnet import escape_controls
+from .telnet import escape_controls, escape_hint
 
 log = structlog.get_logger("serialmuxd.ssh")
 
@@ -186,7 +187,7 @@ class SshConsoleSession(CommandRunner, asyncssh.SSHServerSession[bytes]):
             self._chan.write(data)
 
     def send_notice(self, notice: Notice) -> None:
-        self._write_line(notice.text)
+        self._write_line(notice_line(notice, functools.partial(escape_hint, self.console.config.escape)))
         if notice.kind is NoticeKind.ASKED:
             self._asked = True
             self._write_line("press y to hand over now, n to keep writing")

@@ -11,9 +11,10 @@ client (it resumes from the ring later), so a slow client never slows the consol
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import ssl
-from typing import cast
+from typing import Final, cast
 
 import structlog
 
@@ -25,7 +26,7 @@ from ..control import Console
 from ..core.access import AttachMode, Identity
 from ..core.policy import NoticePolicy
 from ..errors import StartupError
-from ..hub import EndReason, Notice, NoticeKind, Session
+from ..hub import EndReason, Hint, Notice, NoticeKind, Session, notice_line
 from ..proto import escape as esc
 from ..proto import telnet as tn
 from .output import CLOSE_FLUSH_TIMEOUT_S, OutputBudget
@@ -46,6 +47,9 @@ _ACTION_WORDS = {
 
 _NOTICE_PREFIX = b"\r\n[serialmuxd] "
 
+# The escape command that does what a notice's hint suggests (the hub's notices say what, never how).
+_HINT_COMMANDS: Final = {Hint.TAKE_OVER: esc.Command.TAKE_OVER}
+
 
 def peer_text(peer: object) -> str:
     """A socket's peer address as ``host:port`` (``[v6]:port``), for messages and audit."""
@@ -53,6 +57,13 @@ def peer_text(peer: object) -> str:
         host, port = peer[0], peer[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     return str(peer)
+
+
+def escape_hint(escape: str, hint: Hint) -> str | None:
+    """The keys that do what ``hint`` suggests under the port's ``escape`` setting ("Ctrl-E c f"), read
+    when the notice is written (a reload may have changed it); None when escape keys are off."""
+    prefix = esc.parse_escape_key(escape)
+    return None if prefix is None else esc.command_keys(prefix, _HINT_COMMANDS[hint])
 
 
 def escape_controls(text: str) -> str:
@@ -197,7 +208,7 @@ class TelnetConnection(asyncio.Protocol):
         self.transport.write(data if self.codec is None else self.codec.encode(data))
 
     def send_notice(self, notice: Notice) -> None:
-        self._write_line(notice.text)
+        self._write_line(notice_line(notice, functools.partial(escape_hint, self.hub.config.escape)))
         if notice.kind is NoticeKind.ASKED:
             self._asked = True  # the next y or n typed answers (see _answer_takeover)
             self._write_line("press y to hand over now, n to keep writing")

@@ -15,7 +15,7 @@ from __future__ import annotations
 from ..core.access import AttachMode
 from ..obs.audit import AuditFn
 from .api import SYSRQ_KEY_DELAY_S
-from .notices import Notice, NoticeKind
+from .notices import Hint, Notice, NoticeKind, notice_line
 from .port import PortHub
 from .session import EndReason, Role, Session, SessionSink
 from .status import (
@@ -34,6 +34,7 @@ __all__ = [
     "AttachMode",
     "AuditFn",
     "EndReason",
+    "Hint",
     "HypervisorStatus",
     "Notice",
     "NoticeKind",
@@ -48,4 +49,5 @@ __all__ = [
     "Session",
     "SessionSink",
     "WriterStatus",
+    "notice_line",
 ]

@@ -5,14 +5,20 @@ the JSON event name; telnet shows ``text`` as a ``[serialmuxd] ...`` line), one 
 and machine-readable ``fields``.  Texts are built where the event happens; this module only holds the
 vocabulary and ``Throttle``, which keeps a client that types into a read-only or offline console from
 getting one notice per keystroke.
+
+What the user can do about a notice depends on the client in front of them (telnet's escape keys, the
+browser's button, serialmux's ``~f``), so ``text`` never says how: a notice that suggests an action carries
+a ``Hint``, and each front end names its own way to do it.  ``notice_line`` words that for the front ends
+that write notices as lines (telnet, SSH); WebSocket sends the hint as the event's ``hint`` field.
 """
 
 from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 
 class NoticeKind(enum.StrEnum):
@@ -40,11 +46,33 @@ class NoticeKind(enum.StrEnum):
     GUEST_HEALTH = "guest_health"  # the guest printed a panic, oops, lockup... (health_kind, line, offset)
 
 
+class Hint(enum.StrEnum):
+    """An action a notice suggests; WebSocket sends it as the event's ``hint`` field."""
+
+    TAKE_OVER = "take_over"  # a viewer of a read-write session: taking over write access lets you type
+
+
+# The words after the front end's own way of doing it: "Ctrl-E c f" + " takes over".
+_HINT_WORDS: Final[dict[Hint, str]] = {Hint.TAKE_OVER: "takes over"}
+
+
 @dataclass(frozen=True, slots=True)
 class Notice:
     kind: NoticeKind
-    text: str  # one line for people, without line ends
+    text: str  # one line for people, without line ends, and never how to act on it (see ``hint``)
     fields: dict[str, Any] = field(default_factory=dict)  # machine-readable details (JSON-safe)
+    hint: Hint | None = None  # what the user can do next, worded by each front end for its client
+
+
+def notice_line(notice: Notice, keys: Callable[[Hint], str | None]) -> str:
+    """The notice as one line for a terminal front end.  ``keys`` names what does the hinted action in
+    that front end ("Ctrl-E c f"), or None when there is nothing (escape keys disabled): then the text
+    alone.  ("read-only: input not sent", "Ctrl-E c f") -> "read-only: input not sent (Ctrl-E c f takes
+    over)"."""
+    if notice.hint is None:
+        return notice.text
+    how = keys(notice.hint)
+    return notice.text if how is None else f"{notice.text} ({how} {_HINT_WORDS[notice.hint]})"
 
 
 def clock_text(stamp: float) -> str:

@@ -49,7 +49,7 @@ from .clock import Scheduler, loop_scheduler
 from .device_input import DeviceInput
 from .fanout import OutputFanout
 from .health import GuestHealth
-from .notices import Notice, NoticeKind, clock_text
+from .notices import Hint, Notice, NoticeKind, clock_text
 from .session import EndReason, Role, Session, SessionSink
 from .status import (
     PortState,
@@ -511,8 +511,8 @@ class PortHub(DeviceListener, LineRequests):
             return
         if not self.arbiter.holds(session):
             if session.read_only_reminder.ready(self._clock()):
-                hint = "" if session.read_only else " (escape + c f takes over)"
-                session.notify(Notice(NoticeKind.READ_ONLY, f"read-only: input not sent{hint}"))
+                hint = None if session.read_only else Hint.TAKE_OVER  # a read-only attach cannot take over
+                session.notify(Notice(NoticeKind.READ_ONLY, "read-only: input not sent", hint=hint))
             return
         decision = self.access.decide(session.identity, Verb.WRITE, self.name, session.mode)
         if not decision:  # grants can change while a session holds the lease (reload, revocation)
@@ -689,9 +689,7 @@ class PortHub(DeviceListener, LineRequests):
             return
         self.arbiter.release(session, "went idle")
         session.notify(
-            Notice(
-                NoticeKind.READ_ONLY, f"no input for {idle}: you are now read-only (escape + c f takes over)"
-            )
+            Notice(NoticeKind.READ_ONLY, f"no input for {idle}: you are now read-only", hint=Hint.TAKE_OVER)
         )
 
     def _put_on_line(self, session: Session, data: bytes) -> None:

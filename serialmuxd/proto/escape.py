@@ -43,6 +43,7 @@ __all__ = [
     "EscapeState",
     "PassThrough",
     "UnknownEscape",
+    "command_keys",
     "escape_key_name",
     "help_text",
     "parse_escape_key",
@@ -116,6 +117,12 @@ def escape_key_name(byte: int) -> str:
     if not 0 <= byte <= 0x1F:
         raise ValueError(f"not a control key: {byte:#x}")
     return f"Ctrl-{chr(byte + 0x40)}"
+
+
+def command_keys(prefix: int, command: Command) -> str:
+    """What to type for ``command``, as the help text says it: (0x05, TAKE_OVER) → ``"Ctrl-E c f"``."""
+    key = next(row.key for row in COMMANDS if row.command is command)
+    return f"{escape_key_name(prefix)} c {key}"
 
 
 def help_text(prefix: int) -> tuple[str, ...]:

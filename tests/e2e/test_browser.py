@@ -630,3 +630,23 @@ socket = "{guest_vm.qmp_socket}"
                 await page.screenshot(path=str(ARTIFACTS / "browser-nmi.png"))
             finally:
                 await browser.close()
+
+
+async def test_a_hinted_notice_names_the_pages_button_in_chromium() -> None:
+    """The daemon's notice says what happened and carries a hint; the page words the hint for its own
+    users (its Take over button), never the telnet escape keys."""
+    idle_config = CONFIG + "writer_idle_timeout_s = 1\n"
+    async with running_daemon(idle_config, online=[PORT]) as daemon, async_playwright() as pw:
+        assert daemon.http_address is not None
+        host, port = daemon.http_address
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1100, "height": 640})
+            await page.goto(f"http://{host}:{port}/console/{PORT}")  # the writer, demoted after 1 s
+            await _wait_screen(page, "you are now read-only (Take over lets you type)")
+            await _wait_status(page, "st-conn", "read-only")
+            assert "Ctrl-E" not in await _screen_text(page)
+            await page.locator("#btn-write").click()  # what the hint says
+            await _wait_status(page, "st-conn", "you are typing")
+        finally:
+            await browser.close()

@@ -93,6 +93,8 @@ def test_connect_type_resize_detach_restores_the_terminal(shell: tuple[str, int,
     outer.expect_exact("~~  send a literal ~")
     outer.send("~r")
     outer.expect_exact("you are now read-only")
+    outer.send("not sent\r")  # the daemon's notice says what; the client names its own keys for it
+    outer.expect_exact("read-only: input not sent (~f takes over)")
     outer.send("~f")
     outer.expect_exact("you have write access")
     outer.send("~B")  # a shell on a PTY has no serial line: the daemon says so, on the status line

@@ -219,7 +219,7 @@ async def test_an_idle_writer_is_demoted_and_the_guest_gets_the_logout_sequence(
     async with running_daemon(config, online=("vm1",), cleanup=guest.close) as daemon:
         writer = await TcpClient.connect("127.0.0.1", daemon.listener("vm1", "raw").tcp_port)
         await writer.expect(b"you have write access")
-        await writer.expect(b"no input for 2 s: you are now read-only")
+        await writer.expect(b"no input for 2 s: you are now read-only (Ctrl-E c f takes over)\r\n")
         await guest.expect(b"exit\r")  # the next person does not inherit a logged-in shell
         await writer.send(b"ignored\r")
         await writer.send(CTRL_E + b"cf")  # taking write access back works

@@ -300,7 +300,7 @@ async def test_attach_type_resize_break_read_only_and_force(rig: Rig) -> None:
     vic = rig.attach("vm1.ro", rig.keys["vic"])
     await vic.expect(b"read-only: your input is not sent to the guest")
     vic.write(b"echo vic-was-here\r")
-    await vic.expect(b"read-only: input not sent")
+    await vic.expect(b"read-only: input not sent\r\n")  # a read-only login cannot take over: no hint
     sent = rig.daemon.hubs["vm1"].input.bytes_to_device
     mark = len(alice.buffer)
     alice.write(b"echo still-alice\r")
@@ -324,7 +324,16 @@ async def test_attach_type_resize_break_read_only_and_force(rig: Rig) -> None:
     finally:
         await telnet.close()
 
-    # The escape key works as on telnet: Ctrl-E c . detaches, and ssh exits.
+    # The escape key works as on telnet.  A writer that chose read-only and types is told which keys
+    # take over (the hub's notice says what; the SSH front end names the port's escape keys, Ctrl-E).
+    force.write(b"\x05cr")
+    await force.expect(b"you are now read-only")
+    mark = len(force.buffer)
+    force.write(b"echo not-sent\r")
+    await force.expect(b"read-only: input not sent (Ctrl-E c f takes over)\r\n", start=mark)
+    force.write(b"\x05cf")
+    await force.expect(b"you have write access", start=mark)
+    # Ctrl-E c . detaches, and ssh exits.
     force.write(b"\x05c.")
     await force.expect(b"[serialmuxd] detached")
     await force.wait_eof()

@@ -245,7 +245,7 @@ raw = true
         await client.send(CTRL_E + b"cr")
         await client.expect(b"you are now read-only")
         await client.send(b"dropped\r")
-        await client.expect(b"read-only: input not sent")
+        await client.expect(b"read-only: input not sent (Ctrl-E c f takes over)\r\n")
         await client.send(CTRL_E + b"cf")
         await client.expect(b"you have write access")
         await client.send(b"kept\r")

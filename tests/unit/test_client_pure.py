@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from serialmuxd.client.commands import ports_table
 from serialmuxd.client.connect import attach_mode
 from serialmuxd.client.errors import CODE_EXITS, ClientError, Exit, api_error, exit_for
+from serialmuxd.client.escape import hint_text
 from serialmuxd.client.lines import StatusLines
 from serialmuxd.client.main import build_parser
 from serialmuxd.client.resume import Cursor, Resumption
@@ -252,6 +253,24 @@ def test_attach_mode() -> None:
     mode, note = attach_mode(False, False, "telnet 127.0.0.1:5555")
     assert mode == "ro" and "telnet 127.0.0.1:5555 is writing" in note and "~f" in note
     assert attach_mode(False, True, "alice") == ("rw", "")
+    # The keys named are this client's escape key, whatever it is, or none at all (-e none).
+    assert (
+        attach_mode(False, False, "alice", 0x18)[1]
+        == "alice is writing; you are read-only (^Xf takes over, or connect --force)"
+    )
+    assert (
+        attach_mode(False, False, "alice", None)[1]
+        == "alice is writing; you are read-only (connect --force takes over)"
+    )
+
+
+def test_notice_hints_in_this_clients_words() -> None:
+    """The daemon's "hint" field (its text never says how): the client names its own escape keys."""
+    assert hint_text(ord("~"), "take_over") == "~f takes over"
+    assert hint_text(0x18, "take_over") == "^Xf takes over"
+    assert hint_text(None, "take_over") is None  # -e none: nothing to type
+    assert hint_text(ord("~"), "hand_over") is None  # a newer daemon's hint: nothing added
+    assert hint_text(ord("~"), 7) is None
 
 
 def test_ports_table() -> None:

@@ -139,7 +139,10 @@ class WsConnection:
         self._pause_if_full()
 
     def send_notice(self, notice: Notice) -> None:
-        self.send_event({"type": "notice", "kind": str(notice.kind), "text": notice.text, **notice.fields})
+        event = {"type": "notice", "kind": str(notice.kind), "text": notice.text, **notice.fields}
+        if notice.hint is not None:  # the page or client says how in its own words (serialmux: "~f")
+            event["hint"] = str(notice.hint)
+        self.send_event(event)
 
     def send_event(self, event: dict[str, Any]) -> None:
         if self.close_code is not None:

@@ -70,6 +70,9 @@ const VIEWER_NOTICES = new Set(["evicted", "demoted", "refused", "read_only"]);
 // Notices after which a pending "asked" question is no longer open.
 const ASK_SETTLED = new Set(["demoted", "evicted", "read_only"]);
 // Notices after which the port's writer, viewer count or state are worth fetching again.
+// A notice's "hint" (what the user can do about it) in this page's words: the daemon's text never says
+// how, since telnet and serialmux users do it with keys.  Unknown hints (a newer daemon) add nothing.
+const HINT_WORDS = new Map([["take_over", "Take over lets you type"]]);
 const REFRESH_NOTICES = new Set([
   "attached", "write_granted", "took_over", "evicted", "demoted", "refused", "offline", "online",
 ]);
@@ -476,7 +479,8 @@ function onControl(msg) {
 
 function onNotice(msg) {
   const kind = String(msg.kind || "");
-  const text = plainLine(msg.text || "");
+  const hint = HINT_WORDS.get(String(msg.hint || ""));
+  const text = plainLine(msg.text || "") + (msg.text && hint ? ` (${hint})` : "");
   // Notes in the terminal interrupt the guest's current line (often its prompt), so routine ones --
   // and the answer to the user's own Read-only / Take over click -- only go to the status line.
   const answersClick = (conn.pendingClick === "ro" && kind === "read_only")
