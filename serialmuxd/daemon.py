@@ -257,6 +257,11 @@ class Daemon:
             http=None if self.http_address is None else "{}:{}".format(*self.http_address),
         )
 
+    @property
+    def http_frontend(self) -> HttpFrontend | None:
+        """The HTTP front end once it listens (a reload ends the page sessions it withdrew)."""
+        return self._http
+
     async def _start_http(self) -> None:
         if self.config.http.listen is None:
             return

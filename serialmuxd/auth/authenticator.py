@@ -81,6 +81,7 @@ class Authenticator:
         throttle: LoginThrottle | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.directory = directory  # as loaded: a reload compares the new one with it
         self._hashes: Mapping[str, str] = directory.password_hashes()
         self._tokens = TokenTable(directory.token_digests())
         self._cert_names = directory.certificate_names()
@@ -96,6 +97,7 @@ class Authenticator:
 
     def use_directory(self, directory: UserDirectory) -> None:
         """The users file as a reload read it again: new users and tokens sign in, removed ones cannot."""
+        self.directory = directory
         self._hashes = directory.password_hashes()
         self._tokens = TokenTable(directory.token_digests())
         self._cert_names = directory.certificate_names()

@@ -16,7 +16,9 @@ URLs end up in proxy logs and browser history, so a ticket is built to be worthl
 
 A refused ticket says why (``TicketRefusal``) for the ``ticket_refused`` audit event.  Used and expired
 tickets are remembered (by hash) for one more lifetime, so a replay is reported as a replay and a late use
-as expired rather than as an unknown value.  At most ``max_per_user`` outstanding tickets per user and
+as expired rather than as an unknown value.  A ticket issued from a signed-in page session belongs to it:
+``revoke_session`` (the session ended: sign-out, expiry, a reload that removed its user) makes its
+outstanding tickets refused as ``SESSION_ENDED``.  At most ``max_per_user`` outstanding tickets per user and
 ``max_total`` in all are kept; issuing one more drops the oldest.
 
 Pure logic: no I/O, the clock is passed in as ``now`` (monotonic seconds).
@@ -52,6 +54,7 @@ class TicketRefusal(enum.StrEnum):
     OTHER_CONSOLE = "ticket is for another console"
     OTHER_MODE = "ticket is for another mode"
     NOT_AN_UPGRADE = "tickets only open console WebSockets"
+    SESSION_ENDED = "the sign-in it was issued from has ended"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,7 @@ class Ticket:
     issued_s: float
     expires_s: float
     web_session: str | None = None  # label of the signed-in page session it was issued from, if any
+    web_session_key: str | None = None  # that session's key (its WebSocket belongs to the session too)
 
     @property
     def label(self) -> str:
@@ -101,19 +105,29 @@ class TicketBook:
         # Both in insertion order, which is expiry order for _outstanding (one lifetime for all).
         self._outstanding: OrderedDict[str, Ticket] = OrderedDict()
         self._spent: OrderedDict[str, Ticket] = OrderedDict()
+        self._revoked: OrderedDict[str, Ticket] = OrderedDict()  # outstanding when their session ended
 
     def __len__(self) -> int:
         return len(self._outstanding)
 
     def issue(
-        self, identity: Identity, port: str, mode: str, now: float, *, web_session: str | None = None
+        self,
+        identity: Identity,
+        port: str,
+        mode: str,
+        now: float,
+        *,
+        web_session: str | None = None,
+        web_session_key: str | None = None,
     ) -> tuple[str, Ticket]:
         """A new ticket: ``(value, ticket)``.  The value is returned once and never kept."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {sorted(MODES)}")
         self._prune(now)
         value = secrets.token_urlsafe(RANDOM_BYTES)
-        ticket = Ticket(ticket_key(value), identity, port, mode, now, now + self.lifetime_s, web_session)
+        ticket = Ticket(
+            ticket_key(value), identity, port, mode, now, now + self.lifetime_s, web_session, web_session_key
+        )
         mine = [key for key, t in self._outstanding.items() if t.identity.user == identity.user]
         for key in mine[: max(0, len(mine) - self.max_per_user + 1)]:
             del self._outstanding[key]
@@ -130,6 +144,10 @@ class TicketBook:
         key = ticket_key(value)
         ticket = self._outstanding.pop(key, None)  # first: consumed before anything can await or fail
         if ticket is None:
+            revoked = self._revoked.pop(key, None)
+            if revoked is not None:
+                self._spent[key] = revoked  # told once; presented again it is a replay
+                return Redemption(revoked, TicketRefusal.SESSION_ENDED)
             spent = self._spent.get(key)
             return Redemption(spent, TicketRefusal.REPLAYED if spent is not None else TicketRefusal.UNKNOWN)
         self._spent[key] = ticket
@@ -144,6 +162,16 @@ class TicketBook:
             return Redemption(ticket, TicketRefusal.OTHER_MODE)
         return Redemption(ticket)
 
+    def revoke_session(self, web_session_key: str) -> int:
+        """The signed-in session with this key ended: its outstanding tickets are refused from now on
+        (``SESSION_ENDED``).  Returns how many there were."""
+        mine = [key for key, t in self._outstanding.items() if t.web_session_key == web_session_key]
+        for key in mine:
+            self._revoked[key] = self._outstanding.pop(key)
+        while len(self._revoked) > self.max_total:
+            self._revoked.popitem(last=False)
+        return len(mine)
+
     def _prune(self, now: float) -> None:
         # Expired and used tickets stay one more lifetime, so that a late use is told "expired" and a replay
         # "already used", not "unknown" (after that they are simply unknown).
@@ -157,3 +185,8 @@ class TicketBook:
             if now < first.expires_s + self.lifetime_s and len(self._spent) <= self.max_total:
                 break
             self._spent.popitem(last=False)
+        while self._revoked:
+            first = next(iter(self._revoked.values()))
+            if now < first.expires_s + self.lifetime_s:
+                break
+            self._revoked.popitem(last=False)

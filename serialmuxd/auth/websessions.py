@@ -20,7 +20,12 @@ all sessions of a user), or when it is **evicted**: at most ``max_per_user`` ses
 ``max_total`` in all are kept, and creating one more drops the oldest (of that user first), so neither a
 script that signs in in a loop nor many users can grow this table without bound.  An expired session is
 removed by the lookup that finds it, which tells the caller why (for the ``session_expired`` audit event);
-``prune`` removes the rest.
+``prune`` removes the rest (the HTTP front end calls it when ``next_deadline`` comes).
+
+Whatever ends a session (each of the above, and ``revoke_where``: a reload that removed its user or changed
+the password it was signed in with) calls ``on_end(session, why)``, once per session: the HTTP front end
+closes what the session opened (its WebSockets, its outstanding tickets) and audits ``session_ended``.
+A session's sign-in is what everything opened under it rests on, so nothing outlives it.
 
 Pure logic: no I/O, the clock is passed in as ``now`` (monotonic seconds), and nothing here is async.
 """
@@ -32,6 +37,7 @@ import hashlib
 import hmac
 import secrets
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..core.access import Identity
@@ -52,6 +58,14 @@ def session_key(session_id: str) -> str:
 class Expiry(enum.StrEnum):
     IDLE = "idle"  # unused for idle_s
     ABSOLUTE = "absolute"  # signed in longer than max_s ago
+
+
+# Why a session ended, as ``on_end`` is told (and the audit trail and the closed WebSockets say).
+SIGNED_OUT = "signed out"
+SIGNED_OUT_EVERYWHERE = "signed out everywhere"
+SIGNED_IN_AGAIN = "signed in again from the same browser"
+EVICTED = "too many signed-in sessions: the oldest was ended"
+EXPIRED = {Expiry.IDLE: "idle lifetime reached", Expiry.ABSOLUTE: "absolute lifetime reached"}
 
 
 @dataclass(slots=True)
@@ -114,6 +128,7 @@ class WebSessions:
         # same absolute lifetime the front is also the first to reach it.
         self._sessions: OrderedDict[str, WebSession] = OrderedDict()
         self._by_user: dict[str, list[str]] = {}  # user -> keys, oldest first
+        self.on_end: Callable[[WebSession, str], None] | None = None  # see the module docstring
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -128,10 +143,10 @@ class WebSessions:
         key = session_key(session_id)
         mine = self._by_user.setdefault(identity.user, [])
         while len(mine) >= self.max_per_user:
-            self._remove(mine[0])
+            self._end(mine[0], EVICTED)
             self.evicted += 1
         while len(self._sessions) >= self.max_total:
-            self._remove(next(iter(self._sessions)))
+            self._end(next(iter(self._sessions)), EVICTED)
             self.evicted += 1
         self._sessions[key] = WebSession(key, identity, csrf_token, now, now)
         self._by_user.setdefault(identity.user, []).append(key)  # _remove may have dropped the list
@@ -147,20 +162,42 @@ class WebSessions:
             return _NOTHING
         reason = self._expiry(found, now)
         if reason is not None:
-            self._remove(key)
+            self._end(key, EXPIRED[reason])
             return Lookup(None, found, reason)
         found.last_used_s = now
         return Lookup(found)
 
-    def revoke(self, session_id: str) -> WebSession | None:
+    def revoke(self, session_id: str, why: str = SIGNED_OUT) -> WebSession | None:
         """End the session with this id (sign-out); returns it, or None if there was none."""
         if not session_id or len(session_id) > MAX_PRESENTED_CHARS:
             return None
-        return self._remove(session_key(session_id))
+        return self._end(session_key(session_id), why)
 
-    def revoke_user(self, user: str) -> list[WebSession]:
+    def revoke_user(self, user: str, why: str = SIGNED_OUT_EVERYWHERE) -> list[WebSession]:
         """End every session of ``user`` (sign-out everywhere, a user removed or locked)."""
-        return [s for key in list(self._by_user.get(user, ())) if (s := self._remove(key)) is not None]
+        return [s for key in list(self._by_user.get(user, ())) if (s := self._end(key, why)) is not None]
+
+    def revoke_where(self, why: Callable[[Identity], str | None]) -> list[WebSession]:
+        """End every session whose sign-in identity ``why`` gives a reason for (a reload that removed the
+        user, or changed the password or token it was signed in with)."""
+        ended = []
+        for key, found in list(self._sessions.items()):
+            reason = why(found.identity)
+            if reason is not None:
+                self._end(key, reason)
+                ended.append(found)
+        return ended
+
+    def alive(self, key: str) -> bool:
+        """The session with this key (not id) has not ended (it may be past its lifetime: not pruned yet)."""
+        return key in self._sessions
+
+    def next_deadline(self) -> float | None:
+        """The earliest time (monotonic) at which some session expires, as of its last use."""
+        return min(
+            (min(s.created_s + self.max_s, s.last_used_s + self.idle_s) for s in self._sessions.values()),
+            default=None,
+        )
 
     def prune(self, now: float) -> list[tuple[WebSession, Expiry]]:
         """Remove every expired session; returns them with the reason."""
@@ -168,7 +205,7 @@ class WebSessions:
         for key, found in list(self._sessions.items()):
             reason = self._expiry(found, now)
             if reason is not None:
-                self._remove(key)
+                self._end(key, EXPIRED[reason])
                 ended.append((found, reason))
         return ended
 
@@ -182,6 +219,12 @@ class WebSessions:
         if now - found.last_used_s >= self.idle_s:
             return Expiry.IDLE
         return None
+
+    def _end(self, key: str, why: str) -> WebSession | None:
+        found = self._remove(key)
+        if found is not None and self.on_end is not None:
+            self.on_end(found, why)
+        return found
 
     def _remove(self, key: str) -> WebSession | None:
         found = self._sessions.pop(key, None)

@@ -222,6 +222,17 @@ class PortHub(DeviceListener, LineRequests):
                 self.arbiter.release(session, "lost write access")
                 session.notify(Notice(NoticeKind.READ_ONLY, f"{reason}: you are now read-only"))
 
+    def end_sessions(self, why: Callable[[Session], str | None]) -> int:
+        """Close each session ``why`` gives a reason for (a reload withdrew the credential it was opened
+        with), telling it that reason; returns how many were closed."""
+        ended = 0
+        for session in list(self.sessions.values()):
+            reason = why(session)
+            if reason is not None:
+                self._close_session(session, reason, EndReason.DENIED)
+                ended += 1
+        return ended
+
     def disable_at_start(self, reason: str) -> None:
         """Mark the port disabled before ``start`` (persisted switch): its device is never opened."""
         self._set_state(PortState.DISABLED, reason)

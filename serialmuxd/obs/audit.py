@@ -124,6 +124,8 @@ class AuditEvent(enum.StrEnum):
     LOGIN_FAILED = "login_failed"  # an authentication attempt failed (method, reason; no credentials)
     LOGOUT = "logout"  # a signed-in page session was ended by its user
     SESSION_EXPIRED = "session_expired"  # a signed-in page session reached its idle or absolute lifetime
+    SESSION_ENDED = "session_ended"  # a page session ended (why) with the WebSockets and tickets it opened
+    CREDENTIAL_REVOKED = "credential_revoked"  # a reload removed a user or token, or changed a password
     TICKET_ISSUED = "ticket_issued"  # a single-use console ticket was issued (user, console, mode)
     TICKET_USED = "ticket_used"  # a console ticket opened a WebSocket
     TICKET_REFUSED = "ticket_refused"  # a ticket was replayed, expired, or for another console or mode

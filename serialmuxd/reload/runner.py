@@ -16,7 +16,9 @@ refused: removed ports' sessions are told why and closed (each ``detach`` audite
 device links and adapters; changed ports are rebuilt, get new listeners (``plan.LISTENER_FIELDS``: the
 sessions and the device stay) or are reconfigured in place (``plan.LIVE_PORT_FIELDS``);
 the access policy, the authenticator's users and tokens, the TLS certificate and ``[alerts]`` are swapped;
-sessions whose user may no longer view their console are closed.  Ports that did not change are not
+sessions opened with a credential the new users file withdrew end (``revoke``: a removed user or token,
+a changed password; page sessions and their WebSockets too), then sessions whose user may no longer view
+their console are closed.  Ports that did not change are not
 touched at all: same hub, same sessions, same device link, same listeners.
 
 systemd hears ``RELOADING=1`` (with ``MONOTONIC_USEC``, as ``Type=notify-reload`` in newer systemd wants)
@@ -30,7 +32,7 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,10 +40,12 @@ from typing import TYPE_CHECKING
 import structlog
 
 from ..config import Config, ListenAddress, PortConfig, load_config
+from ..core.access import Identity
 from ..errors import ConfigError, StartupError
 from ..hub import PortHub
 from ..obs.sdnotify import sd_notify
 from .plan import ReloadPlan, plan_reload, port_names
+from .revoke import Withdrawn, describe, withdrawn
 from .tlsrotate import RotatingTls
 
 if TYPE_CHECKING:
@@ -374,9 +378,47 @@ class Reloader:
         daemon = self._daemon
         daemon.access.grants = grants
         if daemon.front_door is not None:
-            daemon.front_door.authenticator.use_directory(directory)
+            authenticator = daemon.front_door.authenticator
+            gone = withdrawn(authenticator.directory, directory)
+            authenticator.use_directory(directory)
+            if gone:
+                self._end_withdrawn(gone)
         for hub in daemon.hubs.values():
             hub.revoke_unauthorized("access withdrawn by a configuration reload")
+
+    def _end_withdrawn(self, gone: Withdrawn) -> None:
+        """Sessions opened with a credential the reload withdrew end, on every transport: page sessions
+        and WebSockets (the HTTP front end knows how each was proven), telnet, raw and SSH sessions."""
+        daemon = self._daemon
+        web: dict[str, int] = {}
+        consoles: dict[str, int] = {}
+
+        def counted(into: dict[str, int]) -> Callable[[Identity], str | None]:
+            def why(who: Identity) -> str | None:
+                reason = gone.reason(who)
+                if reason is not None and who.user is not None:
+                    into[who.user] = into.get(who.user, 0) + 1
+                return reason
+
+            return why
+
+        http = daemon.http_frontend
+        if http is not None:
+            http.end_sign_ins(sessions=counted(web), websockets=counted(consoles))
+        console = counted(consoles)
+        for hub in daemon.hubs.values():
+            # WebSockets were the HTTP front end's (their hub identity says session or ticket).
+            hub.end_sessions(lambda s: None if s.identity.transport == "ws" else console(s.identity))
+        for name, change in gone.changes():
+            daemon.audit(
+                "credential_revoked",
+                user=name,
+                change=str(change),
+                web_sessions=web.get(name, 0),
+                console_sessions=consoles.get(name, 0),
+                result="revoked",
+                reason=describe(change, name),
+            )
 
 
 def _listeners(port: PortConfig) -> Iterable[tuple[ListenAddress, str]]:

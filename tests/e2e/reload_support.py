@@ -47,7 +47,7 @@ class DaemonProcess:
 
     def address(self, port: str, kind: str = "raw") -> tuple[str, int]:
         """The address of ``port``'s ``kind`` listener as most recently logged (a rebuilt port's is new)."""
-        lines = [e for e in self.events("listening") if e["port"] == port and e["kind"] == kind]
+        lines = [e for e in self.events("listening") if e.get("port") == port and e["kind"] == kind]
         assert lines, f"{port}/{kind} never listened"
         host, _, tcp = lines[-1]["address"].rpartition(":")
         return host, int(tcp)

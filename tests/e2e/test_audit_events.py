@@ -43,6 +43,8 @@ ELSEWHERE = {
     AuditEvent.LOGOUT_SENT,
     AuditEvent.GUEST_HEALTH,  # a guest's panic, oops...: tests/e2e/test_health.py
     AuditEvent.CONFIG_RELOAD,  # SIGHUP applied or rejected: tests/e2e/test_reload.py
+    AuditEvent.SESSION_ENDED,  # sign-out, expiry, reload: tests/e2e/test_signout.py, test_reload_signins.py
+    AuditEvent.CREDENTIAL_REVOKED,  # a reload withdrew a user, password or token: test_reload_signins.py
 }
 RECORD = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + chr(10))"
 WHO = {"user", "source", "transport"}

@@ -25,7 +25,7 @@ from serialmuxd.obs.audit import MAX_TEXT_CHARS, AuditEvent, AuditLog
 
 PACKAGE = Path(__file__).resolve().parents[2] / "serialmuxd"
 T0 = 1767225600.123  # 2026-01-01T00:00:00.123Z
-AUDIT_CALLEES = {"audit", "_audit", "_audit_to_log"}
+AUDIT_CALLEES = {"audit", "_audit", "_audit_to_log", "audit_refusal"}  # the HTTP guard's
 
 
 class FakeClock:

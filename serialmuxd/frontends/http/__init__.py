@@ -24,7 +24,7 @@ from ...config import AuthSettings, HttpSettings, ListenAddress
 from ...control import ConsoleControl
 from ...errors import StartupError
 from ...obs.audit import AuditFn, AuditLog
-from . import metrics, oidc_signin, pages, recording, rest, signin
+from . import metrics, oidc_signin, pages, recording, rest, signin, signins
 from .authn import authentication_middleware
 from .common import CONTROL_KEY, SETTINGS_KEY
 from .errors import ERROR_CODES, ApiError, errors_and_headers
@@ -61,6 +61,7 @@ def build_app(
     app[CLOCK_KEY] = clock
     app[SESSIONS_KEY] = WebSessions(lifetimes.session_idle_s, lifetimes.session_max_s)
     app[TICKETS_KEY] = TicketBook()
+    signins.install(app, app[SESSIONS_KEY], app[TICKETS_KEY], app[AUDIT_KEY])
     websockets = WebSocketConsoles()
     app[_WS_KEY] = websockets
     rest.add_routes(app)
@@ -115,6 +116,12 @@ class HttpFrontend:
         self._runner = runner
         host, port = runner.addresses[0][:2]
         return str(host), int(port)
+
+    def end_sign_ins(self, *, sessions: signins.Reason, websockets: signins.Reason) -> tuple[int, int]:
+        """A reload withdrew credentials: end the page sessions and close the WebSockets (not opened under
+        a page session) whose credential ``sessions`` or ``websockets`` gives a reason for; returns how
+        many of each (a session's own WebSockets are counted with the WebSockets)."""
+        return self._app[signins.SIGNINS_KEY].end_where(sessions, websockets)
 
     async def stop(self) -> None:
         """Close WebSockets (on_shutdown), then the listener and connections."""

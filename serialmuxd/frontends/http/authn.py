@@ -54,6 +54,7 @@ from .sessions import (
     SESSION_COOKIE,
     SESSIONS_KEY,
     STATE_CHANGING_METHODS,
+    TICKET_KEY,
     TICKETS_KEY,
     WEB_SESSION_KEY,
     audit,
@@ -130,6 +131,7 @@ def _by_ticket(request: web.Request, peer: Identity, value: str) -> Identity:
             reason=str(outcome.refusal),
         )
         raise unauthorized(request, f"console ticket refused: {outcome.refusal}; ask for a new one")
+    request[TICKET_KEY] = ticket
     found = dataclasses.replace(
         peer, user=ticket.identity.user, groups=ticket.identity.groups, method="ticket"
     )

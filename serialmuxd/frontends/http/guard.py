@@ -11,19 +11,31 @@
 
 Both refusals are audited (``host_refused``, ``origin_refused``) with the source address and what was
 asked for; the user is not known yet, since the guard runs before authentication (so that a cross-site
-request costs no password check).
+request costs no password check).  A peer decides how often these happen (a script hammering the WebSocket
+with a bad Origin), so they are rate-limited like malformed requests in the daemon's log
+(``obs.logging.LogRateLimiter``, the same interval and burst): per event, the first
+``BURST_BAD_REQUEST`` refusals of each ``RATE_INTERVAL_S`` are audited one by one, the rest are counted,
+and when the interval ends one more record of the same event says how many (``suppressed``) and shows the
+last of them.  Every refusal is still answered, and none goes uncounted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import time
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
 from ...config import HttpSettings
+from ...obs.audit import AuditFn
+from ...obs.logging import BURST_BAD_REQUEST, LogRateLimiter
+from .common import identity
 from .errors import ApiError
-from .sessions import audit
+from .sessions import AUDIT_KEY
+from .sessions import audit as audit_request  # not "audit(": the scan for event names checks audit_refusal(
 
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -50,8 +62,57 @@ def _is_ip_literal(host: str) -> bool:
     return True
 
 
+class RefusalAudit:
+    """``audit`` for the guard's refusals, rate-limited per event (see the module docstring)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._limiter = LogRateLimiter()
+        self._clock = clock
+        self._last: dict[str, tuple[AuditFn, dict[str, Any]]] = {}  # event -> the last suppressed one
+
+    def __call__(self, event: str, request: web.Request, **fields: Any) -> None:
+        verdict = self._limiter.admit(event, self._clock(), BURST_BAD_REQUEST)
+        if verdict.unreported:
+            self._report(event, verdict.unreported)
+        if verdict.log:
+            audit_request(event, request, **fields)
+            return
+        trail = request.app.get(AUDIT_KEY)
+        if trail is None:
+            return
+        who = identity(request, "http")
+        self._last[event] = (trail, {**who.audit_fields(), **fields})
+        if verdict.flush_in_s is not None:
+            # The count is recorded when the interval ends, even if the flood stops now.
+            loop = asyncio.get_running_loop()
+            loop.call_later(max(verdict.flush_in_s, 0.0) + 0.01, self._flush, event)
+
+    def _flush(self, event: str) -> None:
+        count = self._limiter.flush(event, self._clock())
+        if count:
+            self._report(event, count)
+
+    def _report(self, event: str, count: int) -> None:
+        last = self._last.pop(event, None)
+        if last is None:
+            return
+        trail, fields = last
+        interval = self._limiter.interval_s
+        trail(
+            event,
+            **{
+                **fields,
+                "suppressed": count,
+                "interval_s": interval,
+                "reason": f"{count} more refused within {interval:g} s, counted but not recorded one by one "
+                f"(the last of them is shown): {fields.get('reason', '')}",
+            },
+        )
+
+
 def browser_guard(settings: HttpSettings) -> Callable[[web.Request], None]:
     """The check for one listener's settings; raises ``ApiError`` (421 or 403)."""
+    audit_refusal = RefusalAudit()
     listen = settings.listen
     wildcard = listen is not None and listen.host in ("0.0.0.0", "::", "")
     named = _LOOPBACK_NAMES | set(settings.allowed_hosts) | ({listen.host.lower()} if listen else set())
@@ -60,7 +121,7 @@ def browser_guard(settings: HttpSettings) -> Callable[[web.Request], None]:
     def guard(request: web.Request) -> None:
         host, port = host_and_port(request.host)
         if host not in named and not (wildcard and _is_ip_literal(host)):
-            audit(
+            audit_refusal(
                 "host_refused",
                 request,
                 host=host[:64],
@@ -78,7 +139,7 @@ def browser_guard(settings: HttpSettings) -> Callable[[web.Request], None]:
         default_port = 443 if scheme == "https" else 80
         same_origin = (origin_host, origin_port or default_port) == (host, port or 80)
         if not (same_origin or origin_host in allowed_origins):
-            audit(
+            audit_refusal(
                 "origin_refused",
                 request,
                 origin=origin[:80],

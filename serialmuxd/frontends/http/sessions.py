@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ...auth.tickets import TicketBook
+from ...auth.tickets import Ticket, TicketBook
 from ...auth.websessions import WebSession, WebSessions
 from ...core.access import Identity
 from ...obs.audit import AuditFn
@@ -37,6 +37,8 @@ AUDIT_KEY: web.AppKey[AuditFn] = web.AppKey("audit")
 CLOCK_KEY: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 # The signed-in session a request was authenticated by (absent for Basic, Bearer, certificate, ticket).
 WEB_SESSION_KEY: web.RequestKey[WebSession] = web.RequestKey("web_session", WebSession)
+# The console ticket a WebSocket upgrade was authenticated by (its WebSocket belongs to the ticket's session).
+TICKET_KEY: web.RequestKey[Ticket] = web.RequestKey("ticket", Ticket)
 
 
 def now(request: web.Request) -> float:

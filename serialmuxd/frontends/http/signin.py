@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from ...auth.tickets import MODES
+from ...auth.websessions import SIGNED_IN_AGAIN
 from ...web import STATIC_DIR
 from .authn import check_password
 from .common import console, control, identity, json_body
@@ -78,7 +79,7 @@ async def post_session(request: web.Request) -> web.Response:
     store = request.app[SESSIONS_KEY]
     previous = request.cookies.get(SESSION_COOKIE)
     if previous:
-        store.revoke(previous)  # one browser, one session: the old cookie is overwritten below anyway
+        store.revoke(previous, SIGNED_IN_AGAIN)  # one browser, one session: its cookie is overwritten
     session_id, csrf_token = store.create(found, now(request))
     response = web.json_response({"user": found.user, "csrf": csrf_token}, headers=_NO_STORE)
     response.set_cookie(SESSION_COOKIE, session_id, **cookie_attributes(request))
@@ -125,6 +126,7 @@ async def post_ticket(request: web.Request) -> web.Response:
         mode,
         now(request),
         web_session=session.label if session is not None else None,
+        web_session_key=session.key if session is not None else None,
     )
     audit("ticket_issued", request, port=target.name, mode=mode, grant_id=ticket.label, result="ok")
     return web.json_response(

@@ -28,6 +28,7 @@ from . import wsstrict
 from .common import SETTINGS_KEY, console, identity, int_param
 from .errors import ApiError
 from .sessions import audit
+from .signins import SIGNINS_KEY
 
 # WebSocket close codes (4000-4999 are ours; documented in the README and the OpenAPI document).
 WS_CLOSE_EVICTED = 4000
@@ -316,6 +317,8 @@ class WebSocketConsoles:
         await ws.prepare(request)
         conn = WsConnection(ws, target.config.client_buffer_bytes, request.transport)
         self.connections.add(conn)
+        sign_ins = request.app[SIGNINS_KEY]
+        sign_ins.opened(conn, request, who)  # ends with the sign-in it was opened under
         conn.send_event(
             {"type": "hello", "port": target.name, "mode": mode_text, "offset": target.stream_end}
         )
@@ -333,6 +336,7 @@ class WebSocketConsoles:
                     await conn.input_allowed.wait()
         finally:
             self.connections.discard(conn)
+            sign_ins.closed(conn)
             if session is not None:
                 session.detach()
             await conn.finish()
