@@ -43,6 +43,7 @@ from ..core.timeline import Timeline, max_samples_for
 from ..devices.base import DeviceLink, DeviceListener
 from ..obs.audit import AuditFn
 from ..obs.consolelog import History, PortLog, restart_marker
+from ..obs.consolelog_policy import replay_pieces, starts_with_restart_line
 from .api import SYSRQ_KEY_DELAY_S, LineRequests
 from .arbiter import WriterArbiter
 from .clock import Scheduler, loop_scheduler
@@ -164,7 +165,7 @@ class PortHub(DeviceListener, LineRequests):
         self.health_counts = self.health.counts  # kind -> events, for metrics
         self.output.observers.append(self.health.observe)
         # When each chunk arrived (wall clock), for the recording export; the writer's last window size.
-        self.timeline = Timeline(self.ring.end, max_samples=max_samples_for(config.scrollback_bytes))
+        self.timeline = self._seed_timeline(history, start_offset, config.scrollback_bytes)
         self.output.observers.append(self._record_time)
         self.window_size: tuple[int, int] | None = None
         if console_log is not None:
@@ -306,8 +307,8 @@ class PortHub(DeviceListener, LineRequests):
         history = self._history_now()
         begin = self.scrollback_bounds()[0] if start is None else start
         if history is not None and history.start <= begin < history.end:
-            data = history.data[begin - history.start : begin - history.start + limit]
-            return ScrollbackSlice(data, begin, history.start, ring.end)
+            offset, data = history.read(begin, limit)  # in a hole between two runs: the next run's start
+            return ScrollbackSlice(data, offset, history.start, ring.end)
         result = ring.read(begin, limit)
         return ScrollbackSlice(result.data, result.offset, ring.start, ring.end)
 
@@ -322,17 +323,31 @@ class PortHub(DeviceListener, LineRequests):
         return self._history
 
     def recording(self, identity: Identity, start: int | None, end: int | None) -> RecordingSlice:
-        """``scrollback`` from ``start`` to ``end`` (defaults: the ring's bounds) with each chunk's time."""
-        ring = self.ring
-        begin = ring.start if start is None else start
-        stop = ring.end if end is None else end
+        """``scrollback`` from ``start`` to ``end`` (defaults: the scrollback's bounds) with each chunk's
+        time; after a restart the history's chunks have the times the log's index kept."""
+        begin, stop = self.scrollback_bounds()
+        begin = begin if start is None else start
+        stop = stop if end is None else end
         data = self.scrollback(identity, begin, max(0, stop - begin))  # decides access
         segments = self.timeline.segments(data.offset, data.offset + len(data.data))
         return RecordingSlice(data, tuple(segments), self.timeline.floor, self.window_size)
 
+    def _seed_timeline(self, history: History | None, start_offset: int, ring_bytes: int) -> Timeline:
+        """The timeline, with the persisted history's times first (bounded like any: max_samples)."""
+        if history is None:
+            return Timeline(self.ring.end, max_samples=max_samples_for(ring_bytes))
+        timeline = Timeline(history.start, max_samples=max_samples_for(ring_bytes))
+        times = history.times
+        for i, (offset, at) in enumerate(times):
+            upto = times[i + 1][0] if i + 1 < len(times) else history.end
+            timeline.record(offset, upto - offset, at)  # a hole's offsets take the time before it
+        timeline.record(start_offset, self.ring.end - start_offset, self._wall())  # the restart-gap line
+        return timeline
+
     def _record_time(self, data: bytes, offset: int) -> None:
         self.timeline.record(offset, len(data), self._wall())
-        self.timeline.forget_before(self.ring.start)
+        history = self._history  # its times stay while it is served (_history_now lets it go)
+        self.timeline.forget_before(self.ring.start if history is None else history.start)
 
     # -- device side (DeviceListener) ------------------------------------------------------------
     def device_data_received(self, data: bytes) -> None:
@@ -432,45 +447,69 @@ class PortHub(DeviceListener, LineRequests):
         return session
 
     def _replay(self, session: Session) -> None:
-        """The attach replay; after a restart, while the new run is shorter than ``replay_bytes``, it
-        starts in the persisted history, with the restart gap told in between (as a resume would)."""
-        ring, want = self.ring, self.config.replay_bytes
+        """The attach replay; after a restart, while the new run is shorter than the replay (``replay_bytes``,
+        or ``replay_lines`` lines), it starts in the persisted history, counted back across the restart:
+        each hole between the runs is told where it is (as a resume would), and is not a line."""
+        ring, want, lines = self.ring, self.config.replay_bytes, self.config.replay_lines
         history = self._history_now()
-        fresh = ring.read(self.output.run_start).data  # this run's output, after the restart-gap line
-        room = want - len(fresh)
-        if history is None or room <= 0 or self.config.replay_lines > 0 or session.cursor != ring.end:
+        if history is None or want <= 0 or session.cursor != ring.end:
             self.output.replay(session, want, manual=False)
             return
-        old = history.data[-room:]
-        begin = history.end - len(old)
-        newline = old.find(b"\n")
-        if begin > history.start and 0 <= newline < len(old) - 1:  # start at a line start, as replays do
-            old, begin = old[newline + 1 :], begin + newline + 1
-        previous_end = self.output.previous_end
-        lost = None if previous_end is None else max(0, previous_end - history.end)
+        run_start = self.output.run_start
+        fresh = ring.read(run_start).data  # this run's output, after the restart-gap line
+        runs = [(run.offset, run.data) for run in history.runs]
+        window = replay_pieces([*runs, (run_start, fresh)], want, lines)  # walks back only as far as needed
+        if not window or window[0][0] >= run_start:  # this run alone fills the replay
+            self.output.replay(session, want, manual=False)
+            return
+        total = sum(len(data) for _, data in window)
         session.notify(
             Notice(
                 NoticeKind.REPLAY_START,
-                f"replaying {len(old) + len(fresh)} bytes of scrollback, from before serialmuxd restarted on",
-                {"offset": begin, "bytes": len(old) + len(fresh)},
+                f"replaying {total} bytes of scrollback, from before serialmuxd restarted on",
+                {"offset": window[0][0], "bytes": total},
             )
         )
-        session.sink.send_output(old)
-        if session.closed:
-            return
-        gap = f"{lost} bytes not logged" if lost is not None else "what came after it is not known"
-        session.notify(
-            Notice(
-                NoticeKind.RESTART_GAP,
-                f"serialmuxd restarted: the logged output above ends at offset {history.end} ({gap}); "
-                f"the stream continues at offset {self.output.run_start}",
-                {"from": history.end, "to": self.output.run_start, "exact": lost is not None, "lost": lost},
-            )
-        )
-        if fresh:
-            session.sink.send_output(fresh)
+        cursor = window[0][0]
+        for offset, data in window:
+            if offset > cursor:
+                self._tell_hole(session, cursor, offset, data if offset < run_start else None)
+            session.sink.send_output(data)
+            if session.closed:
+                return
+            cursor = offset + len(data)
+        if cursor < run_start:  # the history's end, then the restart: this run has printed nothing yet
+            self._tell_hole(session, cursor, run_start, None)
         session.notify(Notice(NoticeKind.REPLAY_END, "end of replay; live from here", {"offset": ring.end}))
         session.cursor = ring.end
+
+    def _tell_hole(self, session: Session, begin: int, end: int, after: bytes | None) -> None:
+        """Tell ``session`` that the stream it is shown jumps from ``begin`` to ``end``: the last restart
+        (``after`` None: the fan-out knows how much it lost), an earlier one (the bytes ``after`` the hole
+        start with that run's restart-gap line, which says what is known), or a gap in the log."""
+        if after is None:
+            previous_end = self.output.previous_end
+            lost = None if previous_end is None else max(0, previous_end - begin)
+            gap = f"{lost} bytes not logged" if lost is not None else "what came after it is not known"
+            text = f"serialmuxd restarted: the logged output above ends at offset {begin} ({gap})"
+            fields = {"from": begin, "to": end, "exact": lost is not None, "lost": lost}
+        elif starts_with_restart_line(after):
+            text = f"serialmuxd restarted: the logged output above ends at offset {begin}"
+            fields = {"from": begin, "to": end, "exact": False, "lost": None}
+        else:
+            session.missed_bytes += end - begin
+            session.notify(
+                Notice(
+                    NoticeKind.MISSED,
+                    f"{end - begin} bytes of console output from offset {begin} on are not in the log "
+                    "(a log gap)",
+                    {"missed": end - begin, "offset": end},
+                )
+            )
+            return
+        session.notify(
+            Notice(NoticeKind.RESTART_GAP, f"{text}; the stream continues at offset {end}", fields)
+        )
 
     def _boot_action(self, action: Action) -> None:
         """A reset or start through the adapter is a boot.  A graceful restart is one only later, when the
@@ -483,8 +522,8 @@ class PortHub(DeviceListener, LineRequests):
         console_log.trigger(f"{action} through the hypervisor")
 
     def _resume(self, session: Session, offset: int) -> None:
-        """``output.resume``, with the persisted history of the previous run first when ``offset`` is in it
-        (the fan-out then tells the restart gap after it)."""
+        """``output.resume``, with the persisted history of previous runs first when ``offset`` is in it
+        (each hole between them told; the fan-out then tells the last restart's gap)."""
         history = self._history_now()
         if history is not None and offset < history.end:
             if offset < history.start:
@@ -498,10 +537,13 @@ class PortHub(DeviceListener, LineRequests):
                     )
                 )
                 offset = history.start
-            session.sink.send_output(history.data[offset - history.start :])
-            if session.closed:
-                return
-            offset = history.end
+            for run in history.since(offset):
+                if run.offset > offset:
+                    self._tell_hole(session, offset, run.offset, run.data)
+                session.sink.send_output(run.data)
+                if session.closed:
+                    return
+                offset = run.end
         self.output.resume(session, offset)
 
     def _session_limit(self, identity: Identity) -> str | None:

@@ -20,7 +20,9 @@ Files.  ``NAME.log`` holds guest bytes (with ``timestamps``, a UTC stamp before 
 (``.1`` to ``.2`` ... up to ``keep``) and a new one is created, which is what ``tail -F`` follows.  Its
 sidecar ``NAME.log.idx`` (rotated with it) maps stream offsets to file positions (see consolelog_policy),
 so that after a restart, even after SIGKILL, ``load_history`` gives the hub the persisted bytes at their
-exact offsets.  Files are created 0600 and the directory 0700.
+exact offsets, earlier runs too (with the holes between them told: a restart, a log gap), and when each
+arrived (to ``TIME_GRAIN_S``: an index record's time), so a recording of a boot from before the restart
+keeps its timing.  Files are created 0600 and the directory 0700.
 
 Keeping the boot.  A trigger (the port starting, the device coming online, a reset/restart/start through
 the hypervisor adapter, QEMU's ``RESET`` event, a line matching ``boot_pattern``) opens
@@ -58,13 +60,15 @@ from ..config import LogSettings
 from ..errors import StartupError
 from .consolelog_policy import (
     STAMP_LEN,
+    TIME_GRAIN_S,
     IndexRecord,
     LineHolder,
+    Piece,
     Segment,
     boot_file_name,
     boot_seqs,
     boots_to_delete,
-    contiguous_tail,
+    history_runs,
     marker_line,
     parse_index,
     rotation_plan,
@@ -84,6 +88,7 @@ _JOIN_WITHIN_S = 0.01  # with timestamps, chunks this close are stamped as one (
 # event loop never waits more than a fraction of a millisecond for this thread.
 _JOIN_MAX_BYTES = 256 * 1024
 LINE_IDLE_S = 1.0  # timestamps: an unfinished line is written after waiting this long
+_GRAIN_MS = int(TIME_GRAIN_S * 1000)  # an index record's arrivals span less than this (its time is its first)
 _PATTERN_TAIL = 4096  # bytes of an unfinished line kept for boot_pattern matching across chunks
 _OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
 
@@ -110,20 +115,45 @@ def prepare_dir(directory: Path) -> None:
 
 @dataclass(frozen=True, slots=True)
 class History:
-    """Guest bytes a previous run persisted: ``data`` is the stream from ``start`` to ``end``."""
+    """Guest output previous runs persisted: ``runs`` (oldest first, at their exact stream offsets, a hole
+    between each two: a restart or a log gap) and ``times``, when their bytes arrived (``(offset, wall)``,
+    offsets increasing) to seed the hub's timeline, so a recording of it keeps its timing."""
 
-    start: int
-    data: bytes
+    runs: tuple[Piece, ...]
+    times: tuple[tuple[int, float], ...] = ()
+
+    @property
+    def start(self) -> int:
+        return self.runs[0].offset
 
     @property
     def end(self) -> int:
-        return self.start + len(self.data)
+        return self.runs[-1].end
+
+    def read(self, offset: int, limit: int) -> tuple[int, bytes]:
+        """Up to ``limit`` bytes from ``offset`` (``start <= offset < end``), within one run: an offset in a
+        hole reads from the next run's first byte (the returned offset says where the bytes begin)."""
+        for run in self.runs:
+            if offset < run.end:
+                begin = max(offset, run.offset)
+                return begin, run.data[begin - run.offset : begin - run.offset + limit]
+        return self.end, b""
+
+    def since(self, offset: int) -> list[Piece]:
+        """The runs from ``offset`` on (the first one cut there)."""
+        out = []
+        for run in self.runs:
+            if offset < run.end:
+                skip = max(0, offset - run.offset)
+                out.append(Piece(run.offset + skip, run.data[skip:]))
+        return out
 
 
 def load_history(name: str, settings: LogSettings, want: int) -> History | None:
-    """The newest persisted run of ``name``'s output without a hole, at most ``want`` bytes, read back
-    through the sidecar indexes.  Only the records needed are read (newest first), so a large
-    ``rotate_bytes`` costs no more than the ring's worth.  None when there is nothing usable."""
+    """The newest ``want`` bytes of ``name``'s persisted output, read back through the sidecar indexes, as
+    runs at their exact offsets (see ``history_runs``).  Only the records needed are read (newest first),
+    so a large ``rotate_bytes`` costs no more than the ring's worth.  A record whose bytes the file does not
+    hold (torn, truncated) is a hole like any other.  None when there is nothing usable."""
     base = settings.dir / f"{name}.log"
     files = [Path(f"{base}.{k}") for k in range(settings.keep, 0, -1)] + [base]
     records: list[tuple[Path, IndexRecord]] = []  # in write order
@@ -136,28 +166,28 @@ def load_history(name: str, settings: LogSettings, want: int) -> History | None:
             log.warning("console_log_history_unreadable", port=name, path=str(path), error=exc.strerror)
             continue
         records += [(path, record) for record in found]
-    pieces: list[tuple[int, bytes]] = []  # newest first
+    pieces: list[Piece] = []  # newest first
     total = 0
-    start: int | None = None
+    floor: int | None = None
     fds: dict[Path, int] = {}
     try:
         for path, record in reversed(records):
-            if start is not None and record.end != start:
-                break  # a hole: the history is what came after it
+            if floor is not None and record.end > floor:
+                break  # offsets going back: not this stream any more
             data = _read_record(path, record, fds)
             if data is None:
-                if start is None:
-                    continue  # the newest records never reached the disk (power loss): not claimed
-                break
-            pieces.append((record.offset, data))
-            start, total = record.offset, total + len(data)
+                continue  # a hole
+            pieces.append(Piece(record.offset, data, record.at_ms))
+            floor, total = record.offset, total + len(data)
             if total >= want:
                 break
     finally:
         for fd in fds.values():
             os.close(fd)
-    tail = contiguous_tail(pieces[::-1], want)
-    return None if tail is None else History(*tail)
+    runs, times = history_runs(pieces[::-1], want)
+    if not runs:
+        return None
+    return History(tuple(runs), tuple((offset, at_ms / 1000) for offset, at_ms in times))
 
 
 def _read_record(path: Path, record: IndexRecord, fds: dict[Path, int]) -> bytes | None:
@@ -184,7 +214,7 @@ def restart_marker(history: History, run_start: int, previous_end: int | None, w
         lost = f"{previous_end - history.end} bytes before the restart were not logged"
     else:
         lost = "what the previous run printed after that offset is not known (it did not stop cleanly)"
-    lead = b"" if history.data.endswith(b"\n") else b"\r\n"
+    lead = b"" if history.runs[-1].data.endswith(b"\n") else b"\r\n"
     text = (
         f"[serialmuxd] restart gap: serialmuxd restarted at {when}; the logged output above ends at offset "
         f"{history.end}, {lost}; new output starts at offset {run_start}"
@@ -196,10 +226,11 @@ def restart_marker(history: History, run_start: int, previous_end: int | None, w
 
 
 class _WriteFailed(Exception):
-    def __init__(self, lost: int, error: OSError) -> None:
+    def __init__(self, lost: int, error: OSError, written: int = 0) -> None:
         super().__init__(error.strerror)
         self.lost = lost
         self.error = error
+        self.written = written  # guest bytes of the batch that did reach the file
 
 
 class _LogFile:
@@ -236,7 +267,13 @@ class _LogFile:
         if self.idx_fd is None:
             return
         last = self.records[-1] if self.records else None
-        if last is not None and last.end == offset and last.filepos + last.flen == filepos:
+        at_ms = int(wall * 1000)
+        if (
+            last is not None
+            and last.end == offset
+            and last.filepos + last.flen == filepos
+            and at_ms - last.at_ms < _GRAIN_MS
+        ):
             self.records[-1] = IndexRecord(
                 last.offset,
                 last.filepos,
@@ -244,10 +281,11 @@ class _LogFile:
                 last.glen + len(data),
                 last.stamp_len,
                 last.starts_line,
+                last.at_ms,
             )
         else:
             stamp_len = STAMP_LEN if self.stamps else 0
-            self.records.append(IndexRecord(offset, filepos, len(raw), len(data), stamp_len, starts))
+            self.records.append(IndexRecord(offset, filepos, len(raw), len(data), stamp_len, starts, at_ms))
 
     def add_marker(self, text: str, wall: float) -> None:
         if not self.pending:
@@ -291,7 +329,13 @@ class _LogFile:
                 if glen:
                     kept.append(
                         IndexRecord(
-                            record.offset, record.filepos, cut, glen, record.stamp_len, record.starts_line
+                            record.offset,
+                            record.filepos,
+                            cut,
+                            glen,
+                            record.stamp_len,
+                            record.starts_line,
+                            record.at_ms,
                         )
                     )
             else:
@@ -303,7 +347,8 @@ class _LogFile:
             with contextlib.suppress(OSError):
                 os.write(self.idx_fd, b"".join(r.line() for r in kept))
         if failure is not None:
-            raise _WriteFailed(guest_total - guest_written if self.idx_fd is not None else 0, failure)
+            lost = guest_total - guest_written if self.idx_fd is not None else 0
+            raise _WriteFailed(lost, failure, guest_written)
         return guest_written
 
     def close(self) -> None:
@@ -614,6 +659,7 @@ class PortLog:
         try:
             self.bytes_logged += target.flush()
         except _WriteFailed as exc:
+            self.bytes_logged += exc.written  # what reached the file before it filled up
             self._fail(exc.error.strerror or str(exc.error), exc.lost)
             return False
         return True
@@ -740,12 +786,14 @@ class ConsoleLogWriter:
             port, data, offset, wall, extra = item
             if data is not None:
                 self.drained += len(data)
+                # Joined chunks share one time (the index's, and with timestamps the stamp's).
+                join_s = _JOIN_WITHIN_S if port.settings.timestamps else TIME_GRAIN_S
                 if (
                     pending is not None
                     and pending[0] is port
                     and joined_end == offset
                     and joined_end - pending[2] + len(data) <= _JOIN_MAX_BYTES
-                    and (not port.settings.timestamps or wall - pending[3] < _JOIN_WITHIN_S)
+                    and wall - pending[3] < join_s
                 ):
                     parts.append(data)
                     joined_end += len(data)

@@ -12,9 +12,20 @@ lets ``strip_stamps`` recover the guest's bytes exactly.
 
 The sidecar index.  ``NAME.log`` holds guest bytes (+ stamps) and ``[serialmuxd]`` marker lines only; which
 file bytes are which stream offsets is in ``NAME.log.idx``: one text line per write, ``IndexRecord``
-(offset, file position, file length, guest length, stamp length, starts-a-line).  A record is written
-after its data, so a record never names bytes that were not written first; on reading, a record that
-points past the end of its file or whose bytes do not strip to its guest length (a torn write) is ignored.
+(offset, file position, file length, guest length, stamp length, starts-a-line, wall time in ms).  A
+record is written after its data, so a record never names bytes that were not written first; on reading, a
+record that points past the end of its file or whose bytes do not strip to its guest length (a torn write)
+is ignored.  The wall time is when the record's first byte arrived (with timestamps: when its first line
+completed); a record covers at most ``TIME_GRAIN_S`` of arrivals, so after a restart the recording export
+replays the persisted history with its original timing to within that (``History.times``).  Records of
+older versions have six fields and no time.
+
+History after a restart.  ``history_runs`` keeps the newest ``want`` bytes the index names, as runs: a
+run is a stretch without a hole in its offsets; between two runs the daemon restarted (the later run then
+starts with the restart-gap line that run wrote) or the log had a gap (a full disk: the file has a
+``log gap`` marker there, which is not guest output and has no offset).  Serving older runs too, at their
+exact offsets with the holes told, is what lets a console that crashed or lost its log briefly still show
+what came before; the budget is the ring's size, so memory is the same as without history.
 """
 
 from __future__ import annotations
@@ -25,6 +36,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 STAMP_LEN = 25  # len(b"2026-12-01T23:06:41.123Z ")
+TIME_GRAIN_S = 0.1  # one index record covers at most this much arrival time (the recording's resolution)
+RESTART_LINE = b"[serialmuxd] restart gap:"  # how the restart-gap line a run starts with begins
 _NL = b"\n"
 
 
@@ -135,7 +148,8 @@ class LineHolder:
 @dataclass(frozen=True, slots=True)
 class IndexRecord:
     """Guest bytes ``[offset, offset + glen)`` are file bytes ``[filepos, filepos + flen)`` with stamps of
-    ``stamp_len`` bytes at line starts (the first byte starts a line when ``starts_line``)."""
+    ``stamp_len`` bytes at line starts (the first byte starts a line when ``starts_line``); the first byte
+    arrived at ``at_ms`` (wall clock, milliseconds; 0: not known, a record of an older version)."""
 
     offset: int
     filepos: int
@@ -143,60 +157,123 @@ class IndexRecord:
     glen: int
     stamp_len: int
     starts_line: bool
+    at_ms: int = 0
 
     @property
     def end(self) -> int:
         return self.offset + self.glen
 
     def line(self) -> bytes:
-        return b"%d %d %d %d %d %d\n" % (
+        return b"%d %d %d %d %d %d %d\n" % (
             self.offset,
             self.filepos,
             self.flen,
             self.glen,
             self.stamp_len,
             int(self.starts_line),
+            self.at_ms,
         )
 
     @classmethod
     def parse(cls, line: bytes) -> IndexRecord | None:
         """None for a line that is not a whole record (a torn last line after a crash)."""
         fields = line.split()
-        if len(fields) != 6 or not all(f.isdigit() for f in fields):
+        if len(fields) not in (6, 7) or not all(f.isdigit() for f in fields):
             return None
-        offset, filepos, flen, glen, stamp_len, starts = (int(f) for f in fields)
+        offset, filepos, flen, glen, stamp_len, starts, *at = (int(f) for f in fields)
         if starts > 1 or glen > flen:
             return None
-        return cls(offset, filepos, flen, glen, stamp_len, bool(starts))
+        return cls(offset, filepos, flen, glen, stamp_len, bool(starts), at[0] if at else 0)
 
 
 def parse_index(text: bytes) -> list[IndexRecord]:
     return [r for r in (IndexRecord.parse(line) for line in text.split(_NL)) if r is not None]
 
 
-def contiguous_tail(pieces: Sequence[tuple[int, bytes]], want: int) -> tuple[int, bytes] | None:
-    """From guest pieces ``(offset, data)`` in write order, the newest run without a hole in its offsets,
-    at most ``want`` bytes of it (its newest): ``(offset of its first byte, data)``, or None if empty."""
-    chunks: list[bytes] = []
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """Persisted guest bytes: ``data`` at stream ``offset``, the first arrived at ``at_ms`` (0: unknown)."""
+
+    offset: int
+    data: bytes
+    at_ms: int = 0
+
+    @property
+    def end(self) -> int:
+        return self.offset + len(self.data)
+
+
+def history_runs(pieces: Sequence[Piece], want: int) -> tuple[list[Piece], list[tuple[int, int]]]:
+    """From ``pieces`` in write order, the newest ``want`` bytes: the runs (oldest first; consecutive
+    pieces without a hole between them joined, a new run after each hole) and the arrival times
+    ``(offset, at_ms)`` of the pieces kept, in order (pieces of unknown time left out).  Reading stops at a
+    piece whose bytes do not come before the newer ones' (offsets going back: not this stream).  The oldest
+    piece is cut so that the total is at most ``want``."""
+    kept: list[Piece] = []  # newest first
     total = 0
-    start: int | None = None
+    for piece in reversed(pieces):
+        if total >= want:
+            break
+        if not piece.data:
+            continue
+        if kept and piece.end > kept[-1].offset:
+            break
+        data = piece.data[max(0, len(piece.data) - (want - total)) :]
+        kept.append(Piece(piece.end - len(data), data, piece.at_ms))
+        total += len(data)
+    kept.reverse()
+    starts: list[int] = []
+    parts: list[list[bytes]] = []
+    end = -1
+    for piece in kept:
+        if piece.offset != end:
+            starts.append(piece.offset)
+            parts.append([])
+        parts[-1].append(piece.data)
+        end = piece.end
+    runs = [Piece(start, b"".join(chunks)) for start, chunks in zip(starts, parts, strict=True)]
+    return runs, [(p.offset, p.at_ms) for p in kept if p.at_ms > 0]
+
+
+def replay_pieces(pieces: Sequence[tuple[int, bytes]], max_bytes: int, lines: int) -> list[tuple[int, bytes]]:
+    """What an attach replay shows of ``pieces`` (``(offset, data)`` in stream order, a hole or a restart
+    between each two): the newest ``max_bytes`` at most; with ``lines > 0`` the last ``lines`` lines
+    within that (an unfinished line before a hole counts as a line, as the ring's ``tail_lines`` counts an
+    unfinished last line); without, from a line start when the window cuts a piece (as ``replay_window``).
+    Empty pieces are left out."""
+    out: list[tuple[int, bytes]] = []
+    room = max_bytes
+    left = lines
     for offset, data in reversed(pieces):
         if not data:
             continue
-        if start is not None and offset + len(data) != start:
-            break  # a hole (a restart, a log gap): history is the run after it
-        chunks.append(data)
-        total += len(data)
-        start = offset
-        if total >= want:
+        limited = len(data) > room  # the window ends in this piece
+        cut = max(0, len(data) - room)
+        if lines > 0:
+            wanted = left + 1 if data.endswith(_NL) else left
+            pos = len(data)
+            for _ in range(wanted):
+                pos = data.rfind(_NL, cut, pos)
+                if pos < 0:
+                    break
+            if pos >= 0:
+                cut, left = pos + 1, 0
+            else:
+                left -= data.count(_NL, cut) + (0 if data.endswith(_NL) else 1)
+        elif limited and data[cut - 1] != 0x0A:
+            newline = data.find(_NL, cut)
+            cut = len(data) if newline < 0 else newline + 1
+        if cut < len(data):
+            out.append((offset + cut, data[cut:]))
+        room -= len(data) - cut
+        if limited or (lines > 0 and left <= 0):
             break
-    if start is None:
-        return None
-    data = b"".join(reversed(chunks))
-    if len(data) > want:
-        start += len(data) - want
-        data = data[len(data) - want :]
-    return start, data
+    return out[::-1]
+
+
+def starts_with_restart_line(data: bytes) -> bool:
+    """Whether a run begins with the restart-gap line (it does when a restart made the hole before it)."""
+    return data.lstrip(b"\r\n").startswith(RESTART_LINE)
 
 
 def rotation_plan(base: str, keep: int) -> list[tuple[str, str | None]]:

@@ -16,14 +16,17 @@ from serialmuxd.obs.consolelog_policy import (
     STAMP_LEN,
     IndexRecord,
     LineHolder,
+    Piece,
     boot_seqs,
     boots_to_delete,
-    contiguous_tail,
     format_stamp,
+    history_runs,
     marker_line,
     parse_index,
+    replay_pieces,
     rotation_plan,
     stamp_lines,
+    starts_with_restart_line,
     strip_stamps,
     trigger_accepted,
 )
@@ -103,13 +106,53 @@ def test_index_records_round_trip_and_torn_lines_are_ignored() -> None:
     assert IndexRecord.parse(b"1 2 3 1 0 2") is None
 
 
-def test_history_is_the_newest_run_without_a_hole() -> None:
-    pieces = [(0, b"old run"), (2**32, b"abc"), (2**32 + 3, b"defg"), (2**32 + 7, b"")]
-    assert contiguous_tail(pieces, 100) == (2**32, b"abcdefg")
-    assert contiguous_tail(pieces, 5) == (2**32 + 2, b"cdefg")
-    # A log gap (bytes not written) is a hole too: history starts after it.
-    assert contiguous_tail([(0, b"aa"), (5, b"bb")], 100) == (5, b"bb")
-    assert contiguous_tail([], 10) is None
+def test_index_records_keep_their_time_and_old_records_have_none() -> None:
+    record = IndexRecord(7, 0, 3, 3, 0, False, 1_796_170_000_123)
+    assert IndexRecord.parse(record.line()) == record
+    assert IndexRecord.parse(b"7 0 3 3 0 0") == IndexRecord(7, 0, 3, 3, 0, False, 0)  # an older version's
+
+
+def test_history_runs_keep_older_runs_at_their_offsets() -> None:
+    pieces = [
+        Piece(0, b"old run", 1000),
+        Piece(2**32, b"abc", 2000),
+        Piece(2**32 + 3, b"defg", 0),  # an older version's record: no time
+        Piece(2**32 + 7, b""),
+        Piece(2**32 + 9, b"hi", 3000),  # after a log gap of 2 bytes
+    ]
+    runs, times = history_runs(pieces, 100)
+    assert runs == [Piece(0, b"old run"), Piece(2**32, b"abcdefg"), Piece(2**32 + 9, b"hi")]
+    assert times == [(0, 1000), (2**32, 2000), (2**32 + 9, 3000)]
+    runs, times = history_runs(pieces, 5)  # the newest 5 bytes, across the gap
+    assert runs == [Piece(2**32 + 4, b"efg"), Piece(2**32 + 9, b"hi")] and times == [(2**32 + 9, 3000)]
+    runs, times = history_runs(pieces, 8)  # a cut piece keeps its time (its bytes came within the grain)
+    assert runs[0] == Piece(2**32 + 1, b"bcdefg") and times[0] == (2**32 + 1, 2000)
+    # Offsets going back (another stream's log): reading stops there.
+    assert history_runs([Piece(50, b"x"), Piece(10, b"yy")], 100)[0] == [Piece(10, b"yy")]
+    assert history_runs([], 10) == ([], [])
+
+
+def test_replay_pieces_count_back_across_holes() -> None:
+    pieces = [(0, b"a1\na2\nunfinished"), (100, b"b1\nb2\n"), (200, b"c1\n")]
+    # Lines: the unfinished line before a hole is a line; an unfinished last line is one too.
+    assert replay_pieces(pieces, 1000, 1) == [(200, b"c1\n")]
+    assert replay_pieces(pieces, 1000, 2) == [(103, b"b2\n"), (200, b"c1\n")]
+    assert replay_pieces(pieces, 1000, 4) == [(6, b"unfinished"), (100, b"b1\nb2\n"), (200, b"c1\n")]
+    assert replay_pieces(pieces, 1000, 99) == pieces
+    assert replay_pieces([(0, b"x\ny")], 1000, 1) == [(2, b"y")]
+    # replay_bytes still bounds a line replay (starting mid-line, like the ring's tail_lines).
+    assert replay_pieces(pieces, 8, 99) == [(101, b"1\nb2\n"), (200, b"c1\n")]
+    # Bytes: the newest max_bytes, from a line start where the window cuts a piece.
+    assert replay_pieces(pieces, 7, 0) == [(103, b"b2\n"), (200, b"c1\n")]
+    assert replay_pieces(pieces, 6, 0) == [(103, b"b2\n"), (200, b"c1\n")]  # already at a line start
+    assert replay_pieces(pieces, 9, 0) == [(100, b"b1\nb2\n"), (200, b"c1\n")]
+    assert replay_pieces(pieces, 15, 0) == [(100, b"b1\nb2\n"), (200, b"c1\n")]  # "nfinished" is no line
+    assert replay_pieces([(0, b""), (5, b"z\n")], 10, 0) == [(5, b"z\n")]
+
+
+def test_a_run_after_a_restart_starts_with_its_restart_line() -> None:
+    assert starts_with_restart_line(b"\r\n[serialmuxd] restart gap: serialmuxd restarted at ...")
+    assert not starts_with_restart_line(b"[serialmuxd] log gap: 4 bytes not written")
 
 
 def test_rotation_plan_shifts_oldest_first() -> None:
@@ -252,11 +295,22 @@ def test_history_reads_back_exact_offsets_across_rotations(tmp_path: Path, stamp
     _write_log(tmp_path / "vm1.log", [(2**32 + 27, b"two\r\n")], stamps=stamps, claim_more=50)
     history = load_history("vm1", settings, 1 << 20)
     assert history is not None
-    assert (history.start, history.data) == (2**32, b"second run, line one\r\nline two\r\n")
+    # Both runs, at their offsets; the record that claims more than the file holds is not served.
+    assert [(r.offset, r.data) for r in history.runs] == [
+        (0, b"first run\r\n"),
+        (2**32, b"second run, line one\r\nline two\r\n"),
+    ]
+    assert history.read(6, 100) == (6, b"run\r\n")  # a read stays within its run
+    assert history.read(11, 4) == (2**32, b"seco")  # one in the hole reads from the next run's start
     short = load_history("vm1", settings, 9)  # the newest 9 bytes, at their offsets
-    assert short is not None and short.data == history.data[-9:] and short.end == history.end
-    # A hole (a restart after a crash, a log gap) ends the history: only what came after it.
+    assert short is not None and short.runs[0].data == history.runs[-1].data[-9:]
+    assert (short.start, short.end) == (history.end - 9, history.end)
+    # A hole (a log gap, a restart after a crash) between the files: older runs are served too.
     _write_log(tmp_path / "vm1.log", [(2**32 + 40, b"two\r\n")], stamps=stamps)
     after_hole = load_history("vm1", settings, 1 << 20)
-    assert after_hole is not None and (after_hole.start, after_hole.data) == (2**32 + 40, b"two\r\n")
+    assert after_hole is not None and [r.offset for r in after_hole.runs] == [0, 2**32, 2**32 + 40]
+    assert after_hole.since(2**32 + 22) == [
+        Piece(2**32 + 22, b"line "),
+        Piece(2**32 + 40, b"two\r\n"),
+    ]
     assert load_history("other", settings, 100) is None
