@@ -12,8 +12,10 @@ import asyncio
 import gc
 import os
 import shlex
+import shutil
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
@@ -59,6 +61,22 @@ telnet = "127.0.0.1:{telnet_port}"
 telnet_readonly = "127.0.0.1:{telnet_port + 100}"
 replay_bytes = 4096
 {hypervisor}"""
+
+
+def client_command() -> str:
+    """How to run ``serialmux`` from this installation, to copy and paste: by name when that is the one
+    beside this Python, else that script's path (a virtualenv that is not activated, as under ./dev:
+    ``.venv/bin/serialmux`` from the checkout), else this Python running the client module."""
+    beside = Path(sys.executable).parent / "serialmux"
+    if not os.access(beside, os.X_OK):
+        return f"{shlex.quote(sys.executable)} -m serialmuxd.client"
+    found = shutil.which("serialmux")
+    if found is not None and Path(found).resolve() == beside.resolve():
+        return "serialmux"
+    try:
+        return shlex.quote(str(beside.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(beside))
 
 
 def _toml_str(value: str) -> str:
@@ -176,12 +194,16 @@ async def _demo(args: argparse.Namespace) -> int:
                 if vm is not None
                 else f"a shell on a PTY (exec backend: {shlex.quote(_DEMO_SHELL)}), running as you"
             )
+            url = f"http://{daemon.http_address[0]}:{daemon.http_address[1]}"
             print(
                 f"\nserialmuxd demo: console 'demo' is {what}\n"
+                "  loopback only, no authentication: every user of this machine can attach (it is a demo)\n"
                 f"  attach (read-write):  telnet {rw.host} {rw.tcp_port}\n"
                 f"  watch (read-only):    telnet {ro.host} {ro.tcp_port}\n"
-                f"  in a browser:         http://{daemon.http_address[0]}:{daemon.http_address[1]}/\n"
-                "  in the console:       Ctrl-E c ?  help,  Ctrl-E c .  detach\n"
+                "    telnet keys:        Ctrl-E c ?  help,  Ctrl-E c .  detach\n"
+                f"  with serialmux:       {client_command()} connect demo --url {url}\n"
+                "    serialmux keys:     ~?  help,  ~.  detach (at the start of a line)\n"
+                f"  in a browser:         {url}/console/demo\n"
                 f"  stop the daemon:      Ctrl-C here, or kill -TERM {os.getpid()}\n",
                 file=sys.stderr,
                 flush=True,

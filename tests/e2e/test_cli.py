@@ -159,14 +159,45 @@ async def test_readme_demo_command_gives_a_working_console() -> None:
     assert "./dev demo" in readme
     async with running_demo([str(ROOT / "dev"), "demo"], 120) as (banner, port, http_port):
         assert f"telnet 127.0.0.1 {port}".encode() in banner
-        assert f"http://127.0.0.1:{http_port}/".encode() in banner
+        assert f"http://127.0.0.1:{http_port}/console/demo".encode() in banner
+        assert f"serialmux connect demo --url http://127.0.0.1:{http_port}\n".encode() in banner
+        assert b"loopback only, no authentication" in banner
         client = await TcpClient.connect("127.0.0.1", port)
         await client.expect(b"you have write access")
         await client.send(b"echo demo-$((40+2))\r\n")  # Enter as a telnet client sends it
         await client.expect(re.compile(rb"demo-42"))
         await client.close()
-        page = await asyncio.to_thread(_http_get, f"http://127.0.0.1:{http_port}/")
+        page = await asyncio.to_thread(_http_get, f"http://127.0.0.1:{http_port}/console/demo")
         assert b"<html" in page.lower()
+
+
+@pytest.mark.asyncio
+async def test_the_demo_banners_serialmux_command_attaches() -> None:
+    """The banner's serialmux line, run as printed (in a shell, in a real pseudo-terminal) against the
+    demo it came from: the guest's shell answers, and ~. detaches with exit 0."""
+    import pexpect
+
+    async with running_demo([*SERIALMUXD, "demo"], 60) as (banner, _, http_port):
+        found = re.search(rb"with serialmux: +(.+ connect demo --url (\S+))\n", banner)
+        assert found is not None, banner
+        command, url = found.group(1).decode(), found.group(2).decode()
+        assert url == f"http://127.0.0.1:{http_port}"
+
+        def session() -> int:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("SERIALMUX_")}
+            child = pexpect.spawn("/bin/sh", ["-c", command], env=env, timeout=20, dimensions=(24, 80))
+            try:
+                child.expect_exact(b"you have write access")
+                child.send(b"echo demo-via-$((6*7))\r")
+                child.expect_exact(b"demo-via-42")
+                child.expect(rb"[$#] ")  # the guest shell's prompt after the command (# as root)
+                child.send(b"~.")
+                child.expect(pexpect.EOF)
+            finally:
+                child.close()
+            return int(child.exitstatus if child.exitstatus is not None else -1)
+
+        assert await asyncio.to_thread(session) == 0
 
 
 def _http_get(url: str, data: bytes | None = None) -> bytes:
