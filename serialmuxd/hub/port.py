@@ -336,8 +336,11 @@ class PortHub(DeviceListener, LineRequests):
         """The timeline, with the persisted history's times first (bounded like any: max_samples)."""
         if history is None:
             return Timeline(self.ring.end, max_samples=max_samples_for(ring_bytes))
-        timeline = Timeline(history.start, max_samples=max_samples_for(ring_bytes))
         times = history.times
+        # Times are known from the first timed record on (an older version's index has none): the
+        # recording's X-Recording-Timed-From says so, and the bytes before it play at once.
+        first = times[0][0] if times else start_offset
+        timeline = Timeline(first, max_samples=max_samples_for(ring_bytes))
         for i, (offset, at) in enumerate(times):
             upto = times[i + 1][0] if i + 1 < len(times) else history.end
             timeline.record(offset, upto - offset, at)  # a hole's offsets take the time before it
