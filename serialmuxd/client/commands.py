@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Any
 
+from .. import __version__
 from .errors import ClientError, Exit
 from .http import Api
 from .lines import StatusLines, write_all
@@ -153,12 +154,34 @@ async def enable(args: argparse.Namespace, api: Api) -> int:
     return Exit.OK
 
 
+async def daemon_version(api: Api) -> str | None:
+    """The daemon's version, from its OpenAPI document (``info.version``; served to everyone, like
+    /healthz), or None if it does not say (an older or a different server)."""
+    try:
+        document = await api.request("GET", "/api/v1/openapi.json", "API description")
+    except ClientError:
+        return None
+    info = document.get("info") if isinstance(document, dict) else None
+    version = info.get("version") if isinstance(info, dict) else None
+    return version if isinstance(version, str) and version else None
+
+
+def version_line(base: str, health: str, version: str | None) -> list[str]:
+    """The first line of ``status``, and a second one when the daemon's version is not the client's."""
+    if version is None:
+        return [f"serialmuxd at {base}: {health}"]
+    lines = [f"serialmuxd {version} at {base}: {health}"]
+    if version != __version__:
+        lines.append(f"  (this client is serialmux {__version__})")
+    return lines
+
+
 async def status(args: argparse.Namespace, api: Api) -> int:
     health = await api.request("GET", "/healthz", "health check")
     listing = await api.request("GET", "/api/v1/ports", "list consoles")
     states = health.get("states", {}) if isinstance(health, dict) else {}
     counts = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none"
-    lines = [f"serialmuxd at {api.base}: {health.get('status', '?')}"]
+    lines = version_line(api.base, str(health.get("status", "?")), await daemon_version(api))
     visible = listing.get("ports", []) if isinstance(listing, dict) else []
     lines.append(f"consoles: {health.get('ports', '?')} ({counts}); you may see {len(visible)}")
     try:

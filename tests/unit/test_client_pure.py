@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from serialmuxd.client.commands import ports_table
+from serialmuxd import __version__
+from serialmuxd.client.commands import ports_table, version_line
 from serialmuxd.client.connect import attach_mode
 from serialmuxd.client.errors import CODE_EXITS, ClientError, Exit, api_error, exit_for
 from serialmuxd.client.escape import hint_text
@@ -262,6 +263,15 @@ def test_attach_mode() -> None:
         attach_mode(False, False, "alice", None)[1]
         == "alice is writing; you are read-only (connect --force takes over)"
     )
+
+
+def test_status_names_the_daemons_version_and_a_mismatch() -> None:
+    assert version_line("http://h:1", "ok", __version__) == [f"serialmuxd {__version__} at http://h:1: ok"]
+    assert version_line("http://h:1", "ok", "9.9.9") == [
+        "serialmuxd 9.9.9 at http://h:1: ok",
+        f"  (this client is serialmux {__version__})",
+    ]
+    assert version_line("http://h:1", "ok", None) == ["serialmuxd at http://h:1: ok"]  # it does not say
 
 
 def test_notice_hints_in_this_clients_words() -> None:
