@@ -159,7 +159,9 @@ def openapi_document() -> dict[str, Any]:
             "get": _op(
                 "WebSocket console. Binary frames: console bytes both ways. Text frames: JSON control "
                 "messages (client: resize, break, take_over, read_only, answer_takeover, key, sysrq, who, "
-                "ping) and events (server: hello, notice{kind}, closing, pong). Close codes: 4000 evicted, "
+                "ping) and events (server: hello, notice{kind, text, hint?}, closing, pong; "
+                "hint: take_over). "
+                "Close codes: 4000 evicted, "
                 "4001 disabled, 4002 bad message, 4003 fell behind, 4005 denied, 4006 too many sessions, "
                 "1001 shutdown, 1002 protocol error, 1009 message too big.",
                 ok="101 Switching Protocols",
