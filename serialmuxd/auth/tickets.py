@@ -30,6 +30,7 @@ import enum
 import hashlib
 import secrets
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..core.access import Identity
@@ -165,7 +166,12 @@ class TicketBook:
     def revoke_session(self, web_session_key: str) -> int:
         """The signed-in session with this key ended: its outstanding tickets are refused from now on
         (``SESSION_ENDED``).  Returns how many there were."""
-        mine = [key for key, t in self._outstanding.items() if t.web_session_key == web_session_key]
+        return self.revoke_where(lambda ticket: ticket.web_session_key == web_session_key)
+
+    def revoke_where(self, ended: Callable[[Ticket], bool]) -> int:
+        """Refuse from now on (``SESSION_ENDED``) the outstanding tickets ``ended`` is true for (a reload
+        withdrew the credential the request that asked for them was authenticated by)."""
+        mine = [key for key, t in self._outstanding.items() if ended(t)]
         for key in mine:
             self._revoked[key] = self._outstanding.pop(key)
         while len(self._revoked) > self.max_total:

@@ -404,7 +404,7 @@ class Reloader:
 
         http = daemon.http_frontend
         if http is not None:
-            http.end_sign_ins(sessions=counted(web), websockets=counted(consoles))
+            http.end_sign_ins(sessions=counted(web), websockets=counted(consoles), tickets=gone.reason)
         console = counted(consoles)
         for hub in daemon.hubs.values():
             # WebSockets were the HTTP front end's (their hub identity says session or ticket).

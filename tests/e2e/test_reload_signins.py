@@ -199,6 +199,12 @@ async def test_removed_user_changed_password_and_removed_token_end_their_session
                 ticket = (await resp.json())["ticket"]
             sockets["bob"] = await http.ws_connect(f"{url}&ticket={ticket}")  # as the serialmux client does
             sockets["ci"] = await http.ws_connect(url, headers={"Authorization": f"Bearer {token}"})
+            async with http.post(
+                f"{base}/api/v1/ports/vm1/ticket",
+                json={"mode": "ro"},
+                headers={"Authorization": f"Bearer {token}"},
+            ) as resp:
+                ci_ticket = (await resp.json())["ticket"]  # kept for after the reload
             logins = {name: await login(daemon, name.encode(), f"pw-{name}".encode()) for name in hashes}
             bob_ssh = await ssh.attach(bob_key)
             for ws in sockets.values():
@@ -226,6 +232,12 @@ async def test_removed_user_changed_password_and_removed_token_end_their_session
             await bob_ssh.expect(f"disconnected: {bob_gone}".encode())
             await eventually(lambda: bob_ssh.proc.poll() is not None, "bob's ssh ended")
             assert await status(http, base, bob_cookie) == 401
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:  # the token's ticket went with it
+                await http.ws_connect(f"{url}&ticket={ci_ticket}")
+            assert refused.value.status == 401
+            (ticket_refused,) = audited(tmp_path, "ticket_refused")
+            assert ticket_refused["user"] == "ci"
+            assert ticket_refused["reason"] == "the sign-in it was issued from has ended"
             assert await status(http, base, cookies["carol"][0]) == 401
 
             # alice: her page session, her WebSocket and her login all carry on.

@@ -51,6 +51,9 @@ def test_tickets_of_an_ended_session_are_refused_as_such() -> None:
     assert outcome.refusal is TicketRefusal.SESSION_ENDED and outcome.ticket is not None
     assert book.redeem(value, "vm1", "ro", 1).refusal is TicketRefusal.REPLAYED
     assert book.redeem(other, "vm1", "ro", 1).ok
+    third, _ = book.issue(who("b", "token"), "vm1", "ro", 2)
+    assert book.revoke_where(lambda ticket: ticket.identity.user == "b") == 1
+    assert book.redeem(third, "vm1", "ro", 3).refusal is TicketRefusal.SESSION_ENDED
 
 
 def test_what_a_reload_withdraws() -> None:

@@ -117,11 +117,13 @@ class HttpFrontend:
         host, port = runner.addresses[0][:2]
         return str(host), int(port)
 
-    def end_sign_ins(self, *, sessions: signins.Reason, websockets: signins.Reason) -> tuple[int, int]:
-        """A reload withdrew credentials: end the page sessions and close the WebSockets (not opened under
-        a page session) whose credential ``sessions`` or ``websockets`` gives a reason for; returns how
-        many of each (a session's own WebSockets are counted with the WebSockets)."""
-        return self._app[signins.SIGNINS_KEY].end_where(sessions, websockets)
+    def end_sign_ins(
+        self, *, sessions: signins.Reason, websockets: signins.Reason, tickets: signins.Reason
+    ) -> tuple[int, int]:
+        """A reload withdrew credentials: end the page sessions, close the WebSockets (not opened under a
+        page session) and refuse the tickets whose credential ``sessions``, ``websockets`` or ``tickets``
+        gives a reason for; returns how many sessions and WebSockets (a session's own included) ended."""
+        return self._app[signins.SIGNINS_KEY].end_where(sessions, websockets, tickets)
 
     async def stop(self) -> None:
         """Close WebSockets (on_shutdown), then the listener and connections."""

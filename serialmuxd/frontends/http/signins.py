@@ -26,6 +26,7 @@ import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import structlog
 from aiohttp import web
 
 from ...auth.tickets import TicketBook
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
     from .ws import WsConnection
 
 SWEEP_MAX_S = 30.0  # the longest the expiry timer sleeps (a session created meanwhile has a later deadline)
+SWEEP_MIN_S = 0.01  # and the shortest: a deadline that float rounding puts a hair early never spins it
+
+log = structlog.get_logger("serialmuxd.http")
 
 Reason = Callable[[Identity], str | None]
 
@@ -111,12 +115,18 @@ class SignIns:
             reason=why,
         )
 
-    def end_where(self, sessions_why: Reason, sockets_why: Reason) -> tuple[int, int]:
-        """End the page sessions whose sign-in ``sessions_why`` gives a reason for, and close the other
-        WebSockets whose credential ``sockets_why`` gives one for; returns how many sessions ended and how
-        many WebSockets closed (a session's own WebSockets are counted with the WebSockets)."""
+    def end_where(
+        self, sessions_why: Reason, sockets_why: Reason, tickets_why: Reason | None = None
+    ) -> tuple[int, int]:
+        """End the page sessions whose sign-in ``sessions_why`` gives a reason for, close the other
+        WebSockets whose credential ``sockets_why`` gives one for, and refuse the outstanding tickets
+        whose requester's credential ``tickets_why`` (default: ``sockets_why``) gives one for; returns how
+        many sessions ended and how many WebSockets closed (a session's own WebSockets included)."""
         start = self.closed_total
         sessions = len(self._store.revoke_where(sessions_why))  # _ended closes their WebSockets
+        # Tickets issued to a request authenticated by the withdrawn credential itself (Basic, a token).
+        tickets = tickets_why or sockets_why
+        self._tickets.revoke_where(lambda ticket: tickets(ticket.identity) is not None)
         for conn, credential in list(self._credentials.items()):
             if conn in self._sessions or conn.close_code is not None:
                 continue  # a session's WebSocket follows its session (which was kept)
@@ -133,9 +143,12 @@ class SignIns:
         cap = min(SWEEP_MAX_S, store.idle_s, store.max_s)
         while True:
             deadline = store.next_deadline()
-            delay = cap if deadline is None else min(cap, max(deadline - self._clock(), 0.0))
+            delay = cap if deadline is None else min(cap, max(deadline - self._clock(), SWEEP_MIN_S))
             await asyncio.sleep(delay)
-            store.prune(self._clock())
+            try:
+                store.prune(self._clock())
+            except Exception:  # a bug in closing what a session opened must not stop expiry for good
+                log.exception("session_expiry_failed")
 
 
 SIGNINS_KEY: web.AppKey[SignIns] = web.AppKey("sign_ins", SignIns)
