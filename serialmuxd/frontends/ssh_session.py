@@ -187,7 +187,7 @@ class SshConsoleSession(CommandRunner, asyncssh.SSHServerSession[bytes]):
             self._chan.write(data)
 
     def send_notice(self, notice: Notice) -> None:
-        self._write_line(notice_line(notice, functools.partial(escape_hint, self.console.config.escape)))
+        self._write_line(notice_line(notice, functools.partial(escape_hint, self.escape.prefix)))
         if notice.kind is NoticeKind.ASKED:
             self._asked = True
             self._write_line("press y to hand over now, n to keep writing")
@@ -274,7 +274,7 @@ class SshConsoleSession(CommandRunner, asyncssh.SSHServerSession[bytes]):
             self._write_help()
 
     def _write_help(self) -> None:
-        prefix = esc.parse_escape_key(self.console.config.escape)
+        prefix = self.escape.prefix  # the keys this session has (a reload may have changed the port's)
         if prefix is not None:
             for line in esc.help_text(prefix):
                 self._write_line(line)

@@ -59,10 +59,9 @@ def peer_text(peer: object) -> str:
     return str(peer)
 
 
-def escape_hint(escape: str, hint: Hint) -> str | None:
-    """The keys that do what ``hint`` suggests under the port's ``escape`` setting ("Ctrl-E c f"), read
-    when the notice is written (a reload may have changed it); None when escape keys are off."""
-    prefix = esc.parse_escape_key(escape)
+def escape_hint(prefix: int | None, hint: Hint) -> str | None:
+    """The keys that do what ``hint`` suggests with the session's escape ``prefix`` ("Ctrl-E c f"); None
+    when escape keys are off."""
     return None if prefix is None else esc.command_keys(prefix, _HINT_COMMANDS[hint])
 
 
@@ -208,7 +207,7 @@ class TelnetConnection(asyncio.Protocol):
         self.transport.write(data if self.codec is None else self.codec.encode(data))
 
     def send_notice(self, notice: Notice) -> None:
-        self._write_line(notice_line(notice, functools.partial(escape_hint, self.hub.config.escape)))
+        self._write_line(notice_line(notice, functools.partial(escape_hint, self.escape.prefix)))
         if notice.kind is NoticeKind.ASKED:
             self._asked = True  # the next y or n typed answers (see _answer_takeover)
             self._write_line("press y to hand over now, n to keep writing")
@@ -321,7 +320,7 @@ class TelnetConnection(asyncio.Protocol):
         task.add_done_callback(self._actions.discard)
 
     def _write_help(self) -> None:
-        prefix = esc.parse_escape_key(self.hub.config.escape)
+        prefix = self.escape.prefix  # the keys this session has (a reload may have changed the port's)
         if prefix is not None:
             for line in esc.help_text(prefix):
                 self._write_line(line)

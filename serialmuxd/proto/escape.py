@@ -204,6 +204,12 @@ class EscapeParser:
         """``IDLE`` unless part of an escape sequence is held back."""
         return self._state
 
+    @property
+    def prefix(self) -> int | None:
+        """The prefix byte this parser acts on (None: escapes off), which help and hints must name: a
+        reload that changes the port's ``escape`` applies to sessions that attach afterwards."""
+        return self._prefix
+
     def feed(self, data: bytes) -> list[EscapeEvent]:
         """Input bytes → events, in order.  Adjacent guest bytes come as one ``PassThrough``."""
         if not data:

@@ -9,11 +9,15 @@ test_browser)."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import aiohttp
 import pytest
 
 from serialmuxd.daemon import Daemon
 
+from .reload_support import daemon_process
 from .support import TcpClient, running_daemon
 from .test_http import WsClient
 
@@ -96,3 +100,51 @@ async def test_websocket_gets_the_hint_as_a_field_and_no_telnet_words() -> None:
         await ws.ws.send_json({"type": "take_over"})
         await ws.wait_for(lambda: ws.kinds().count("write_granted") == 2, "write access again")
         await ws.ws.close()
+
+
+def _reloadable(tmp: Path, escape: str) -> str:
+    return f"""
+[daemon]
+state_dir = "{tmp / "state"}"
+log_format = "json"
+
+[[ports]]
+name = "vm"
+device = "exec:/bin/cat"
+telnet = "127.0.0.1:0"
+escape = "{escape}"
+"""
+
+
+async def _read_only_then_type(client: TcpClient, prefix: bytes) -> bytes:
+    """Become read-only with the escape keys, type, and return the notice's hint."""
+    mark = len(client.buffer)
+    await client.send(prefix + b"cr")
+    await client.expect(b"you are now read-only", start=mark)
+    mark = len(client.buffer)
+    await client.send(b"typed while read-only\r")
+    found = await client.expect(re.compile(NOT_SENT + rb"( \(.*\))?\r\n"), start=mark)
+    return bytes(found.group(1) or b"")
+
+
+async def test_after_a_reload_each_session_is_told_the_keys_it_has(tmp_path: Path) -> None:
+    """``escape`` applies to sessions that attach after a reload; a session attached before keeps its
+    keys, and the hint (and help) name those, not the port's new ones."""
+    config = tmp_path / "serialmuxd.toml"
+    config.write_text(_reloadable(tmp_path, "^E"))
+    async with daemon_process(config) as daemon:
+        before = await daemon.connect("vm", "telnet")
+        await before.expect(b"you have write access")
+        config.write_text(_reloadable(tmp_path, "^]"))
+        await daemon.reload()
+        assert await _read_only_then_type(before, b"\x05") == b" (Ctrl-E c f takes over)"
+        after = await daemon.connect("vm", "telnet")
+        await after.expect(b"you have write access")
+        assert await _read_only_then_type(after, b"\x1d") == b" (Ctrl-] c f takes over)"
+        mark = len(before.buffer)
+        await before.send(b"\x05c?")  # the help agrees
+        await before.expect(b"Ctrl-E c f  take over writing (force)", start=mark)
+        await before.send(b"\x05cf")  # and the keys named work
+        await before.expect(b"you have write access", start=mark)
+        for client in (before, after):
+            await client.close()

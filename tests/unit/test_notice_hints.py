@@ -18,16 +18,16 @@ def test_notice_line_adds_the_front_ends_keys_only_to_hinted_notices() -> None:
     assert notice_line(plain, lambda hint: "never asked") == "you are now read-only"
 
 
-def test_escape_hint_follows_the_ports_escape_setting() -> None:
-    assert escape_hint("^E", Hint.TAKE_OVER) == "Ctrl-E c f"
-    assert escape_hint("^]", Hint.TAKE_OVER) == "Ctrl-] c f"
-    assert escape_hint("", Hint.TAKE_OVER) is None  # escape keys off: nothing to type
+def test_escape_hint_names_the_sessions_escape_keys() -> None:
+    assert escape_hint(esc.EscapeParser(esc.parse_escape_key("^E")).prefix, Hint.TAKE_OVER) == "Ctrl-E c f"
+    assert escape_hint(esc.EscapeParser(esc.parse_escape_key("^]")).prefix, Hint.TAKE_OVER) == "Ctrl-] c f"
+    assert escape_hint(esc.EscapeParser(esc.parse_escape_key("")).prefix, Hint.TAKE_OVER) is None  # off
     # The keys come from the command table, so the help text and the hint cannot disagree.
-    assert f"{escape_hint('^E', Hint.TAKE_OVER)}  take over writing (force)" in esc.help_text(0x05)
+    assert f"{escape_hint(0x05, Hint.TAKE_OVER)}  take over writing (force)" in esc.help_text(0x05)
     assert esc.command_keys(0x1D, esc.Command.DETACH) == "Ctrl-] c ."
 
 
 def test_every_hint_has_words_and_escape_keys() -> None:
     for hint in Hint:
-        assert escape_hint("^E", hint) is not None
+        assert escape_hint(0x05, hint) is not None
         assert notice_line(Notice(NoticeKind.INFO, "x", hint=hint), lambda _: "K").startswith("x (K ")
