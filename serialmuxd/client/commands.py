@@ -102,6 +102,12 @@ async def log(args: argparse.Namespace, api: Api) -> int:
         if offset is not None:
             params["from"] = str(offset)
         data, headers = await api.raw(Api.port_path(name, "scrollback"), f"scrollback of {name}", **params)
+        served = int(headers.get("X-Scrollback-Offset", "0"))
+        if offset is not None and served > offset:
+            # A hole (a console-log gap or a restart in the persisted history, or bytes the ring no
+            # longer holds): the daemon goes on at the next byte it has; say how much is not there.
+            gap = served - offset
+            StatusLines(raw=False).show(f"{gap} bytes from offset {offset} are not in the scrollback")
         if args.raw:
             write_all(sys.stdout.fileno(), data)
         else:

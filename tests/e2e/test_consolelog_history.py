@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import termios
 import time
 from pathlib import Path
@@ -336,3 +337,25 @@ async def test_a_log_gap_in_the_history_is_told_as_missed_bytes(tmp_path: Path) 
             written = data[len(before) : -len(after)]
             assert full.startswith(written) and len(written) + lost == len(full)
             await ws.ws.close()
+            # serialmux log (no --follow) prints the same bytes and says, on stderr, how many are missing.
+            client = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "serialmuxd.client",
+                "--url",
+                "http://{}:{}".format(*daemon.http_address),
+                "log",
+                "p1",
+                "--from",
+                "0",
+                "--raw",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await asyncio.wait_for(client.communicate(), 60)
+            assert client.returncode == 0, err
+            assert out.startswith(before + written) and after in out
+            gap = (
+                f"[serialmux] {lost} bytes from offset {len(before) + len(written)} are not in the scrollback"
+            )
+            assert gap.encode() in err.splitlines(), err
