@@ -124,8 +124,11 @@ def throughput(target: Target, stream: Stream, *, telnet: bool, ws: bool = False
         writer.go()
         _pump(endpoints, [receiver], lambda: receiver.in_payload, target, "the GO line")
         cpu0 = _cpu(target)
-        _pump(endpoints, [receiver], lambda: receiver.done, target, "the payload")
+        # An in-band notice in the payload: the daemon skipped this (slow) reader ahead; it cannot be done.
+        _pump(endpoints, [receiver], lambda: receiver.done or receiver.notices > 0, target, "the payload")
         cpu1 = _cpu(target)
+        if not receiver.done:
+            raise BenchError(f"the client fell behind: {receiver.describe_failure()}")
         seconds = receiver.t_done - receiver.t_go
         mib = len(stream.data) / MIB
         return {
@@ -424,11 +427,25 @@ def _ws_abs_check(
     return True, missed, ""
 
 
-def fanout_ws(target: Target, stream: Stream, viewers: int, slow: int) -> Metrics:
+def _missed(ep: WsEndpoint) -> int:
+    """Bytes the daemon said this WebSocket viewer missed (its ``missed`` notices)."""
+    total = 0
+    for _, event in ep.events:
+        count = event.get("missed")
+        if event.get("type") == "notice" and event.get("kind") == "missed" and isinstance(count, int):
+            total += count
+    return total
+
+
+def fanout_ws(
+    target: Target, stream: Stream, viewers: int, slow: int, rate_bytes_per_s: float | None = None
+) -> Metrics:
     """Guest -> ``viewers`` WebSocket viewers at the daemon's default per-session buffer: the fast ones
     (read all the time) must be byte-exact; ``slow`` of them read nothing until the fast ones are done, so
     they fall behind the buffer and must be resynced: every byte they get at its right offset and the
-    ``missed`` notices' counts closing every gap exactly."""
+    ``missed`` notices' counts closing every gap exactly.  ``rate_bytes_per_s`` paces the guest so that the
+    bench's one thread can keep up with every fast viewer at the default buffer (the daemon does not slow
+    the guest for a slow reader: unpaced, the bench itself would be one)."""
     daemon = _ws_target(target)
     pty = Pty.open()
     fast_eps: list[WsEndpoint] = []
@@ -454,13 +471,24 @@ def fanout_ws(target: Target, stream: Stream, viewers: int, slow: int) -> Metric
             return data
 
         fast_eps[0].recv = tapped  # type: ignore[method-assign]
-        writer = GuestWriter(pty.master, stream)
+        writer = GuestWriter(pty.master, stream, rate_bytes_per_s=rate_bytes_per_s)
         _pump(fast_eps, receivers, lambda: all(r.saw_sync for r in receivers), target, "SYNC on every viewer")
         writer.go()
         _pump(fast_eps, receivers, lambda: any(r.in_payload for r in receivers), target, "the GO line")
         cpu0 = _cpu(target)
-        _pump(fast_eps, receivers, lambda: all(r.done for r in receivers), target, "every viewer's payload")
+
+        def finished() -> bool:  # done, or skipped ahead (then it can never be done: counted as inexact)
+            return all(r.done or _missed(ep) for r, ep in zip(receivers, fast_eps, strict=True))
+
+        _pump(fast_eps, receivers, finished, target, "every viewer's payload")
         cpu1 = _cpu(target)
+        skipped = [i for i, ep in enumerate(fast_eps) if _missed(ep)]
+        if skipped:
+            i = skipped[0]
+            raise BenchError(
+                f"{len(skipped)} of {len(fast_eps)} fast viewers fell behind and were skipped ahead (viewer "
+                f"{i}: {receivers[i].describe_failure()}, missed {_missed(fast_eps[i])})"
+            )
         t_go = min(r.t_go for r in receivers)
         t_done = max(r.t_done for r in receivers)
         first = fast_eps[0]
@@ -474,12 +502,7 @@ def fanout_ws(target: Target, stream: Stream, viewers: int, slow: int) -> Metric
 
         def accounted(i: int) -> int:
             ep = slow_eps[i]
-            missed = 0
-            for _, e in ep.events:
-                count = e.get("missed")
-                if e.get("type") == "notice" and e.get("kind") == "missed" and isinstance(count, int):
-                    missed += count
-            return _hello_offset(ep) + ep.received + missed
+            return _hello_offset(ep) + ep.received + _missed(ep)
 
         pending = set(range(len(slow_eps)))
         while pending and time.perf_counter() < deadline:
@@ -511,6 +534,7 @@ def fanout_ws(target: Target, stream: Stream, viewers: int, slow: int) -> Metric
             "mib_per_viewer": len(stream.data) / MIB,
             "seconds": t_done - t_go,
             "aggregate_mib_s": delivered_mib / (t_done - t_go),
+            "guest_rate_mib_s": None if rate_bytes_per_s is None else rate_bytes_per_s / MIB,
             "cpu_s_per_mib_delivered": None
             if cpu0 is None or cpu1 is None
             else (cpu1 - cpu0) / delivered_mib,

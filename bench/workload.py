@@ -152,23 +152,37 @@ def drain(fd: int) -> int:
 # -- the guest writer (a separate process, so the bench's own GIL never paces the guest) ---------------------
 
 
-def _guest_writer_main(master: int, control: int, go_marker: bytes, data: bytes) -> None:
+def _guest_writer_main(
+    master: int, control: int, go_marker: bytes, data: bytes, rate_bytes_per_s: float | None
+) -> None:
     os.set_blocking(master, True)
     while not wait_readable(control, _SYNC_INTERVAL_S):
         write_all(master, SYNC_MARKER)
     write_all(master, go_marker)
-    write_all(master, data)
+    if rate_bytes_per_s is None:
+        write_all(master, data)
+        return
+    start = time.perf_counter()
+    view = memoryview(data)
+    for offset in range(0, len(data), _WRITE_CHUNK):
+        due = start + offset / rate_bytes_per_s
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        write_all(master, view[offset : offset + _WRITE_CHUNK])
 
 
 class GuestWriter:
     """Writes ``SYNC`` lines until ``go()``, then the ``GO`` marker and the payload, then exits."""
 
-    def __init__(self, master: int, stream: Stream) -> None:
+    def __init__(self, master: int, stream: Stream, rate_bytes_per_s: float | None = None) -> None:
+        """``rate_bytes_per_s``: pace the payload (64 KiB writes on a schedule) instead of writing it at
+        once."""
         self._control_r, self._control_w = os.pipe()
         context = multiprocessing.get_context("fork")
         self._process = context.Process(
             target=_guest_writer_main,
-            args=(master, self._control_r, stream.go_marker, stream.data),
+            args=(master, self._control_r, stream.go_marker, stream.data, rate_bytes_per_s),
             name="bench-guest-writer",
             daemon=True,
         )
