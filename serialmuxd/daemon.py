@@ -30,6 +30,7 @@ from .devices.program import hide_from_programs
 from .errors import StartupError
 from .frontends.telnet import start_listener
 from .hub import PortHub, RefusalKind, Refused
+from .hub.health import warm_matchers
 from .obs.audit import AuditLog
 from .obs.consolelog import ConsoleLogWriter, History, load_history, prepare_dir
 from .obs.metrics import metrics_registry
@@ -213,6 +214,8 @@ class Daemon:
         for key, reason in self.config.warnings:
             log.warning("config_deprecated", file=self.config.source, key=key, reason=reason)
         self.state = self._store.load()
+        # Hyperscan databases of the guest-health matchers, compiled off the loop (hub/health.py).
+        await asyncio.to_thread(warm_matchers, self.config.ports, self.config.alerts.patterns)
         self._build_hubs()
         # From here until a clean stop the saved offsets are floors, not exact ends (a SIGKILL keeps them).
         self.state.clean_stop = False

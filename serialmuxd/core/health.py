@@ -194,6 +194,18 @@ def compile_pattern(pattern: HealthPattern) -> re.Pattern[str]:
     return re.compile(pattern.regex)
 
 
+def prefilter_triggers(patterns: Iterable[HealthPattern]) -> tuple[bytes, ...] | None:
+    """The pre-filter's literals for ``patterns``: ``None`` when one pattern has none (every line is then
+    searched), ``()`` when there are no patterns.  Also the key of the Hyperscan database they compile to."""
+    triggers: list[bytes] = []
+    for pattern in patterns:
+        found = pattern.triggers if pattern.triggers is not None else _derive_triggers(pattern.regex)
+        if not found:
+            return None
+        triggers.extend(found)
+    return tuple(dict.fromkeys(triggers))
+
+
 class HealthMatcher:
     """Line reassembly, cleaning and matching for one port's output stream.  See the module docstring."""
 
@@ -220,15 +232,8 @@ class HealthMatcher:
             raise ValueError(f"max_line_bytes must be at least 64, got {max_line_bytes}")
         patterns = tuple(patterns)
         self._patterns = tuple(_Compiled(p.kind, compile_pattern(p)) for p in patterns)
-        triggers: list[bytes] = []
-        prefilter = True
-        for pattern in patterns:
-            found = pattern.triggers if pattern.triggers is not None else _derive_triggers(pattern.regex)
-            if not found:
-                prefilter = False
-            triggers.extend(found)
         # None: no pre-filter, every line is searched.  () : there are no patterns, nothing ever matches.
-        self._triggers: tuple[bytes, ...] | None = tuple(dict.fromkeys(triggers)) if prefilter else None
+        self._triggers = prefilter_triggers(patterns)
         # How far back into the unfinished line a trigger may start and still end in the new chunk.
         self._reach = max((len(t) for t in self._triggers or ()), default=1) - 1
         self._max_line = max_line_bytes

@@ -15,10 +15,14 @@ exactly).  In stream mode Hyperscan carries its state from one chunk to the next
 reads, or across the unfinished line and the new chunk, is reported in the chunk where it ends, with its
 end offset: the matcher uses that to know whether the unfinished line holds a trigger.
 
-Costs: one database per distinct trigger set, compiled once per process (~0.3 s for the shipped set, cached
-here); 23 bytes of stream state per port.  The binding (python-hyperscan 0.9) keeps *borrowed* references
-to the database and to the match handler, so the database lives in the module cache for the process's life,
-the handler is a module function, and each stream is closed explicitly by its owner (``close``).
+Costs: one database per distinct trigger set, compiled once per process (~0.3 s for the shipped set, 0.3-0.6
+s for a port's own set) and kept in this module's cache; 23 bytes of stream state per port.  Compiling holds
+the CPU that long, so the daemon compiles every set its configuration needs with ``warm`` in a worker
+thread, before the hubs that use them are built (at start and in a reload's preparation): building a
+matcher on the event loop then only looks the database up.  The binding (python-hyperscan 0.9) keeps
+*borrowed* references to the database and to the match handler, so the cache holds every database for the
+process's life (the sets are bounded by the configuration), the handler is a module function, and each
+stream is closed explicitly by its owner (``close``).
 
 Pure computation: no I/O, clock or logging.  Absent Hyperscan (not installed, a CPU without SSSE3, an
 architecture without wheels), ``available()`` is false and the matcher uses its portable pre-filter.
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable
 from typing import Any
 
 try:  # optional: pip install 'serialmuxd[fast]'
@@ -54,7 +59,7 @@ def tolerant_expression(trigger: bytes) -> bytes:
     return _REMOVABLE.join(re.escape(bytes([byte])) for byte in trigger)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.cache
 def _database(triggers: tuple[bytes, ...]) -> Any:
     """The compiled stream database for a trigger set; kept for the process (streams borrow it)."""
     assert _hs is not None
@@ -63,6 +68,16 @@ def _database(triggers: tuple[bytes, ...]) -> Any:
     # No SINGLEMATCH: in stream mode it would report each trigger once per stream, not once per line.
     database.compile(expressions=expressions, ids=list(range(len(expressions))), flags=[0] * len(expressions))
     return database
+
+
+def warm(trigger_sets: Iterable[tuple[bytes, ...]]) -> None:
+    """Compile the databases of these trigger sets now (call it in a worker thread): the matchers built
+    afterwards on the event loop find them in the cache.  A no-op without Hyperscan."""
+    if _hs is None:
+        return
+    for triggers in trigger_sets:
+        if triggers:
+            _database(triggers)
 
 
 def _record(_id: int, _start: int, end: int, _flags: int, owner: StreamFilter) -> None:

@@ -15,12 +15,19 @@ reported event carries ``suppressed`` (how many were not reported before it).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import structlog
 
 from ..config import PortConfig
-from ..core.health import HealthEvent, HealthMatcher, HealthPattern, effective_patterns
+from ..core import health_accel
+from ..core.health import (
+    HealthEvent,
+    HealthMatcher,
+    HealthPattern,
+    effective_patterns,
+    prefilter_triggers,
+)
 from ..obs.audit import AuditFn, escape_text
 from .notices import Notice, NoticeKind
 
@@ -33,10 +40,25 @@ NOTICE_LINE_CHARS = 200  # the notice repeats the guest's line for people: cut, 
 AlertFn = Callable[[str, HealthEvent, float], None]  # (console, event, wall time)
 
 
+def warm_matchers(ports: Iterable[PortConfig], alert_patterns: Sequence[HealthPattern]) -> None:
+    """Compile the Hyperscan databases the ports' matchers will use (``GuestHealth`` builds one from the
+    port's own patterns, ``configure`` one with the [alerts] patterns too), so that building hubs on the
+    event loop compiles nothing.  Blocking for up to a second per distinct set: call it in a worker thread
+    (start-up runs it before the hubs are built, a reload while it prepares)."""
+    sets: set[tuple[bytes, ...]] = set()
+    for port in ports:  # also ports with health = false: a reload may turn it on in place
+        for configured in ((), alert_patterns):
+            triggers = prefilter_triggers(effective_patterns(port.health_patterns, configured))
+            if triggers:
+                sets.add(triggers)
+    health_accel.warm(sets)
+
+
 class GuestHealth:
     __slots__ = (
         "_audit",
         "_broadcast",
+        "_patterns",
         "_reported",
         "_suppressed",
         "_wall",
@@ -65,15 +87,19 @@ class GuestHealth:
         self._wall = wall
         self.counts: dict[str, int] = {}  # kind -> events seen (reported or not)
         self.alert: AlertFn | None = None
-        self.matcher = HealthMatcher(effective_patterns(config.health_patterns, ()))
+        self._patterns = effective_patterns(config.health_patterns, ())
+        self.matcher = HealthMatcher(self._patterns)
         self._window_start: float | None = None
         self._reported = 0
         self._suppressed = 0
 
     def configure(self, patterns: Sequence[HealthPattern], alert: AlertFn | None) -> None:
         """The daemon's [alerts]: patterns for every port (after the port's own) and the webhook."""
-        self.matcher.close()
-        self.matcher = HealthMatcher(effective_patterns(self.config.health_patterns, patterns))
+        wanted = effective_patterns(self.config.health_patterns, patterns)
+        if wanted != self._patterns:  # the same patterns keep the matcher, and its unfinished line
+            self.matcher.close()
+            self._patterns = wanted
+            self.matcher = HealthMatcher(wanted)
         self.alert = alert
 
     def close(self) -> None:

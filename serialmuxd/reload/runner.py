@@ -43,6 +43,7 @@ from ..config import Config, ListenAddress, PortConfig, load_config
 from ..core.access import Identity
 from ..errors import ConfigError, StartupError
 from ..hub import PortHub
+from ..hub.health import warm_matchers
 from ..obs.sdnotify import sd_notify
 from .plan import ReloadPlan, plan_reload, port_names
 from .revoke import Withdrawn, describe, withdrawn
@@ -257,6 +258,8 @@ class Reloader:
             except ConfigError as exc:
                 raise ReloadRejected(exc.source, exc.problems) from None
         tls = await asyncio.to_thread(self._load_tls, effective)
+        # New or changed health patterns: their Hyperscan databases compile here, not on the loop.
+        await asyncio.to_thread(warm_matchers, effective.ports, effective.alerts.patterns)
         ports = {p.name: p for p in effective.ports}
         rebuilt = port_names(plan.rebuilt)
         held = _addresses(daemon.config)  # what the running daemon has bound (or may: port 0 is always new)

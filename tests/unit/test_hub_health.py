@@ -5,11 +5,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import pytest
+
 from serialmuxd.config import DeviceKind, DeviceSpec, PortConfig
+from serialmuxd.core import health_accel
 from serialmuxd.core.access import Identity
 from serialmuxd.core.health import HealthEvent, HealthPattern
 from serialmuxd.hub import AttachMode, NoticeKind, PortHub
-from serialmuxd.hub.health import REPORTS_PER_WINDOW, WINDOW_S
+from serialmuxd.hub.health import REPORTS_PER_WINDOW, WINDOW_S, warm_matchers
 from tests.unit.test_hub import FakeLink, Sink
 
 
@@ -63,6 +66,28 @@ def test_configured_patterns_and_port_patterns_in_order() -> None:
     hub.health.configure((HealthPattern("fs_error", "EXT4-fs error"),), None)
     hub.device_data_received(b"Kernel panic - not syncing\nEXT4-fs error (device vda1)\n")
     assert hub.health_counts == {"mine": 1, "fs_error": 1}
+
+
+@pytest.mark.skipif(not health_accel.available(), reason="hyperscan is not installed")
+def test_warmed_matchers_compile_nothing_when_the_hub_is_built() -> None:
+    # The daemon warms in a worker thread what the hubs will need; building the hub and configuring its
+    # [alerts] on the event loop then only looks databases up (a compile holds the CPU for ~0.3 s).
+    own = (HealthPattern("mine", "only this test's own pattern"),)
+    alerts = (HealthPattern("fs_error", "only this test's alert pattern"),)
+    cfg = PortConfig(name="vm1", device=DeviceSpec(DeviceKind.UNIX, "unix:/x", path="/x"))
+    cfg = dataclasses.replace(cfg, health_patterns=own)
+    compiled = health_accel._database.cache_info
+    before = compiled().misses
+    warm_matchers([cfg], alerts)
+    warmed = compiled().misses
+    assert warmed - before == 2  # the port's own set, and with the [alerts] patterns
+    hub, _audit, _ = make(health_patterns=own)
+    hub.health.configure(alerts, None)
+    hub.health.configure(alerts, None)  # the same patterns again: the matcher (and its line) is kept
+    assert compiled().misses == warmed
+    assert hub.health.matcher.accelerated
+    hub.device_data_received(b"x only this test's alert pattern\n")
+    assert hub.health_counts == {"fs_error": 1}
 
 
 def test_health_false_matches_nothing() -> None:
