@@ -10,6 +10,7 @@ refused for the same reason.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 import stat
 import tomllib
@@ -144,9 +145,34 @@ def read_token(path: Path) -> str:
     return token
 
 
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a name may resolve anywhere
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def refuse_plain_text_credentials(settings: Settings) -> None:
+    """A password or token goes over http:// only to this host: anywhere else it would cross the network
+    in clear (the daemon itself serves remote clients only over TLS)."""
+    parts = urlsplit(settings.url)
+    if parts.scheme == "http" and not _loopback(parts.hostname or ""):
+        raise ClientError(
+            f"refusing to send a password or token over plain http to {parts.hostname}: use https://",
+            Exit.USAGE,
+        )
+
+
 def authorization(settings: Settings, prompt: Callable[[str], str]) -> str | None:
     """The ``Authorization`` header value: a token (Bearer), a user and password (Basic), or None (a
     client certificate, or a daemon without [auth]).  ``prompt`` asks for a password without echo."""
+    if settings.token_file is not None or settings.user is not None:
+        refuse_plain_text_credentials(settings)
     if settings.token_file is not None:
         return "Bearer " + read_token(settings.token_file)
     if settings.user is not None:

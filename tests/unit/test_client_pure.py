@@ -160,6 +160,40 @@ def test_password_from_environment_or_prompt() -> None:
         authorization(s, no_terminal)
 
 
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        ("http://127.0.0.1:8480", False),
+        ("http://localhost:8480", False),
+        ("http://[::1]:8480", False),
+        ("http://[::ffff:127.0.0.1]:8480", False),
+        ("https://consoles.example.com", False),
+        ("http://consoles.example.com:8480", True),
+        ("http://10.0.0.5:8480", True),
+        ("http://[2001:db8::1]:8480", True),
+    ],
+)
+def test_credentials_never_go_over_plain_http_off_this_host(url: str, refused: bool) -> None:
+    # A password (prompted or not) or a token would cross the network in clear: refused before the
+    # prompt, before the token file is read; nothing to refuse without credentials.
+    asked: list[str] = []
+
+    def prompt(text: str) -> str:
+        asked.append(text)
+        return "pw"
+
+    s = resolve({"user": "alice", "url": url}, {}, {})
+    if refused:
+        with pytest.raises(ClientError, match=r"over plain http to .*: use https://"):
+            authorization(s, prompt)
+        assert asked == []
+        with pytest.raises(ClientError, match="over plain http"):
+            authorization(resolve({"token_file": "/nonexistent", "url": url}, {}, {}), prompt)
+    else:
+        assert authorization(s, prompt) == "Basic YWxpY2U6cHc="
+    assert authorization(resolve({"url": url}, {}, {}), lambda _: "unused") is None
+
+
 def test_key_without_certificate() -> None:
     with pytest.raises(ClientError, match="needs its certificate"):
         resolve({"key_file": "/k.pem"}, {}, {})
