@@ -8,7 +8,10 @@ shared by all ports and returns: no I/O, no lock, no formatting.  One daemon-wid
 (``ConsoleLogWriter``) wakes every ``FLUSH_INTERVAL_S`` (or sooner when a lot is queued), drains the deque,
 stamps lines, matches the boot pattern, and writes each port's batch with one ``write(2)`` per file.  So
 the console never waits for a disk: if the thread falls behind by more than ``QUEUE_LIMIT_BYTES``, chunks
-are not queued at all; the thread sees the hole in the offsets and reports it like a write error.
+are not queued at all; they are counted in ``bytes_lost`` there and then (an integer add on the loop), and
+one small hole item per run of refused bytes has the thread write the gap marker in their place, whether a
+later chunk follows, the port goes quiet, or it is closed.  A bug in the thread stops only that port's
+log, for good and visibly: named in the log once, its files closed, every later byte counted as lost.
 
 Nothing lost silently.  A write that fails (ENOSPC, EIO, EDQUOT ...) pauses that port's log: what reached
 the file stays, what did not is counted in ``bytes_lost`` (a metric) with one log line, and every tick the
@@ -380,9 +383,16 @@ class PortLog:
         self.name = name
         self.settings = settings
         self.bytes_logged = 0  # guest bytes that reached NAME.log
-        self.bytes_lost = 0  # guest bytes that did not (write errors, a full disk, the queue limit)
         self.boot_captures = 0  # boot capture files started
         self.closed = False
+        # Why this port's log stopped for good (a bug in the writer, see ConsoleLogWriter._guard); from then
+        # on every chunk is counted as lost.  Written by the thread, read by the loop.
+        self.failed: str | None = None
+        # Event loop side: guest bytes refused at observe (the queue over its limit, or a failed log), counted
+        # the moment they are refused, so bytes_lost is right however the port goes on (quiet, closed).
+        self.dropped = 0
+        self._hole: list[int] | None = None  # [start, end) of refused bytes whose marker is still queued
+        self._hole_lock = threading.Lock()  # only taken when refusing (rare) and when the thread takes a hole
         # Thread side.
         self._next = start_offset  # the offset the next chunk should have; a larger one is a hole
         self._holder = LineHolder(settings.timestamps, LINE_IDLE_S)
@@ -399,17 +409,44 @@ class PortLog:
             re.compile(settings.boot_pattern.encode(), re.MULTILINE) if settings.boot_pattern else None
         )
         self._tail = b""  # unfinished line, for boot_pattern
+        self._lost = 0  # thread side: guest bytes that did not reach NAME.log (write errors, a full disk)
+        self._start = start_offset
+        self._hole_bytes = 0  # thread side: refused bytes (counted in dropped) the thread has marked
+
+    @property
+    def bytes_lost(self) -> int:
+        """Guest bytes that did not reach NAME.log: write errors, a full disk, the queue limit, a failure."""
+        return self._lost + self.dropped
 
     # -- event loop side -----------------------------------------------------------------------------
     def observe(self, data: bytes, offset: int) -> None:
         """OutputFanout observer: queue the chunk, or leave a hole in the offsets if the queue is full."""
         writer = self._writer
         if self.closed or writer.queued - writer.drained + len(data) > writer.limit:
+            self._refuse(data, offset)
             return
         writer.queued += len(data)
         writer.queue.append((self, data, offset, time.time(), None))
         if writer.queued - writer.drained > _WAKE_BYTES:
             writer.wake.set()
+
+    def _refuse(self, data: bytes, offset: int) -> None:
+        """A chunk the thread will never see: counted now; unless the log is closed for good, a hole item
+        (one per run of refused bytes, extended while no chunk follows) makes the thread write the gap marker
+        in its place, whatever comes next: a later chunk, nothing at all, or the close."""
+        if self.failed is not None or not self.closed:
+            self.dropped += len(data)
+        if self.closed:
+            return
+        end = offset + len(data)
+        with self._hole_lock:
+            hole = self._hole
+            if hole is not None and hole[1] == offset:
+                hole[1] = end
+                return
+            self._hole = hole = [offset, end]
+        self._writer.queue.append((self, None, offset, time.time(), hole))
+        self._writer.wake.set()
 
     def trigger(self, reason: str) -> None:
         """A boot or reset happened here in the stream: capture what follows (see the module docstring)."""
@@ -449,11 +486,27 @@ class PortLog:
             if trigger_accepted(self._last_trigger, now, TRIGGER_GAP_S):
                 self._last_trigger = now
                 self._pending_trigger = (extra, wall)
+        elif isinstance(extra, list):
+            self._take_hole(extra, now)
         elif isinstance(extra, concurrent.futures.Future):
             try:
                 self._finish()
             finally:
                 extra.set_result(None)
+
+    def _take_hole(self, hole: list[int], now: float) -> None:
+        """Refused bytes (see ``_refuse``; already counted in ``dropped``): the gap marker in their place."""
+        with self._hole_lock:
+            if self._hole is hole:
+                self._hole = None  # a later refusal starts a new hole (and queues its own item)
+            start, end = hole
+        if end <= self._next:
+            return
+        self._release(self._holder.flush(), now)  # the held line ends where the hole begins
+        self._lost += max(0, start - self._next)  # never seen by either side (not expected): counted here
+        self._hole_bytes += end - self._next
+        self._lose(end - self._next, "the log writer fell behind", counted=True)
+        self._next = end
 
     def _chunk(self, data: bytes, offset: int, wall: float, now: float) -> None:
         if offset > self._next:
@@ -499,7 +552,7 @@ class PortLog:
     def _main_write(self, segment: Segment) -> None:
         if self._failure is not None:
             self._unlogged += len(segment.data)
-            self.bytes_lost += len(segment.data)
+            self._lost += len(segment.data)
             return
         data, offset = segment.data, segment.offset
         settings = self.settings
@@ -507,13 +560,13 @@ class PortLog:
             target = self._ensure_file()
             if target is None:
                 self._unlogged += len(data)
-                self.bytes_lost += len(data)
+                self._lost += len(data)
                 return
             room = settings.rotate_bytes - target.length
             if room <= 0 and target.length > 0:
                 if not self._rotate():
                     self._unlogged += len(data)
-                    self.bytes_lost += len(data)
+                    self._lost += len(data)
                     return
                 continue
             piece = data[: max(room, 1)]
@@ -617,9 +670,11 @@ class PortLog:
             self._writer.report("console_log_boot_failed", port=self.name, error=exc.error.strerror)
         boot.close()
 
-    def _lose(self, count: int, reason: str) -> None:
-        """Bytes that never reached the thread (the queue limit): a gap marker in place of them."""
-        self.bytes_lost += count
+    def _lose(self, count: int, reason: str, *, counted: bool = False) -> None:
+        """Bytes that never reached the thread (the queue limit): a gap marker in place of them.
+        ``counted``: the loop already counted them (``dropped``)."""
+        if not counted:
+            self._lost += count
         if self._failure is None:
             target = self._ensure_file()
             if target is not None:
@@ -629,7 +684,7 @@ class PortLog:
         self._unlogged += count  # paused: told in the marker written when logging resumes
 
     def _fail(self, reason: str, lost: int) -> None:
-        self.bytes_lost += lost
+        self._lost += lost
         self._unlogged += lost
         if self._failure is None:
             self._writer.report("console_log_paused", port=self.name, reason=reason, lost=self._unlogged)
@@ -691,6 +746,19 @@ class PortLog:
             self._file = _LogFile(
                 self.settings.dir / f"{self.name}.log", stamps=self.settings.timestamps, indexed=True
             )
+
+    def _abandon(self, seen_end: int) -> None:
+        """After a failure (``ConsoleLogWriter._guard``): close the files, whatever state they are in, and
+        count as lost every guest byte up to ``seen_end`` (the failing item's end) not accounted for yet:
+        held, batched, or not reached at all."""
+        self._next = max(self._next, seen_end)
+        accounted = self.bytes_logged + self._lost + self._hole_bytes
+        self._lost += max(0, self._next - self._start - accounted)
+        for log_file in (self._file, self._boot):
+            if log_file is not None:
+                with contextlib.suppress(Exception):
+                    log_file.close()
+        self._file = self._boot = None
 
     def _finish(self) -> None:
         self._release(self._holder.flush(), time.monotonic())
@@ -814,14 +882,23 @@ class ConsoleLogWriter:
         self._guard(port, port._item, data, offset, wall, extra, time.monotonic())
 
     def _guard(self, port: PortLog, call: Callable[..., None], *args: Any) -> None:
-        try:
-            call(*args)
-        except Exception as exc:
-            # A bug here must not end every port's log: this port's is closed, named in the log.
-            self.ports.discard(port)
-            self.active.discard(port)
-            port.closed = True
-            self.report("console_log_failed", port=port.name, error=repr(exc))
-            for arg in args:
-                if isinstance(arg, concurrent.futures.Future) and not arg.done():
-                    arg.set_result(None)
+        if port.failed is None:
+            try:
+                call(*args)
+                return
+            except Exception as exc:
+                # A bug here must not end every port's log: this port's stops for good, visibly (named in
+                # the log once, its files closed, every byte from here on counted in bytes_lost).
+                port.failed = repr(exc)
+                port.closed = True  # after failed: observe then counts what it refuses
+                self.ports.discard(port)
+                self.active.discard(port)
+                data = args[0] if args and isinstance(args[0], bytes) else b""
+                port._abandon(args[1] + len(data) if data else 0)
+                self.report("console_log_failed", port=port.name, error=port.failed, lost=port.bytes_lost)
+                args = tuple(arg for arg in args if arg is not data)  # counted by _abandon
+        for arg in args:  # the item that failed, or one queued before the failure was seen: not written
+            if isinstance(arg, concurrent.futures.Future) and not arg.done():
+                arg.set_result(None)
+            elif isinstance(arg, bytes):
+                port._lost += len(arg)

@@ -4,6 +4,7 @@ that never reached the writer.  Files only (a temporary directory)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,80 @@ def test_chunks_that_never_reached_the_writer_leave_a_gap_marker(tmp_path: Path)
     text = (tmp_path / "vm1.log").read_bytes()
     assert text == b"one\r\n[serialmuxd] log gap: 300 bytes not written (the log writer fell behind)\ntwo\r\n"
     assert log.bytes_lost == 300 and log.bytes_logged == 10
+
+
+def _drive(writer: ConsoleLogWriter, now: float = 0.0) -> None:
+    """One pass of the writer thread's loop, run here (no thread): drain, then tick the active ports."""
+    writer._drain()
+    for port in list(writer.active):
+        writer._guard(port, port._tick, now)
+
+
+def test_bytes_refused_by_a_full_queue_are_counted_at_once_and_marked_with_nothing_after(
+    tmp_path: Path,
+) -> None:
+    writer = ConsoleLogWriter(limit=1000)
+    log = writer.port_log("vm1", LogSettings(tmp_path, boot_bytes=0), 0)
+    log.observe(b"a" * 899 + b"\n", 0)  # queued
+    log.observe(b"b" * 600, 900)  # over the limit: refused ...
+    log.observe(b"c" * 600, 1500)  # ... and again, right after it: the same hole
+    assert log.bytes_lost == 1200  # counted before the thread ran, whatever comes next
+    _drive(writer)  # the port goes quiet: no later chunk, no close
+    text = (tmp_path / "vm1.log").read_bytes()
+    assert (
+        text == b"a" * 899 + b"\n[serialmuxd] log gap: 1200 bytes not written (the log writer fell behind)\n"
+    )
+    assert log.bytes_lost == 1200 and log.bytes_logged == 900
+    log.observe(b"d\n", 2100)  # the next chunk follows the hole: no second marker, nothing counted twice
+    writer._drain()
+    log._finish()
+    assert (tmp_path / "vm1.log").read_bytes().endswith(b"behind)\nd\n")
+    assert log.bytes_lost == 1200 and log.bytes_logged == 902
+
+
+def test_bytes_refused_right_before_the_close_are_marked_and_counted(tmp_path: Path) -> None:
+    writer = ConsoleLogWriter(limit=1000)
+    log = writer.port_log("vm1", LogSettings(tmp_path, boot_bytes=0), 0)
+    log.observe(b"a" * 900, 0)
+    log.observe(b"b" * 900, 900)  # refused
+    writer._drain()
+    log._finish()  # what close() has the thread do
+    assert (tmp_path / "vm1.log").read_bytes() == (
+        b"a" * 900 + b"\n[serialmuxd] log gap: 900 bytes not written (the log writer fell behind)\n"
+    )
+    assert log.bytes_lost == 900 and log.bytes_logged == 900
+
+
+def test_a_port_whose_log_fails_closes_its_files_and_counts_every_byte_others_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = ConsoleLogWriter()
+    reports: list[tuple[str, dict[str, object]]] = []
+    monkeypatch.setattr(writer, "report", lambda event, **fields: reports.append((event, fields)))
+    bad = writer.port_log("bad", LogSettings(tmp_path, boot_bytes=0), 0)
+    good = writer.port_log("good", LogSettings(tmp_path, boot_bytes=0), 0)
+    bad.observe(b"line one\n", 0)
+    good.observe(b"fine\n", 0)
+    _drive(writer)
+    log_file = bad._file
+    assert log_file is not None and bad.bytes_logged == 9
+
+    def broken(data: bytes, offset: int, wall: float, now: float) -> None:
+        raise ValueError("a bug in the writer")
+
+    monkeypatch.setattr(bad, "_chunk", broken)
+    bad.observe(b"two\n", 9)  # the failing item
+    good.observe(b"still fine\n", 5)
+    _drive(writer)
+    assert bad.failed == "ValueError('a bug in the writer')"
+    assert [event for event, _ in reports] == ["console_log_failed"]
+    for fd in (log_file.fd, log_file.idx_fd):  # closed, not leaked
+        with pytest.raises(OSError):
+            os.fstat(fd)  # type: ignore[arg-type]
+    assert bad.bytes_lost == 4
+    bad.observe(b"three\n", 13)  # refused and counted from now on; logged once only
+    _drive(writer)
+    assert bad.bytes_lost == 10 and [event for event, _ in reports] == ["console_log_failed"]
+    assert (tmp_path / "bad.log").read_bytes() == b"line one\n"
+    good._finish()
+    assert (tmp_path / "good.log").read_bytes() == b"fine\nstill fine\n" and good.bytes_lost == 0
