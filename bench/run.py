@@ -163,23 +163,47 @@ def run_all(targets: Sequence[Target], wanted: Sequence[str], plan: Plan) -> dic
         "fanout_ws_100",
     }
     results: dict[str, dict[str, Metrics]] = {}
-    for name in wanted:
-        print(f"{name}:", file=sys.stderr)
-        runs: dict[str, list[Metrics]] = {t.name: [] for t in targets}
-        # Interleave targets within each repeat (A B C, A B C, ...) so drift on the machine hits all alike.
-        for _ in range(plan.repeat if name in repeated else 1):
+    for group in _groups(wanted):
+        print(f"{' + '.join(group)}:", file=sys.stderr)
+        runs: dict[tuple[str, str], list[Metrics]] = {(n, t.name): [] for n in group for t in targets}
+        # Interleave targets within each repeat (A B C, A B C, ...), and the scenarios of a group (raw,
+        # telnet and WebSocket of one measurement) within each repeat too, so drift on the machine hits all
+        # alike: the goals compare across them.
+        for _ in range(plan.repeat if group[0] in repeated else 1):
+            for name in group:
+                for target in targets:
+                    check_stop()
+                    runs[name, target.name].append(
+                        _measure(name, target, functools.partial(jobs[name], target))
+                    )
+        for name in group:
+            results[name] = {}
             for target in targets:
-                check_stop()
-                runs[target.name].append(_measure(name, target, functools.partial(jobs[name], target)))
-        results[name] = {}
-        for target in targets:
-            done = runs[target.name]
-            ok = [r for r in done if r["status"] == "ok"]
-            results[name][target.name] = _median_metrics(ok) if len(ok) == len(done) else done[-1]
-            if ok and len(ok) != len(done):
-                failed = next(r for r in done if r["status"] != "ok")
-                results[name][target.name] = failed
+                done = runs[name, target.name]
+                ok = [r for r in done if r["status"] == "ok"]
+                results[name][target.name] = _median_metrics(ok) if len(ok) == len(done) else done[-1]
+                if ok and len(ok) != len(done):
+                    failed = next(r for r in done if r["status"] != "ok")
+                    results[name][target.name] = failed
     return results
+
+
+# Scenarios measured interleaved with each other (their ratios are goals).
+_INTERLEAVED = (("throughput", "throughput_telnet", "throughput_ws"), ("rtt", "rtt_telnet", "rtt_ws"))
+
+
+def _groups(wanted: Sequence[str]) -> list[tuple[str, ...]]:
+    """``wanted`` in order, the members of an interleaved family that were asked for taken together."""
+    out: list[tuple[str, ...]] = []
+    seen: set[str] = set()
+    for name in wanted:
+        if name in seen:
+            continue
+        family = next((f for f in _INTERLEAVED if name in f), (name,))
+        group = tuple(n for n in family if n in wanted)
+        seen.update(group)
+        out.append(group)
+    return out
 
 
 # -- reporting -----------------------------------------------------------------------------------------------
