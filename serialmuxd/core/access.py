@@ -53,6 +53,9 @@ class Identity:
     user: str | None = None
     groups: frozenset[str] = frozenset()
     method: str = ""
+    # Which of the user's credentials proved it, where a user has several that can be withdrawn one by one
+    # (an SSH key's fingerprint): a reload that removes that one ends what it opened.  Never a secret.
+    credential: str = ""
 
     @property
     def host(self) -> str:

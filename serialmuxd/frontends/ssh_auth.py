@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -106,6 +107,7 @@ class SshConnection(asyncssh.SSHServer):
         assert candidate is not None, "asyncssh completed an authentication we did not accept"
         identity = self._auth.ssh_login(self._peer, candidate.identity.user, candidate.identity.method)
         assert identity is not None
+        identity = dataclasses.replace(identity, credential=candidate.identity.credential)  # the key used
         self.accepted = Accepted(identity, candidate.console, candidate.request)
 
     def session_requested(self) -> SshConsoleSession | bool:
@@ -160,7 +162,8 @@ class SshConnection(asyncssh.SSHServer):
             if delay > 0:
                 await asyncio.sleep(delay)
         # The console is looked up for every key, known or not, on a console that exists or not: one path.
-        identity = Identity("ssh", self._peer.address, user=user, method=method)
+        key_id = _fingerprint(key_data) if user is not None and method == "publickey" else ""
+        identity = Identity("ssh", self._peer.address, user=user, method=method, credential=key_id)
         request = self._request
         console = self._front.control.console(request.console, identity) if request else None
         if not reason:

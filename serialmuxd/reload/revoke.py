@@ -11,8 +11,9 @@ to the one a reload read, a credential is withdrawn when
 * a **token was removed or replaced** (another ``sha256`` under the same name): the sessions opened with
   it end.
 
-An SSH key removed from a user who stays is refused at the next login; a session it opened is not tied to
-the key (the connection does not keep which of the user's keys it used) and stays.  Sessions signed in
+* an **SSH key was removed** from a user who stays: the sessions opened with that key end (an SSH identity
+  carries its key's fingerprint as ``credential``); those of the user's other keys stay.
+  Sessions signed in
 through the OpenID provider are the provider's business, whatever the users file says.  Grants are not
 credentials: a user who keeps signing in but loses a console is handled by ``revoke_unauthorized``.
 
@@ -37,6 +38,7 @@ class Change(enum.StrEnum):
     PASSWORD_CHANGED = "password_changed"
     TOKEN_REMOVED = "token_removed"
     TOKEN_REPLACED = "token_replaced"
+    SSH_KEY_REMOVED = "ssh_key_removed"
 
 
 _TEXT = {
@@ -44,6 +46,7 @@ _TEXT = {
     Change.PASSWORD_CHANGED: "the password of user {} was changed",
     Change.TOKEN_REMOVED: "token {} was removed from the users file",
     Change.TOKEN_REPLACED: "token {} was replaced",
+    Change.SSH_KEY_REMOVED: "an SSH key of user {} was removed from the users file",
 }
 
 
@@ -53,12 +56,14 @@ class Withdrawn:
 
     users: dict[str, Change] = field(default_factory=dict)
     tokens: dict[str, Change] = field(default_factory=dict)
+    ssh_keys: dict[str, str] = field(default_factory=dict)  # fingerprint -> the user (who stays) it was of
 
     def __bool__(self) -> bool:
-        return bool(self.users or self.tokens)
+        return bool(self.users or self.tokens or self.ssh_keys)
 
     def changes(self) -> list[tuple[str, Change]]:
-        return sorted((*self.users.items(), *self.tokens.items()))
+        keys = {(user, Change.SSH_KEY_REMOVED) for user in self.ssh_keys.values()}
+        return sorted((*self.users.items(), *self.tokens.items(), *keys))
 
     def change_for(self, who: Identity) -> Change | None:
         """What withdrew the credential ``who`` was proven by, or None."""
@@ -66,6 +71,8 @@ class Withdrawn:
             return None
         if who.method == "token":
             return self.tokens.get(who.user)
+        if who.method == "publickey" and self.ssh_keys.get(who.credential) == who.user:
+            return Change.SSH_KEY_REMOVED
         change = self.users.get(who.user)
         if change is Change.PASSWORD_CHANGED and who.method != "password":
             return None  # signed in by a key or a certificate, which did not change
@@ -99,4 +106,13 @@ def withdrawn(old: UserDirectory, new: UserDirectory) -> Withdrawn:
             tokens[name] = Change.TOKEN_REMOVED
         elif new_tokens[name] != digest:
             tokens[name] = Change.TOKEN_REPLACED
-    return Withdrawn(users, tokens)
+    # Per user: a key moved to another user no longer vouches for the one it was of.
+    new_keys = {user.name: {key.blob for key in user.ssh_keys} for user in new.users}
+    ssh_keys = {
+        key.fingerprint: user.name
+        for user in old.users
+        if user.name in kept
+        for key in user.ssh_keys
+        if key.blob not in new_keys[user.name]
+    }
+    return Withdrawn(users, tokens, ssh_keys)

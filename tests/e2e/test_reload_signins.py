@@ -6,8 +6,9 @@
   with a ticket issued to it, the telnet-login session and the SSH session all end, each told why.
 * A user whose password changed: the page session and the password login end; a token removed: the
   WebSocket it opened ends.  A user nothing happened to keeps everything.
-* SSH keys: a key removed from a user who stays is refused at the next login while the session open with
-  another key of hers goes on; a key added works without a restart; removing the user ends that session.
+* SSH keys: a key removed from a user who stays is refused at the next login and the session it opened
+  ends, told why, while the session open with another key of hers goes on; a key added works without a
+  restart; removing the user ends the rest.
 """
 
 from __future__ import annotations
@@ -278,18 +279,26 @@ async def test_ssh_keys_follow_the_users_file_without_a_restart(tmp_path: Path) 
         async with daemon_process(config, http_port) as daemon:
             ssh = Ssh(daemon, tmp_path)
             assert await ssh.refused(k3)
+            by_one = await ssh.attach(k1)
             by_two = await ssh.attach(k2)
 
-            # k1 goes, k3 comes: k1 is refused at its next login, k3 works, k2's session carries on.
+            # k1 goes, k3 comes: k1's session ends and k1 is refused at its next login, k3 works, k2's
+            # session carries on.
             write_users(users, {"dave": (None, [k2, k3]), "erin": (None, [])})
             await daemon.reload()
+            await by_one.expect(
+                f"disconnected: an SSH key of user dave was removed from the users file {REMOVED}".encode()
+            )
+            await eventually(lambda: by_one.proc.poll() is not None, "k1's ssh ended")
             assert await ssh.refused(k1)
             by_three = await ssh.attach(k3)
             await guest.send(b"both-see-this\r\n")
             await by_two.expect(b"both-see-this")
             await by_three.expect(b"both-see-this")
             assert by_two.proc.poll() is None
-            assert not audited(tmp_path, "credential_revoked")  # a key change withdraws no session
+            (key_revoked,) = audited(tmp_path, "credential_revoked")
+            assert key_revoked["user"] == "dave" and key_revoked["change"] == "ssh_key_removed"
+            assert key_revoked["console_sessions"] == 1
             failed = [line for line in audited(tmp_path, "login_failed") if line["method"] == "publickey"]
             assert len(failed) == 2  # k3 before it was added, k1 after it was removed
 
@@ -301,8 +310,10 @@ async def test_ssh_keys_follow_the_users_file_without_a_restart(tmp_path: Path) 
                     f"disconnected: user dave was removed from the users file {REMOVED}".encode()
                 )
                 await eventually(lambda child=child: child.proc.poll() is not None, "ssh ended")  # type: ignore[misc]
-            (revoked,) = audited(tmp_path, "credential_revoked")
-            assert revoked["user"] == "dave" and revoked["console_sessions"] == 2
+            revoked = audited(tmp_path, "credential_revoked")[1:]
+            assert [(r["user"], r["change"], r["console_sessions"]) for r in revoked] == [
+                ("dave", "user_removed", 2)
+            ]
             assert await ssh.refused(k2)
     finally:
         if ssh is not None:
