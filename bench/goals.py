@@ -118,7 +118,9 @@ GOALS = (
     Goal("Relay CPU per MiB ÷ ser2net tuned", _vs("throughput", "cpu_s_per_mib", "ser2net"), 1.0, False),
     Goal("Consoles: start → READY", _smd("consoles", "ready_s"), 5.0, False, "s"),
     Goal("Consoles: RSS", _smd("consoles", "rss_mib"), 400.0, False, "MiB"),
-    Goal("Consoles: idle CPU (one clock tick = 0.2 %)", _smd("consoles", "idle_cpu_pct"), 0.0, False, "%"),
+    Goal(
+        "Consoles: idle CPU (resolution: one clock tick)", _smd("consoles", "idle_cpu_pct"), 0.0, False, "%"
+    ),
 )
 
 
