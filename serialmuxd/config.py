@@ -156,6 +156,10 @@ class LogSettings:
     boot_bytes: int = 64 * KIB  # the first bytes after each boot/reset kept in NAME.boot-SEQ.log; 0 = off
     keep_boots: int = 8  # boot captures kept (the newest)
     boot_pattern: str = ""  # a regex on output lines that starts a capture too (a reboot the daemon misses)
+    # Persisted output read back at start, per port, to serve before the new run (scrollback, replay,
+    # resume): RAM and start-up reading for every logged port, so bounded well below scrollback_bytes by
+    # default; never less than the port's replay_bytes, never more than its scrollback_bytes.
+    history_bytes: int = 256 * KIB
 
 
 @dataclass(frozen=True, slots=True)
@@ -600,6 +604,7 @@ LOG_ROTATE_BYTES_RANGE = (4 * KIB, 64 * GIB)
 LOG_KEEP_RANGE = (0, 1000)
 LOG_BOOT_BYTES_RANGE = (0, GIB)
 LOG_KEEP_BOOTS_RANGE = (1, 1000)
+LOG_HISTORY_BYTES_RANGE = (KIB, GIB)
 
 
 def _health_kind(value: object) -> str:
@@ -816,6 +821,7 @@ class _Logs:
     boot_bytes = Key("boot_bytes", integer(*LOG_BOOT_BYTES_RANGE, size=True))
     keep_boots = Key("keep_boots", integer(*LOG_KEEP_BOOTS_RANGE))
     boot_pattern = Key("boot_pattern", _health_regex)
+    history_bytes = Key("history_bytes", integer(*LOG_HISTORY_BYTES_RANGE, size=True))
 
 
 class _HealthPattern:
@@ -1142,6 +1148,7 @@ def _parse_logs(raw: object, problems: Problems) -> _LogsTable:
         boot_bytes=values.value(_Logs.boot_bytes, builtin.boot_bytes),
         keep_boots=values.value(_Logs.keep_boots, builtin.keep_boots),
         boot_pattern=values.value(_Logs.boot_pattern, builtin.boot_pattern),
+        history_bytes=values.value(_Logs.history_bytes, builtin.history_bytes),
     )
     return _LogsTable(settings, directory is not None)
 

@@ -33,6 +33,7 @@ from .hub import PortHub, RefusalKind, Refused
 from .hub.health import warm_matchers
 from .obs.audit import AuditLog
 from .obs.consolelog import ConsoleLogWriter, History, load_history, prepare_dir
+from .obs.consolelog_policy import history_budget
 from .obs.metrics import metrics_registry
 from .obs.sdnotify import sd_notify, watchdog_interval_s
 from .obs.webhook import WebhookSender, attach_alerts
@@ -147,7 +148,8 @@ class Daemon:
             history = None
             if port.log is not None:
                 prepare_dir(port.log.dir)
-                history = load_history(port.name, port.log, port.scrollback_bytes)
+                want = history_budget(port.log.history_bytes, port.replay_bytes, port.scrollback_bytes)
+                history = load_history(port.name, port.log, want)
                 if history is not None and (port.name not in self.state.offsets or offset < history.end):
                     # The log knows a later end than the state file (none kept, or a different one): the
                     # previous run's true end is unknown, so leave a reserve like a crash does.

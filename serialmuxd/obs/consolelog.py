@@ -52,7 +52,7 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,8 +72,8 @@ from .consolelog_policy import (
     boot_seqs,
     boots_to_delete,
     history_runs,
+    index_tail,
     marker_line,
-    parse_index,
     rotation_plan,
     stamp_lines,
     strip_stamps,
@@ -100,17 +100,36 @@ def index_name(log_name: str) -> str:
     return log_name + ".idx"
 
 
+_warned_dirs: set[Path] = set()  # a readable log directory is told once per process, not once per port
+
+
 def prepare_dir(directory: Path) -> None:
-    """Create the log directory 0700 if needed; a directory that cannot be used stops the start."""
+    """Create the log directory, and each missing parent, 0700; a directory that cannot be used, or that
+    others can write to, stops the start.  An existing one that others can read or search is used with a
+    warning naming it (the files are 0600, so only their names and sizes show): refusing it would stop a
+    daemon that ran yesterday over a mode that protects nothing secret."""
+    missing = [p for p in (directory, *directory.parents) if not p.exists()]
     try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for path in reversed(missing):
+            with contextlib.suppress(FileExistsError):  # made meanwhile by another start
+                os.mkdir(path, 0o700)
     except OSError as exc:
         raise StartupError(f"cannot create log directory {directory}: {exc.strerror}") from exc
+    if not directory.is_dir():
+        raise StartupError(f"log directory {directory} is not a directory")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise StartupError(f"log directory {directory} is not writable")
     mode = directory.stat().st_mode
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise StartupError(f"log directory {directory} is writable by other users (mode {mode & 0o777:o})")
+    if mode & 0o077 and directory not in _warned_dirs:
+        _warned_dirs.add(directory)
+        log.warning(
+            "console_log_dir_readable",
+            path=str(directory),
+            mode=f"{stat.S_IMODE(mode):04o}",
+            hint=f"other users can list the console log names and sizes: chmod 700 {directory}",
+        )
 
 
 # -- history after a restart -------------------------------------------------------------------------
@@ -154,27 +173,19 @@ class History:
 
 def load_history(name: str, settings: LogSettings, want: int) -> History | None:
     """The newest ``want`` bytes of ``name``'s persisted output, read back through the sidecar indexes, as
-    runs at their exact offsets (see ``history_runs``).  Only the records needed are read (newest first),
-    so a large ``rotate_bytes`` costs no more than the ring's worth.  A record whose bytes the file does not
+    runs at their exact offsets (see ``history_runs``).  Only what is needed is read, newest first: the
+    indexes from their ends (``_INDEX_BLOCK`` at a time), the records' bytes with ``pread``, so a start costs
+    ``want`` per port whatever ``rotate_bytes`` and ``keep`` are.  A record whose bytes the file does not
     hold (torn, truncated) is a hole like any other.  None when there is nothing usable."""
     base = settings.dir / f"{name}.log"
-    files = [Path(f"{base}.{k}") for k in range(settings.keep, 0, -1)] + [base]
-    records: list[tuple[Path, IndexRecord]] = []  # in write order
-    for path in files:
-        try:
-            found = parse_index(Path(index_name(str(path))).read_bytes())
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            log.warning("console_log_history_unreadable", port=name, path=str(path), error=exc.strerror)
-            continue
-        records += [(path, record) for record in found]
+    files = [base] + [Path(f"{base}.{k}") for k in range(1, settings.keep + 1)]  # newest first
     pieces: list[Piece] = []  # newest first
     total = 0
     floor: int | None = None
     fds: dict[Path, int] = {}
+    records = _records_newest_first(name, files)
     try:
-        for path, record in reversed(records):
+        for path, record in records:
             if floor is not None and record.end > floor:
                 break  # offsets going back: not this stream any more
             data = _read_record(path, record, fds)
@@ -185,12 +196,45 @@ def load_history(name: str, settings: LogSettings, want: int) -> History | None:
             if total >= want:
                 break
     finally:
+        records.close()  # the index it has open
         for fd in fds.values():
             os.close(fd)
     runs, times = history_runs(pieces[::-1], want)
     if not runs:
         return None
     return History(tuple(runs), tuple((offset, at_ms / 1000) for offset, at_ms in times))
+
+
+_INDEX_BLOCK = 64 * 1024
+
+
+def _records_newest_first(name: str, files: list[Path]) -> Generator[tuple[Path, IndexRecord], None, None]:
+    """Every index record of ``files`` (newest file first), newest first, each file's index read from its
+    end in blocks: only as much as the caller goes on asking for."""
+    for path in files:
+        try:
+            fd = os.open(index_name(str(path)), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("console_log_history_unreadable", port=name, path=str(path), error=exc.strerror)
+            continue
+        try:
+            pos = os.fstat(fd).st_size
+            carry = b""
+            while pos > 0:
+                size = min(_INDEX_BLOCK, pos)
+                pos -= size
+                block = os.pread(fd, size, pos)
+                if len(block) != size:
+                    break  # shrunk under us: what was read is all there is
+                records, carry = index_tail(block, carry, pos == 0)
+                for record in reversed(records):
+                    yield path, record
+        except OSError as exc:
+            log.warning("console_log_history_unreadable", port=name, path=str(path), error=exc.strerror)
+        finally:
+            os.close(fd)
 
 
 def _read_record(path: Path, record: IndexRecord, fds: dict[Path, int]) -> bytes | None:
@@ -447,6 +491,11 @@ class PortLog:
             self._hole = hole = [offset, end]
         self._writer.queue.append((self, None, offset, time.time(), hole))
         self._writer.wake.set()
+
+    def continue_at(self, offset: int) -> None:
+        """Before the first chunk (``PortHub.continue_at``: a port a reload rebuilt): the stream starts at
+        ``offset``.  Safe from the loop: the thread reads these only for this port's items (none queued)."""
+        self._next = self._start = offset
 
     def trigger(self, reason: str) -> None:
         """A boot or reset happened here in the stream: capture what follows (see the module docstring)."""

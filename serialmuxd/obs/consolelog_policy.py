@@ -190,6 +190,26 @@ def parse_index(text: bytes) -> list[IndexRecord]:
     return [r for r in (IndexRecord.parse(line) for line in text.split(_NL)) if r is not None]
 
 
+def index_tail(block: bytes, carry: bytes, at_file_start: bool) -> tuple[list[IndexRecord], bytes]:
+    """An index read backwards: the records of ``block + carry`` (``carry``: the start of the line the
+    previous, later block began in), newest last, and the new carry.  The text before the block's first
+    newline may be the end of an earlier line, so it is carried, unparsed, unless the block starts the file
+    (a line cut at its front could still parse, as a wrong record)."""
+    text = block + carry
+    if at_file_start:
+        return parse_index(text), b""
+    first = text.find(_NL)
+    if first < 0:
+        return [], text
+    return parse_index(text[first + 1 :]), text[: first + 1]
+
+
+def history_budget(history_bytes: int, replay_bytes: int, scrollback_bytes: int) -> int:
+    """The persisted bytes a port loads at start ([logs] history_bytes): never less than its attach replay,
+    never more than its scrollback."""
+    return min(scrollback_bytes, max(history_bytes, replay_bytes))
+
+
 @dataclass(frozen=True, slots=True)
 class Piece:
     """Persisted guest bytes: ``data`` at stream ``offset``, the first arrived at ``at_ms`` (0: unknown)."""

@@ -19,7 +19,6 @@ import shutil
 import signal
 import sys
 import termios
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +34,6 @@ from .test_daemon_process import daemon_process
 from .test_http import WsClient
 
 pytestmark = [pytest.mark.asyncio]
-
-# The index keeps a record's first arrival to the millisecond; the timeline coalesces within 5 ms, and a
-# busy machine adds scheduling delay between the guest's write and the daemon's read.
-TIME_TOLERANCE_S = 0.05
 
 
 def _toml(tmp_path: Path, guest: GuestPty, extra: str = "") -> str:
@@ -155,7 +150,6 @@ async def test_a_recording_from_before_the_restart_keeps_its_timing(tmp_path: Pa
     lines = [b"[    0.000000] Linux version 6.1\r\n", b"[    0.412000] Memory: 512M\r\n"]
     lines += [b"[    1.%03d000] probe %d ok\r\n" % (i * 111, i) for i in range(3)]
     pauses_s = [0.35, 0.8, 0.15, 0.5, 0.0]
-    written_at: list[float] = []
     try:
         async with running_daemon(toml, online=["p1"]) as daemon:
             watcher = await TcpClient.connect("127.0.0.1", daemon.listener("p1", "raw").tcp_port)
@@ -163,7 +157,6 @@ async def test_a_recording_from_before_the_restart_keeps_its_timing(tmp_path: Pa
                 await watcher.expect(b"attached to console p1")
                 start = daemon.hubs["p1"].stream_end
                 for line, pause in zip(lines, pauses_s, strict=True):
-                    written_at.append(time.time())
                     guest.write(line)
                     await watcher.expect(line)  # the daemon has it
                     await asyncio.sleep(pause)
@@ -172,6 +165,10 @@ async def test_a_recording_from_before_the_restart_keeps_its_timing(tmp_path: Pa
             end = start + sum(map(len, lines))
             idx = tmp_path / "logs" / "p1.log.idx"
             await eventually(lambda: _logged_end(idx) == end, "the index names every byte")
+        # When the first run's daemon saw each line arrive, as it recorded it (the index: to the ms).
+        records = parse_index(idx.read_bytes())
+        line_offsets = [start + sum(map(len, lines[:i])) for i in range(len(lines))]
+        arrived_ms = [next(r.at_ms for r in records if r.offset <= at < r.end) for at in line_offsets]
         async with (
             running_daemon(toml, online=["p1"], cleanup=guest.close) as daemon,
             aiohttp.ClientSession() as http,
@@ -186,13 +183,16 @@ async def test_a_recording_from_before_the_restart_keeps_its_timing(tmp_path: Pa
                 assert int(resp.headers["X-Recording-Timed-From"]) == start
                 assert int(resp.headers["X-Scrollback-Next"]) == end
         header, *events = (json.loads(line) for line in body.decode().splitlines())
-        assert abs(header["timestamp"] - written_at[0]) <= 1  # the boot's own time, not the restart's
+        assert header["timestamp"] == arrived_ms[0] // 1000  # the boot's own time, not the restart's
         assert "".join(e[2] for e in events) == b"".join(lines).decode()
         times = [next(e[0] for e in events if line.decode() in e[2]) for line in lines]
-        assert times[0] == 0.0
+        # Exactly the first run's own arrival times (no comparison with this test's clock) ...
+        assert times == [round((ms - arrived_ms[0]) / 1000, 6) for ms in arrived_ms]
+        # ... which kept the pauses between the lines: each line was written after the daemon had the one
+        # before and the test had slept, so the daemon saw it at least that much later (less 1 ms: the
+        # index keeps whole milliseconds).
         for i in range(1, len(lines)):
-            made = written_at[i] - written_at[0]
-            assert abs(times[i] - made) < TIME_TOLERANCE_S, (i, times, made)
+            assert times[i] - times[i - 1] >= pauses_s[i - 1] - 0.001, (i, times)
         cast = tmp_path / "boot.cast"
         cast.write_bytes(body)
         assert await _asciinema_cat(cast, tmp_path) == b"".join(lines)
@@ -359,3 +359,36 @@ async def test_a_log_gap_in_the_history_is_told_as_missed_bytes(tmp_path: Path) 
                 f"[serialmux] {lost} bytes from offset {len(before) + len(written)} are not in the scrollback"
             )
             assert gap.encode() in err.splitlines(), err
+
+
+async def test_history_bytes_bounds_what_a_restart_reads_back_and_serves(tmp_path: Path) -> None:
+    guest = GuestPty()
+    toml = _toml(tmp_path, guest).replace("boot_bytes = 0", "boot_bytes = 0\nhistory_bytes = 8192")
+    sent = _lines("old", 0, 800)  # 40 KiB logged, more than history_bytes
+    try:
+        async with running_daemon(toml, online=["p1"]) as daemon:
+            hub = daemon.hubs["p1"]
+            await guest.send(sent)
+            await eventually(
+                lambda: _logged_end(tmp_path / "logs" / "p1.log.idx") == hub.stream_end, "logged"
+            )
+            end = hub.stream_end
+        async with (
+            running_daemon(toml, online=["p1"], cleanup=guest.close) as daemon,
+            aiohttp.ClientSession() as http,
+        ):
+            assert daemon.http_address is not None
+            base = "http://{}:{}/api/v1/ports/p1".format(*daemon.http_address)
+            async with http.get(base) as resp:
+                scrollback = (await resp.json())["scrollback"]
+            # Only the newest history_bytes were read back, at their exact offsets; older ones are on disk.
+            assert scrollback["start"] == end - 8192
+            async with http.get(f"{base}/scrollback", params={"from": str(end - 8192)}) as resp:
+                assert resp.status == 200, await resp.text()
+                assert int(resp.headers["X-Scrollback-Offset"]) == end - 8192
+                assert await resp.read() == sent[-8192:]
+            async with http.get(f"{base}/scrollback", params={"from": str(end - 8193)}) as resp:
+                assert resp.status == 416, await resp.text()  # offset_unavailable, like an overwritten one
+                assert (await resp.json())["start"] == end - 8192
+    finally:
+        guest.close()

@@ -20,7 +20,9 @@ from serialmuxd.obs.consolelog_policy import (
     boot_seqs,
     boots_to_delete,
     format_stamp,
+    history_budget,
     history_runs,
+    index_tail,
     marker_line,
     parse_index,
     replay_pieces,
@@ -196,14 +198,14 @@ def _port(name: str, extra: str = "") -> str:
 def test_logs_resolve_per_port() -> None:
     text = (
         '[logs]\ndir = "/var/log/c"\nrotate_bytes = 65536\nkeep = 2\ntimestamps = true\n'
-        'boot_bytes = 4096\nkeep_boots = 3\nboot_pattern = "Linux version"\n'
+        'boot_bytes = 4096\nkeep_boots = 3\nboot_pattern = "Linux version"\nhistory_bytes = 65536\n'
         '[defaults]\nlog_boot_pattern = "^Booting"\n'
         + _port("a")
         + _port("b", "logs = false")
         + _port("c", 'log_dir = "/srv/c"\nlog_boot_pattern = "SAC>"')
     )
     a, b, c = parse_config(text, "t.toml").ports
-    assert a.log == LogSettings(Path("/var/log/c"), 65536, 2, True, 4096, 3, "^Booting")
+    assert a.log == LogSettings(Path("/var/log/c"), 65536, 2, True, 4096, 3, "^Booting", 65536)
     assert b.log is None
     assert c.log is not None and c.log.dir == Path("/srv/c") and c.log.boot_pattern == "SAC>"
     assert parse_config(_port("x"), "t.toml").ports[0].log is None  # no [logs]: no logs
@@ -214,6 +216,7 @@ def test_logs_resolve_per_port() -> None:
 def test_logs_problems_name_file_and_key() -> None:
     text = (
         '[logs]\ndir = "relative"\nrotate_bytes = 10\nkeep = -1\nboot_pattern = "("\nkeep_boot = 3\n'
+        "history_bytes = 100\n"
         + _port("a", 'logs = "yes"\nlog_boot_pattern = "x*"')
         + _port("b", "logs = true")
     )
@@ -226,6 +229,7 @@ def test_logs_problems_name_file_and_key() -> None:
         "t.toml: logs.keep: must be between 0 and 1000, got -1",
         "t.toml: logs.boot_pattern: not a valid regular expression",
         "t.toml: logs.keep_boot: unknown key; did you mean 'keep_boots'?",
+        "t.toml: logs.history_bytes: must be between 1024 (1 KiB) and",
         "t.toml: ports[0].logs: expected boolean",
         "t.toml: ports[0].log_boot_pattern: matches an empty line",
         "t.toml: ports[1].logs: logs = true needs a directory",
@@ -314,3 +318,31 @@ def test_history_reads_back_exact_offsets_across_rotations(tmp_path: Path, stamp
         Piece(2**32 + 40, b"two\r\n"),
     ]
     assert load_history("other", settings, 100) is None
+
+
+def test_history_budget_is_history_bytes_at_least_the_replay_at_most_the_scrollback() -> None:
+    assert history_budget(256 * 1024, 4096, 1 << 20) == 256 * 1024
+    assert history_budget(1024, 65536, 1 << 20) == 65536  # the attach replay is served in full
+    assert history_budget(256 * 1024, 4096, 65536) == 65536  # never more than the ring would hold
+
+
+@given(
+    st.lists(
+        st.tuples(*[st.integers(0, 10**12)] * 4, st.integers(0, 30), st.booleans(), st.integers(0, 10**13))
+    ),
+    st.integers(1, 200),
+    st.binary(max_size=40).filter(lambda b: b"\n" not in b),
+)
+def test_an_index_read_backwards_in_blocks_gives_its_records(
+    fields: list[tuple[int, int, int, int, int, bool, int]], block: int, torn: bytes
+) -> None:
+    records = [IndexRecord(o, p, f + g, g, s, b, t) for o, p, f, g, s, b, t in fields]  # glen <= flen
+    text = b"".join(r.line() for r in records) + torn  # a torn last line after a crash
+    got: list[IndexRecord] = []
+    carry, pos = b"", len(text)
+    while pos > 0:
+        size = min(block, pos)
+        pos -= size
+        found, carry = index_tail(text[pos : pos + size], carry, pos == 0)
+        got[:0] = found
+    assert got == parse_index(text) == records

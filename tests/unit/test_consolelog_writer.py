@@ -5,12 +5,17 @@ that never reached the writer.  Files only (a temporary directory)."""
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
 from serialmuxd.config import LogSettings
-from serialmuxd.obs.consolelog import ConsoleLogWriter, PortLog
+from serialmuxd.errors import StartupError
+from serialmuxd.obs import consolelog
+from serialmuxd.obs.consolelog import ConsoleLogWriter, PortLog, load_history, prepare_dir
+from serialmuxd.obs.consolelog_policy import Piece
 
 
 def _port(tmp_path: Path, **settings: object) -> PortLog:
@@ -180,3 +185,49 @@ def test_a_port_whose_log_fails_closes_its_files_and_counts_every_byte_others_go
     assert (tmp_path / "bad.log").read_bytes() == b"line one\n"
     good._finish()
     assert (tmp_path / "good.log").read_bytes() == b"fine\nstill fine\n" and good.bytes_lost == 0
+
+
+@pytest.mark.parametrize("block", [64, 100_000])
+def test_history_reads_only_the_newest_bytes_back_at_their_offsets_across_rotations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    monkeypatch.setattr(consolelog, "_INDEX_BLOCK", block)  # blocks that cut index lines, or one read
+    settings = LogSettings(tmp_path, rotate_bytes=4096, keep=3, boot_bytes=0)
+    feed = Feed(ConsoleLogWriter().port_log("vm1", settings, 0))
+    stream = b"".join(b"line %03d of the console\r\n" % i for i in range(400))  # 10 KiB: 2 rotations
+    for i in range(0, len(stream), 100):
+        feed.chunk(stream[i : i + 100], i / 1000)  # 100 ms apart: a record each
+    feed.finish()
+    assert (tmp_path / "vm1.log.2").exists() and not (tmp_path / "vm1.log.3").exists()
+    for want in (1, 4000, 5000, 9000, len(stream), 10 * len(stream)):
+        history = load_history("vm1", settings, want)
+        assert history is not None
+        kept = stream[-want:]
+        assert history.runs == (Piece(len(stream) - len(kept), kept),)
+        assert history.times[0][0] == history.start and history.end == len(stream)
+
+
+def test_the_log_directory_is_created_0700_with_its_parents_and_a_readable_one_is_named(
+    tmp_path: Path,
+) -> None:
+    old = os.umask(0o022)  # the usual umask: mkdir's parents would be 0755
+    try:
+        made = tmp_path / "a" / "b" / "logs"
+        prepare_dir(made)
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "a", tmp_path / "a" / "b", made):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    with structlog.testing.capture_logs() as logs:
+        prepare_dir(shared)
+        prepare_dir(shared)  # each port of the directory: told once
+    assert [(e["event"], e["path"], e["mode"]) for e in logs] == [
+        ("console_log_dir_readable", str(shared), "0755")
+    ]
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755  # used as it is
+    shared.chmod(0o775)
+    with pytest.raises(StartupError, match="writable by other users"):
+        prepare_dir(shared)
