@@ -46,13 +46,15 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import errno
 import os
 import re
 import stat
 import threading
 import time
-from collections.abc import Callable, Generator
+from array import array
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,6 +137,31 @@ def prepare_dir(directory: Path) -> None:
 # -- history after a restart -------------------------------------------------------------------------
 
 
+class HistoryTimes:
+    """``(offset, wall)`` pairs, offsets increasing, in two arrays: 16 bytes a record where a tuple of
+    tuples costs over 100 (a slow console has a record per line, so that would be twice its bytes)."""
+
+    __slots__ = ("_at_ms", "_offsets")
+
+    def __init__(self, pairs: Iterable[tuple[int, int]] = ()) -> None:
+        """``pairs``: ``(offset, at_ms)``, the index's milliseconds."""
+        self._offsets = array("Q")
+        self._at_ms = array("q")
+        for offset, at_ms in pairs:
+            self._offsets.append(offset)
+            self._at_ms.append(at_ms)
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def __getitem__(self, i: int) -> tuple[int, float]:
+        return self._offsets[i], self._at_ms[i] / 1000
+
+    def __iter__(self) -> Iterator[tuple[int, float]]:
+        for i in range(len(self._offsets)):
+            yield self._offsets[i], self._at_ms[i] / 1000
+
+
 @dataclass(frozen=True, slots=True)
 class History:
     """Guest output previous runs persisted: ``runs`` (oldest first, at their exact stream offsets, a hole
@@ -142,7 +169,7 @@ class History:
     offsets increasing) to seed the hub's timeline, so a recording of it keeps its timing."""
 
     runs: tuple[Piece, ...]
-    times: tuple[tuple[int, float], ...] = ()
+    times: HistoryTimes = dataclasses.field(default_factory=HistoryTimes)
 
     @property
     def start(self) -> int:
@@ -202,7 +229,7 @@ def load_history(name: str, settings: LogSettings, want: int) -> History | None:
     runs, times = history_runs(pieces[::-1], want)
     if not runs:
         return None
-    return History(tuple(runs), tuple((offset, at_ms / 1000) for offset, at_ms in times))
+    return History(tuple(runs), HistoryTimes(times))
 
 
 _INDEX_BLOCK = 64 * 1024
