@@ -33,6 +33,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import weakref
 from typing import TYPE_CHECKING
 
 import asyncssh
@@ -86,6 +87,7 @@ ALGORITHMS: dict[str, list[str]] = {
     "compression_algs": ["none"],
 }
 _CA_PRINCIPALS = 'cert-authority,principals="*"'  # any principal: SshConnection maps it to a user
+CHANNEL_CLOSE_TIMEOUT_S = 2.0  # at stop: how long clients get to read their channel's last bytes
 
 
 class SshFrontend:
@@ -104,6 +106,7 @@ class SshFrontend:
         self.host_keys = host_keys
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self.connections: set[asyncssh.SSHServerConnection] = set()  # closed at stop (the acceptor does not)
+        self.sessions: weakref.WeakSet[SshConsoleSession] = weakref.WeakSet()  # waited for at stop
         # Built again only when the authenticator's CA list changes (a reload of the users file).
         self._ca_source: tuple[SshPublicKey, ...] | None = None
         self._ca_entries: asyncssh.SSHAuthorizedKeys | None = None
@@ -168,6 +171,13 @@ class SshFrontend:
     async def stop(self) -> None:
         """Stop listening and close every connection (the hubs have told their sessions why)."""
         await self.stop_listening()
+        # The hubs' goodbyes are written and each channel is closing (exit status, EOF, CLOSE): let the
+        # clients read them before the connections go, or a disconnect can overtake the last line.
+        closing = [asyncio.ensure_future(session.wait_closed()) for session in list(self.sessions)]
+        if closing:
+            _done, late = await asyncio.wait(closing, timeout=CHANNEL_CLOSE_TIMEOUT_S)
+            for task in late:
+                task.cancel()
         connections = list(self.connections)
         for conn in connections:
             conn.close()

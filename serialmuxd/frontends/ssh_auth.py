@@ -113,7 +113,9 @@ class SshConnection(asyncssh.SSHServer):
     def session_requested(self) -> SshConsoleSession | bool:
         if self.accepted is None:
             return False
-        return SshConsoleSession(self.accepted, self._front.audit)
+        session = SshConsoleSession(self.accepted, self._front.audit)
+        self._front.sessions.add(session)
+        return session
 
     # -- keys -----------------------------------------------------------------------------------------
     def public_key_auth_supported(self) -> bool:

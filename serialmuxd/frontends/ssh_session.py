@@ -127,6 +127,11 @@ class SshConsoleSession(CommandRunner, asyncssh.SSHServerSession[bytes]):
             if self.session is not None:
                 self.session.window_size_changed(width, height)
 
+    async def wait_closed(self) -> None:
+        """Until the channel is closed (both sides sent CLOSE): what was written before has been sent."""
+        if self._chan is not None:
+            await self._chan.wait_closed()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self._writable.set()
