@@ -195,6 +195,26 @@ class PortHub(DeviceListener, LineRequests):
         if self.console_log is not None:
             await self.console_log.close()  # everything queued is written, the files are closed
 
+    def continue_at(self, offset: int) -> None:
+        """Re-base a hub that was built but never started: its stream starts at ``offset``, the exact end of
+        the previous run.  A reload that rebuilds a port builds the new hub while the old device is still
+        producing, and only knows where the old stream ended once the old link is closed; everything that
+        carries the start offset is set again here (ring, the fan-out's run, timeline, console log) so that
+        no offset is handed out twice and none is skipped (reload/runner.py)."""
+        if self.link is not None or len(self.ring) or self._history is not None:
+            raise RuntimeError(f"port {self.name}: only a hub that has no stream yet can be re-based")
+        before = self.ring.end
+        self.ring = RingBuffer(self.config.scrollback_bytes, offset)
+        self.output.ring = self.ring
+        self.output.run_start = offset
+        self.output.previous_end = offset  # the previous run ended exactly here: a resume is told nothing
+        self.timeline = Timeline(offset, max_samples=max_samples_for(self.config.scrollback_bytes))
+        if self.console_log is not None:
+            self.console_log.continue_at(offset)
+        for session in self.sessions.values():  # attached early (a new listener), waiting at the old start
+            if session.cursor == before:
+                session.cursor = offset
+
     def reconfigure(self, config: PortConfig) -> None:
         """A reload changed only settings that apply in place (``reload.plan.LIVE_PORT_FIELDS``): sessions,
         the device link and the ring stay.  What is read when a session attaches (notices, escape, the

@@ -61,6 +61,8 @@ class ReloadCounts(Protocol):
     @property
     def failed(self) -> int: ...
     @property
+    def partial(self) -> int: ...
+    @property
     def last_successful(self) -> bool: ...
     @property
     def last_success_time(self) -> float: ...
@@ -229,10 +231,11 @@ class ConsoleCollector(Collector):
             )
             outcomes.add_metric(("ok",), reloads.ok)
             outcomes.add_metric(("failed",), reloads.failed)
+            outcomes.add_metric(("partial",), reloads.partial)  # applied, some listener could not be bound
             yield outcomes
             yield GaugeMetricFamily(
                 PREFIX + "config_last_reload_successful",
-                "1 if the last configuration reload was applied (or none was tried), 0 if it was rejected",
+                "1 if the last configuration reload was applied in full (or none was tried), else 0",
                 value=1 if reloads.last_successful else 0,
             )
             yield GaugeMetricFamily(

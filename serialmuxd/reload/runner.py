@@ -8,10 +8,11 @@ as it is by then.  Once the daemon is stopping, requests are ignored (and logged
 
 A reload has two phases.  **Prepare** does everything that can fail without touching what runs: the file
 goes through the one validator (``config.load_config``), the users file through its loader, the TLS files
-through ``tls.load_server_context``; new hubs are built and the listeners of ports that are added (or moved
-to an address no port had) are bound.  Any failure there rejects the reload: what was bound is closed, the
-old configuration keeps serving, each problem is logged as ``reload_failed`` with the same
-``FILE: key.path: reason`` text ``check-config`` prints, counted, and audited.  **Apply** then cannot be
+through ``tls.load_server_context``; new hubs are built and the listeners of ports that are added (or moved)
+are bound, except on an address that apply itself sets free (a removed, rebuilt or rebound port's).  Any
+failure there rejects the reload: what was bound is closed, the old configuration keeps serving, each
+problem is logged as ``reload_failed`` with the same ``FILE: key.path: reason`` text ``check-config``
+prints, counted, and audited.  **Apply** then cannot be
 refused: removed ports' sessions are told why and closed (each ``detach`` audited), then their listeners,
 device links and adapters; changed ports are rebuilt, get new listeners (``plan.LISTENER_FIELDS``: the
 sessions and the device stay) or are reconfigured in place (``plan.LIVE_PORT_FIELDS``);
@@ -23,7 +24,11 @@ touched at all: same hub, same sessions, same device link, same listeners.
 
 systemd hears ``RELOADING=1`` (with ``MONOTONIC_USEC``, as ``Type=notify-reload`` in newer systemd wants)
 when a reload starts and ``READY=1`` when it is over, whatever the outcome.  Outcomes are counted for
-``/metrics`` (``ReloadStats``) and audited as ``config_reload``.
+``/metrics`` (``ReloadStats``) and audited as ``config_reload``: ``ok``, ``failed`` (nothing applied) or
+``partial`` (applied, but a listener on an address apply had just set free could not be bound: someone else
+took it).  A rebuilt port's new hub continues the stream at the old one's end, read once the old device is
+closed (``PortHub.continue_at``); the hubs a reload took out are freed although start-up froze the heap
+(``heap.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import asyncio
 import contextlib
 import ssl
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +51,7 @@ from ..errors import ConfigError, StartupError
 from ..hub import PortHub
 from ..hub.health import warm_matchers
 from ..obs.sdnotify import sd_notify
+from .heap import HeapSettler
 from .plan import ReloadPlan, plan_reload, port_names
 from .revoke import Withdrawn, describe, withdrawn
 from .tlsrotate import RotatingTls
@@ -65,6 +72,9 @@ class ReloadStats:
     last_success_time: float = field(default_factory=time.time)
     ok: int = 0
     failed: int = 0
+    # Applied, but some listener could not be bound (its address was taken meanwhile): not "successful",
+    # since what runs is not what the file says.
+    partial: int = 0
     last_successful: bool = True
 
 
@@ -103,6 +113,7 @@ class Reloader:
         self._ready = False  # the daemon has started: until then a request only waits
         self.ignored = 0  # requests that came while the daemon was stopping
         self._tls: RotatingTls | None = None
+        self._heap = HeapSettler()  # frees the hubs a reload takes out (start-up froze the heap)
 
     # -- TLS --------------------------------------------------------------------------------------
     def tls_started(self, context: ssl.SSLContext | None) -> None:
@@ -135,6 +146,7 @@ class Reloader:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._heap.close()
 
     @property
     def idle(self) -> bool:
@@ -151,7 +163,7 @@ class Reloader:
                 await self.reload(trigger)
             except Exception:  # a bug here must not end the daemon; the old configuration keeps serving
                 log.exception("reload_crashed", trigger=trigger)
-                self._count(False)
+                self._count("failed")
                 sd_notify(
                     f"READY=1\nSTATUS=serving {len(self._daemon.hubs)} console ports; last reload failed"
                 )
@@ -187,7 +199,7 @@ class Reloader:
                     reason=reason,
                     hint="the running configuration is kept",
                 )
-            self._count(False)
+            self._count("failed")
             daemon.audit(
                 "config_reload",
                 trigger=trigger,
@@ -200,13 +212,18 @@ class Reloader:
                 f"reload failed: {exc.problems[0][0]}: {exc.problems[0][1]}"[:200]
             )
             return False
-        await self._apply(prepared)
         plan = prepared.plan
+        gone: list[weakref.ref[object]] = [
+            weakref.ref(daemon.hubs[name]) for name in (*plan.removed, *port_names(plan.rebuilt))
+        ]
+        unbound = await self._apply(prepared)
+        self._heap.dropped(gone)
         for key, reason in new.warnings:
             log.warning("config_deprecated", file=source, key=key, reason=reason)
         for key, reason in plan.needs_restart:
             log.warning("reload_needs_restart", file=source, key=key, reason=reason)
-        self._count(True)
+        result = "partial" if unbound else "ok"
+        self._count(result)
         summary = {
             "added": list(plan.added),
             "removed": list(plan.removed),
@@ -214,31 +231,42 @@ class Reloader:
             "rebound": port_names(plan.rebound),
             "updated": port_names(plan.updated),
         }
-        log.info(
+        # A partial reload also names what is missing (each was logged as reload_listen_failed).
+        missing = {"listen_failed": [f"{key}: {reason}" for key, reason in unbound]} if unbound else {}
+        (log.error if unbound else log.info)(
             "reloaded",
             trigger=trigger,
             file=source,
+            result=result,
             **summary,
             unchanged=len(plan.unchanged),
             needs_restart=[key for key, _ in plan.needs_restart],
+            **missing,
         )
         daemon.audit(
             "config_reload",
             trigger=trigger,
             file=source,
-            result="ok",
+            result=result,
             **summary,
             needs_restart=[key for key, _ in plan.needs_restart],
+            **missing,
         )
-        sd_notify(f"READY=1\nSTATUS=serving {len(daemon.hubs)} console ports")
+        status = f"serving {len(daemon.hubs)} console ports"
+        if unbound:
+            status += f"; reload partial: {unbound[0][0]}: {unbound[0][1]}"
+        sd_notify(f"READY=1\nSTATUS={status}"[:200])
         return True
 
-    def _count(self, ok: bool) -> None:
+    def _count(self, result: str) -> None:
+        """``result``: "ok", "failed" (nothing applied) or "partial" (applied, some listener missing)."""
         stats = self.stats
-        stats.last_successful = ok
-        if ok:
+        stats.last_successful = result == "ok"
+        if result == "ok":
             stats.ok += 1
             stats.last_success_time = time.time()
+        elif result == "partial":
+            stats.partial += 1
         else:
             stats.failed += 1
 
@@ -262,7 +290,11 @@ class Reloader:
         await asyncio.to_thread(warm_matchers, effective.ports, effective.alerts.patterns)
         ports = {p.name: p for p in effective.ports}
         rebuilt = port_names(plan.rebuilt)
-        held = _addresses(daemon.config)  # what the running daemon has bound (or may: port 0 is always new)
+        # Addresses apply sets free (the listeners of removed, rebuilt and rebound ports): a new listener on
+        # one of those is bound there, once the old one let go.  Any other address a running listener holds
+        # (the HTTP or SSH listener's, kept until a restart moves it) is bound now: a clash rejects the
+        # reload, naming the port's key.
+        held = _released(daemon.config, {*plan.removed, *rebuilt, *port_names(plan.rebound)})
         context = self._tls.front if self._tls is not None else tls  # the front: rotations reach it
         new_hubs: dict[str, PortHub] = {}
         rebound = port_names(plan.rebound)
@@ -299,8 +331,8 @@ class Reloader:
     def _new_hub(self, port: PortConfig, *, rebuilt: bool) -> PortHub:
         daemon = self._daemon
         if rebuilt:
-            # The stream continues where the old hub's ended: offsets never go back, and a client resuming
-            # from before the rebuild is told exactly what it missed.
+            # Provisional: the old device keeps producing until apply closes it, and only then is the old
+            # stream's end known; ``_apply`` re-bases the new hub there (``PortHub.continue_at``).
             end = daemon.hubs[port.name].ring.end
             return daemon.new_hub(port, start_offset=end, previous_end=end)
         offset = daemon.state.offsets.get(port.name, 0)
@@ -319,8 +351,10 @@ class Reloader:
             raise ReloadRejected(config.source, [("tls", str(exc))]) from None
 
     # -- apply: cannot be refused any more -------------------------------------------------------------
-    async def _apply(self, prepared: _Prepared) -> None:
+    async def _apply(self, prepared: _Prepared) -> list[tuple[str, str]]:
+        """Returns the listeners that could not be bound, as ``(key, reason)``: the reload is then partial."""
         daemon = self._daemon
+        unbound: list[tuple[str, str]] = []
         plan = prepared.plan
         effective = plan.effective
         ports = {p.name: p for p in effective.ports}
@@ -328,11 +362,16 @@ class Reloader:
             await daemon.close_port(name, f"console {name} was removed from the configuration (reload)")
         for change in plan.rebuilt:
             changed = ", ".join(change.fields)
+            old = daemon.hubs[change.name]
             await daemon.close_port(
                 change.name,
                 f"console {change.name} is restarted by a configuration reload ({changed} changed); "
                 "connect again",
             )
+            # The old link is closed (no callback reaches the old hub any more): the stream continues at its
+            # true end, so offsets stay strictly increasing and a client resuming there misses nothing.
+            prepared.new_hubs[change.name].continue_at(old.ring.end)
+            del old
         for name, servers in prepared.old_servers.items():
             if servers:
                 daemon.close_listeners(daemon.hubs[name], only=servers)
@@ -345,7 +384,10 @@ class Reloader:
                 try:
                     await daemon.listen_one(hub, address, kind, tls if ports[name].telnet_tls else None)
                 except StartupError as exc:  # the address was ours a moment ago: someone else took it
-                    log.error("reload_listen_failed", port=name, error=str(exc))
+                    key = f"ports[{_index(effective, name)}]."
+                    key += "telnet_readonly" if "-" in kind else "telnet"
+                    log.error("reload_listen_failed", port=name, key=key, error=str(exc))
+                    unbound.append((key, str(exc)))
         for change in (*plan.updated, *plan.rebound):
             hub = daemon.hubs[change.name]
             hub.reconfigure(ports[change.name])
@@ -376,6 +418,7 @@ class Reloader:
             await daemon.start_hub(hub)
         daemon.audit.reopen()  # log rotation: `systemctl reload` after moving the file away
         daemon.after_reload()
+        return unbound
 
     def _swap_access(self, grants: RoleGrants, directory: UserDirectory) -> None:
         daemon = self._daemon
@@ -436,11 +479,9 @@ def _key(address: ListenAddress) -> tuple[str, int]:
     return address.host, address.port
 
 
-def _addresses(config: Config) -> set[tuple[str, int]]:
-    held = {_key(address) for port in config.ports for address, _ in _listeners(port)}
-    if config.http.listen is not None:
-        held.add(_key(config.http.listen))
-    return held
+def _released(config: Config, names: set[str]) -> set[tuple[str, int]]:
+    """The addresses of the running listeners of ports ``names``, which apply closes."""
+    return {_key(address) for port in config.ports if port.name in names for address, _ in _listeners(port)}
 
 
 def _index(config: Config, name: str) -> int:
