@@ -317,6 +317,8 @@ class _LogFile:
         self.idx_fd: int | None = None
         try:
             self.idx_fd = _open(Path(index_name(str(path)))) if indexed else None
+            if self.idx_fd is not None:
+                _cut_torn_record(self.idx_fd)
             self.size = os.fstat(self.fd).st_size
             self.at_line_start = self.size == 0 or os.pread(self.fd, 1, self.size - 1) == b"\n"
         except OSError:
@@ -430,6 +432,19 @@ class _LogFile:
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+
+
+def _cut_torn_record(idx_fd: int) -> None:
+    """An index whose last record was torn (a crash or a full disk mid-write) loses that part line, so that
+    the next record starts its own line (instead of being lost with it) and the torn one, were it ever
+    completed by a newline, cannot pass for a record.  Best effort, like every index write."""
+    with contextlib.suppress(OSError):
+        size = os.fstat(idx_fd).st_size
+        tail = os.pread(idx_fd, min(size, 4096), max(0, size - 4096))  # a record line is < 200 bytes
+        if tail and not tail.endswith(b"\n"):
+            nl = tail.rfind(b"\n")
+            if nl >= 0 or size <= 4096:
+                os.ftruncate(idx_fd, size - len(tail) + nl + 1)
 
 
 def _open(path: Path) -> int:

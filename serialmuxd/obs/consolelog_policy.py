@@ -187,7 +187,9 @@ class IndexRecord:
 
 
 def parse_index(text: bytes) -> list[IndexRecord]:
-    return [r for r in (IndexRecord.parse(line) for line in text.split(_NL)) if r is not None]
+    """The records of an index's text.  Only whole lines count: an unterminated last one is a record torn
+    by a crash or a full disk, which could still parse (cut inside its time, or after its sixth field)."""
+    return [r for r in (IndexRecord.parse(line) for line in text.split(_NL)[:-1]) if r is not None]
 
 
 def index_tail(block: bytes, carry: bytes, at_file_start: bool) -> tuple[list[IndexRecord], bytes]:

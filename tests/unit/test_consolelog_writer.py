@@ -231,3 +231,23 @@ def test_the_log_directory_is_created_0700_with_its_parents_and_a_readable_one_i
     shared.chmod(0o775)
     with pytest.raises(StartupError, match="writable by other users"):
         prepare_dir(shared)
+
+
+def test_a_record_torn_in_the_index_is_skipped_and_the_next_run_indexes_on_its_own_line(
+    tmp_path: Path,
+) -> None:
+    settings = LogSettings(tmp_path, boot_bytes=0)
+    first = Feed(ConsoleLogWriter().port_log("vm1", settings, 0))
+    first.chunk(b"before the crash\r\n", 0.0)
+    first.finish()
+    idx = tmp_path / "vm1.log.idx"
+    with idx.open("ab") as torn:  # a record cut short, inside its time: it would parse as a wrong one
+        torn.write(b"18 18 9 9 0 1 17")
+    second = Feed(ConsoleLogWriter().port_log("vm1", settings, 18))
+    second.offset = 18
+    second.chunk(b"after\r\n", 5.0)
+    second.finish()
+    history = load_history("vm1", settings, 1000)
+    assert history is not None
+    assert history.runs == (Piece(0, b"before the crash\r\nafter\r\n"),)
+    assert [at for _, at in history.times] == [1_700_000_000.0, 1_700_000_005.0]
