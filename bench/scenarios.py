@@ -24,7 +24,16 @@ from pathlib import Path
 from serialmuxd.rlimits import BASE_DESCRIPTORS, CLIENT_HEADROOM
 
 from . import procfs
-from .targets import HOST, PortPlan, Serialmuxd, StartOptions, Target, Unsupported, free_tcp_ports
+from .targets import (
+    HOST,
+    PortPlan,
+    Serialmuxd,
+    StartOptions,
+    Target,
+    Unsupported,
+    free_tcp_ports,
+    stable_tcp_ports,
+)
 from .workload import (
     BenchError,
     Endpoint,
@@ -348,7 +357,7 @@ def idle_ports(target: Target, nports: int, window_s: float, fresh_samples: int)
     try:
         for _ in range(nports):
             ptys.append(Pty.open())
-        plans = [PortPlan(pty, port) for pty, port in zip(ptys, free_tcp_ports(nports), strict=True)]
+        plans = [PortPlan(pty, port) for pty, port in zip(ptys, stable_tcp_ports(nports), strict=True)]
         times = target.start(plans, StartOptions(), START_TIMEOUT_S)
         pid = target.pid
         assert pid is not None
@@ -598,7 +607,7 @@ def consoles(target: Target, requested: int, window_s: float, samples: int) -> M
     daemon = _serialmuxd(target, "one daemon with unix-socket devices and /metrics: serialmuxd only")
     count, hard = _fitting_ports(requested)
     refusal = _refusal_of(daemon, requested) if count < requested else ""
-    tcp_ports = free_tcp_ports(count + 1)  # before the guests: both at once would double the bench's fds
+    tcp_ports = stable_tcp_ports(count + 1)  # none the kernel would hand to a connection meanwhile
     guest_dir = Path(tempfile.mkdtemp(prefix="smd-c-"))
     guests: list[socket.socket] = []
     endpoints: list[Endpoint] = []

@@ -63,6 +63,29 @@ class Unsupported(Exception):
     """This target cannot run this scenario (e.g. socat has no fan-out); reported as n/a."""
 
 
+def stable_tcp_ports(count: int) -> list[int]:
+    """``count`` free ports below the kernel's ephemeral range, for relays that bind thousands of them.
+
+    Ports from ``free_tcp_ports`` are ephemeral ones: between picking 10,000 of them and the relay binding
+    the last one, any outgoing connection on the machine (even the bench's own probe) may be given one of
+    them and the bind fails.  Below the range the kernel never hands a port out by itself."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports: list[int] = []
+    candidate = low - 1
+    while len(ports) < count and candidate >= 1024:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((HOST, candidate))
+            except OSError:
+                pass  # in use (or reserved): skip it
+            else:
+                ports.append(candidate)
+        candidate -= 1
+    if len(ports) < count:
+        raise BenchError(f"only {len(ports)} free ports below the ephemeral range, {count} wanted")
+    return sorted(ports)
+
+
 def free_tcp_ports(count: int) -> list[int]:
     """``count`` distinct ports the kernel considers free right now (bound together, then released)."""
     socks: list[socket.socket] = []
