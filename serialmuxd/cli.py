@@ -120,10 +120,12 @@ async def _serve(config: Config, started: Callable[[Daemon], Awaitable[None]] | 
 
 
 def _settle_heap() -> None:
-    """After start-up (READY is out): one collection of its garbage, and the cyclic GC is on again
-    (``_cmd_run`` turned it off).  Not ``gc.freeze()``: a hub a reload replaces is a reference cycle, and
-    frozen cycles are never collected (up to its scrollback leaked per rebuilt port)."""
+    """After start-up (READY is out): one collection of its garbage, then everything alive moves to the
+    permanent generation, which later collections do not scan (the configuration, hubs, listeners: they
+    live as long as the daemon), and the cyclic GC is on again (``_cmd_run`` turned it off).  Hubs a
+    reload takes out are unfrozen and collected by ``reload/heap.py``."""
     gc.collect()
+    gc.freeze()
     gc.enable()
 
 
