@@ -333,7 +333,8 @@ class WebSocketConsoles:
                         session.input(msg.data)
                     else:
                         await _control(conn, session, msg.data, target.config.key_profile)
-                    await conn.input_allowed.wait()
+                    if not conn.input_allowed.is_set():  # the device is full: wait (no coroutine otherwise)
+                        await conn.input_allowed.wait()
         finally:
             self.connections.discard(conn)
             sign_ins.closed(conn)
