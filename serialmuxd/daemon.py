@@ -237,6 +237,7 @@ class Daemon:
             if self._ssh is not None:  # started before HTTP: stopped when HTTP cannot start
                 await self._ssh.stop()
                 self._ssh = None
+            await self._close_oidc()  # its key fetch and HTTP client (an unusable client secret file)
             raise
         # After the listeners (a start-up error leaves no sender task behind), before any guest byte.
         self._webhook = attach_alerts(self.config.alerts, self.hubs.values())
@@ -451,6 +452,16 @@ class Daemon:
         # provider that is down at start-up does not keep the consoles from starting.
         self._oidc_refresh = asyncio.get_running_loop().create_task(self._oidc.refresh())
 
+    async def _close_oidc(self) -> None:
+        refresh, self._oidc_refresh = self._oidc_refresh, None
+        if refresh is not None:
+            refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await refresh
+        oidc, self._oidc = self._oidc, None
+        if oidc is not None:
+            await oidc.close()
+
     def _load_tls(self) -> ssl.SSLContext | None:
         tls = self.config.tls
         needed = self.config.http.tls or any(port.telnet_tls for port in self.config.ports)
@@ -564,12 +575,7 @@ class Daemon:
             self.state.offsets[name] = hub.ring.end
         self.state.clean_stop = True
         self._save_state()
-        if self._oidc_refresh is not None:
-            self._oidc_refresh.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._oidc_refresh
-        if self._oidc is not None:
-            await self._oidc.close()
+        await self._close_oidc()
         if self._webhook is not None:
             await self._webhook.stop()
         self.audit.close()  # last: the hubs' detach events of the shutdown are in it
