@@ -326,8 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="serialmuxd",
         description=(
             "Serial-console multiplexer: owns the COM1 ports of the machines on this host (ttys, PTYs, QEMU "
-            "chardev sockets, programs such as ipmitool SOL) and lets people attach over telnet/raw TCP: "
-            "one writer at a time with takeover, read-only viewers, scrollback replayed on attach."
+            "chardev sockets, programs such as ipmitool SOL) and lets people attach over telnet/raw TCP, "
+            "ssh, a browser page or the serialmux client: one writer at a time with takeover, read-only "
+            "viewers, scrollback replayed on attach, console logs on disk; SIGHUP reloads the configuration."
         ),
         epilog=(
             "Exit codes: 0 ok, 1 start-up failure (e.g. busy listen address) or no usable password "
