@@ -513,7 +513,7 @@ class PortLog:
             return
         writer.queued += len(data)
         writer.queue.append((self, data, offset, time.time(), None))
-        if writer.queued - writer.drained > _WAKE_BYTES:
+        if writer.sleeping or writer.queued - writer.drained > _WAKE_BYTES:
             writer.wake.set()
 
     def _refuse(self, data: bytes, offset: int) -> None:
@@ -543,6 +543,8 @@ class PortLog:
         """A boot or reset happened here in the stream: capture what follows (see the module docstring)."""
         if not self.closed and self.settings.boot_bytes > 0:
             self._writer.queue.append((self, None, 0, time.time(), reason))
+            if self._writer.sleeping:
+                self._writer.wake.set()
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Write everything queued for this port, then close its files (port stopped or removed)."""
@@ -878,6 +880,10 @@ class ConsoleLogWriter:
         self.limit = limit
         self.interval_s = interval_s
         self.wake = threading.Event()
+        # The thread waits without a timeout while it has nothing to write or hold (an idle host costs no
+        # wake-ups); whoever queues something then wakes it.  Set before the thread's last look at the
+        # queue, so an append either is seen by that look or sees the flag.
+        self.sleeping = False
         self.ports: set[PortLog] = set()
         self.active: set[PortLog] = set()  # ports the thread has work for (thread side only)
         self.running = False
@@ -921,7 +927,16 @@ class ConsoleLogWriter:
 
     def _run(self) -> None:
         while True:
-            self.wake.wait(self.interval_s)
+            if self.active or self._stopping:
+                self.wake.wait(self.interval_s)
+            else:
+                self.sleeping = True
+                if not self.queue:
+                    self.wake.wait()
+                self.sleeping = False
+                if not self._stopping:  # then gather a tick's worth, as for a busy port: one batch
+                    self.wake.clear()
+                    self.wake.wait(self.interval_s)
             self.wake.clear()
             for port in [p for p in self.active if p.paused]:
                 self._guard(port, port._retry)  # before the new chunks: they are written if it works

@@ -251,3 +251,33 @@ def test_a_record_torn_in_the_index_is_skipped_and_the_next_run_indexes_on_its_o
     assert history is not None
     assert history.runs == (Piece(0, b"before the crash\r\nafter\r\n"),)
     assert [at for _, at in history.times] == [1_700_000_000.0, 1_700_000_005.0]
+
+
+@pytest.mark.asyncio
+async def test_the_thread_sleeps_without_a_timeout_while_idle_and_wakes_for_a_chunk(tmp_path: Path) -> None:
+    # An idle host (no [logs] output, or none at all) costs the writer thread no wake-ups: it waits on its
+    # event alone, and the loop side wakes it for the next chunk (or trigger) it queues.
+    import asyncio
+
+    writer = ConsoleLogWriter(interval_s=0.01)
+    log = writer.port_log("vm1", LogSettings(tmp_path), 0)
+    writer.start()
+    try:
+
+        async def until(predicate: object, what: str) -> None:
+            for _ in range(2000):
+                if predicate():  # type: ignore[operator]
+                    return
+                await asyncio.sleep(0.005)
+            raise AssertionError(f"timeout waiting for {what}")
+
+        await until(lambda: writer.sleeping, "the idle thread asleep")
+        log.observe(b"first line\r\n", 0)
+        await until(lambda: (tmp_path / "vm1.log").exists() and log.bytes_logged == 12, "the chunk written")
+        assert (tmp_path / "vm1.log").read_bytes() == b"first line\r\n"
+        await until(lambda: writer.sleeping, "asleep again once nothing is held")
+        log.observe(b"second line\r\n", 12)
+        await until(lambda: log.bytes_logged == 25, "the next chunk written")
+    finally:
+        await writer.stop()
+    assert (tmp_path / "vm1.log").read_bytes() == b"first line\r\nsecond line\r\n"
