@@ -22,13 +22,13 @@ from typing import Any
 import asyncssh
 import structlog
 
-from ..adapters import Action
 from ..control import Console
 from ..core.access import AttachMode, Identity
 from ..core.policy import NoticePolicy
 from ..hub import EndReason, Notice, NoticeKind, Session, notice_line
 from ..obs.audit import AuditFn
 from ..proto import escape as esc
+from .keyboard import InBandKeys
 from .output import OutputBudget
 from .ssh_exec import CommandRunner
 from .ssh_user import ConsoleRequest, SshMode
@@ -38,11 +38,6 @@ log = structlog.get_logger("serialmuxd.ssh")
 
 _REPLAY_WINDOW_BYTES = 1024 * 1024  # replay-lines=N looks for its lines in at most this much scrollback
 _NOTICE_PREFIX = b"\r\n[serialmuxd] "
-_ESCAPE_ACTIONS = {
-    esc.Command.NMI: Action.NMI,
-    esc.Command.RESET: Action.RESET,
-    esc.Command.RESTART: Action.RESTART,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +62,13 @@ class SshConsoleSession(CommandRunner, asyncssh.SSHServerSession[bytes]):
         self.session: Session | None = None
         self._closing = False
         self._inband = config.notices is NoticePolicy.INBAND
-        self.escape = esc.EscapeParser(esc.parse_escape_key(config.escape))
-        self._asked = False
-        self._confirming: Action | None = None
+        self.keys = InBandKeys(
+            esc.EscapeParser(esc.parse_escape_key(config.escape)),
+            self.console.name,
+            write_line=self._write_line,
+            close=lambda: self._close(0),
+            closing=lambda: self._closing,
+        )
         self._budget = OutputBudget(config.client_buffer_bytes)
         self._writable = asyncio.Event()
         self._writable.set()
@@ -105,7 +104,7 @@ class SshConsoleSession(CommandRunner, asyncssh.SSHServerSession[bytes]):
 
     def data_received(self, data: bytes, datatype: Any) -> None:
         if not self._closing and self.session is not None:
-            self._keyboard(data)
+            self.keys.feed(self.session, data)
 
     def eof_received(self) -> bool:
         if self._command is not None:
@@ -192,9 +191,9 @@ class SshConsoleSession(CommandRunner, asyncssh.SSHServerSession[bytes]):
             self._chan.write(data)
 
     def send_notice(self, notice: Notice) -> None:
-        self._write_line(notice_line(notice, functools.partial(escape_hint, self.escape.prefix)))
+        self._write_line(notice_line(notice, functools.partial(escape_hint, self.keys.escape.prefix)))
         if notice.kind is NoticeKind.ASKED:
-            self._asked = True
+            self.keys.asked = True
             self._write_line("press y to hand over now, n to keep writing")
 
     def close_session(self, reason: str, kind: EndReason = EndReason.PROTOCOL) -> None:
@@ -210,79 +209,6 @@ class SshConsoleSession(CommandRunner, asyncssh.SSHServerSession[bytes]):
     def resume_input(self) -> None:
         if self._chan is not None and not self._closing:
             self._chan.resume_reading()
-
-    # -- typing (as on telnet: the escape key, confirmations, takeover answers) ---------------------------
-    def _keyboard(self, data: bytes) -> None:
-        session = self.session
-        assert session is not None
-        for event in self.escape.feed(data):
-            if self._closing:
-                return
-            if isinstance(event, esc.PassThrough):
-                payload = event.data
-                if self._confirming is not None:
-                    self._answer_confirmation(session, payload[:1])
-                    payload = payload[1:]
-                if payload and self._asked:
-                    payload = self._answer_takeover(session, payload)
-                if payload:
-                    session.input(payload)
-            elif isinstance(event, esc.EscapeCommand):
-                self._confirming = None
-                self._escape_command(session, event.command)
-            else:
-                self._write_help()
-
-    def _answer_takeover(self, session: Session, payload: bytes) -> bytes:
-        if not session.being_asked():
-            self._asked = False
-            return payload
-        answer = payload[:1].lower()
-        if answer not in (b"y", b"n"):
-            return payload
-        self._asked = False
-        session.answer_takeover(answer == b"y")
-        return payload[1:]
-
-    def _answer_confirmation(self, session: Session, key: bytes) -> None:
-        assert self._confirming is not None
-        action, self._confirming = self._confirming, None
-        if key in (b"y", b"Y"):
-            self._spawn(session.run_action(action))
-        else:
-            self._write_line(f"{action} cancelled")
-
-    def _escape_command(self, session: Session, command: esc.Command) -> None:
-        if command is esc.Command.DETACH:
-            self._write_line("detached")
-            session.detach()
-            self._close(0)
-        elif command is esc.Command.TAKE_OVER:
-            session.take_over()
-        elif command is esc.Command.READ_ONLY:
-            session.become_viewer()
-        elif command is esc.Command.REPLAY:
-            session.replay()
-        elif command is esc.Command.BREAK:
-            session.send_break()
-        elif command is esc.Command.WHO:
-            session.who()
-        elif command in _ESCAPE_ACTIONS:
-            action = _ESCAPE_ACTIONS[command]
-            refusal = session.check_action(action)
-            if refusal is not None:
-                self._write_line(refusal)
-                return
-            self._confirming = action
-            self._write_line(f"{action} {self.console.name}? press y to confirm, any other key cancels")
-        else:
-            self._write_help()
-
-    def _write_help(self) -> None:
-        prefix = self.escape.prefix  # the keys this session has (a reload may have changed the port's)
-        if prefix is not None:
-            for line in esc.help_text(prefix):
-                self._write_line(line)
 
     def _write_line(self, text: str) -> None:
         if not self._inband or self._chan is None or self._closing:

@@ -18,7 +18,6 @@ from typing import Final, cast
 
 import structlog
 
-from ..adapters import Action
 from ..auth.authenticator import certificate_names
 from ..auth.setup import FrontDoor
 from ..config import ListenAddress
@@ -29,21 +28,11 @@ from ..errors import StartupError
 from ..hub import EndReason, Hint, Notice, NoticeKind, Session, notice_line
 from ..proto import escape as esc
 from ..proto import telnet as tn
+from .keyboard import InBandKeys
 from .output import CLOSE_FLUSH_TIMEOUT_S, OutputBudget
 from .telnet_login import TelnetLogin
 
 log = structlog.get_logger("serialmuxd.telnet")
-
-_VM_COMMANDS = {
-    esc.Command.NMI: Action.NMI,
-    esc.Command.RESET: Action.RESET,
-    esc.Command.RESTART: Action.RESTART,
-}
-_ACTION_WORDS = {
-    Action.NMI: "send an NMI to",
-    Action.RESET: "hard-reset",
-    Action.RESTART: "restart",
-}
 
 _NOTICE_PREFIX = b"\r\n[serialmuxd] "
 
@@ -86,22 +75,23 @@ class TelnetConnection(asyncio.Protocol):
         self.mode = mode
         self.codec: tn.TelnetCodec | None = None if raw else tn.TelnetCodec()
         prefix = esc.parse_escape_key(hub.config.escape)
-        self.escape = esc.EscapeParser(prefix)
+        self.keys = InBandKeys(
+            esc.EscapeParser(prefix),
+            hub.name,
+            write_line=self._write_line,
+            close=self._close,
+            closing=lambda: self._closing,
+        )
         self._escape_byte = None if prefix is None else bytes((prefix,))
         # notices = "none": a raw port carrying a binary protocol or feeding a log collector gets guest
         # bytes only, never serialmuxd's lines.
         self._inband = hub.config.notices is NoticePolicy.INBAND
-        # The writer was asked to hand over (takeover policy ask): its next y or n answers.
-        self._asked = False
         self.transport: asyncio.Transport | None = None
         self.session: Session | None = None
         self._closing = False
         self._abort_timer: asyncio.TimerHandle | None = None
-        # A hypervisor action waiting for its "y" (NMI and resets are too costly for one stray keystroke).
-        self._confirming: Action | None = None
         # The transport's write buffer is the bounded queue; the budget bounds what bypasses the pause.
         self._budget = OutputBudget(hub.config.client_buffer_bytes)
-        self._actions: set[asyncio.Task[None]] = set()
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -207,9 +197,9 @@ class TelnetConnection(asyncio.Protocol):
         self.transport.write(data if self.codec is None else self.codec.encode(data))
 
     def send_notice(self, notice: Notice) -> None:
-        self._write_line(notice_line(notice, functools.partial(escape_hint, self.escape.prefix)))
+        self._write_line(notice_line(notice, functools.partial(escape_hint, self.keys.escape.prefix)))
         if notice.kind is NoticeKind.ASKED:
-            self._asked = True  # the next y or n typed answers (see _answer_takeover)
+            self.keys.asked = True  # the next y or n typed answers
             self._write_line("press y to hand over now, n to keep writing")
 
     def close_session(self, reason: str, kind: EndReason = EndReason.PROTOCOL) -> None:
@@ -236,94 +226,13 @@ class TelnetConnection(asyncio.Protocol):
         # The common keystroke: no escape byte in it, no escape sequence half typed, no question waiting
         # for its answer.  Straight to the session, without the parser's event list.
         if (
-            self._confirming is None
-            and not self._asked
+            self.keys.plain
             and not self._closing
-            and self.escape.state is esc.EscapeState.IDLE
             and (self._escape_byte is None or self._escape_byte not in data)
         ):
             session.input(data)
             return
-        for event in self.escape.feed(data):
-            if self._closing:
-                return
-            if isinstance(event, esc.PassThrough):
-                payload = event.data
-                if self._confirming is not None:
-                    # The first key after a hypervisor prompt answers it, even within the same chunk.
-                    self._answer_confirmation(session, payload[:1])
-                    payload = payload[1:]
-                if payload and self._asked:
-                    payload = self._answer_takeover(session, payload)
-                if payload:
-                    session.input(payload)
-            elif isinstance(event, esc.EscapeCommand):
-                self._confirming = None
-                self._command(session, event.command)
-            else:
-                self._write_help()
-
-    def _answer_takeover(self, session: Session, payload: bytes) -> bytes:
-        """While asked to hand over, a y or n typed first answers; anything else is typed as usual."""
-        if not session.being_asked():
-            self._asked = False
-            return payload
-        answer = payload[:1].lower()
-        if answer not in (b"y", b"n"):
-            return payload
-        self._asked = False
-        session.answer_takeover(answer == b"y")
-        return payload[1:]
-
-    def _answer_confirmation(self, session: Session, key: bytes) -> None:
-        assert self._confirming is not None
-        action, self._confirming = self._confirming, None
-        if key in (b"y", b"Y"):
-            self._start_action(session, action)  # the hub checks again: write access may be gone
-        else:
-            self._write_line(f"{action} cancelled")
-
-    def _command(self, session: Session, command: esc.Command) -> None:
-        if command is esc.Command.DETACH:
-            self._write_line("detached")
-            session.detach()
-            self._close()
-        elif command is esc.Command.TAKE_OVER:
-            session.take_over()
-        elif command is esc.Command.READ_ONLY:
-            session.become_viewer()
-        elif command is esc.Command.REPLAY:
-            session.replay()
-        elif command is esc.Command.BREAK:
-            session.send_break()
-        elif command is esc.Command.WHO:
-            session.who()
-        elif command in _VM_COMMANDS:
-            self._ask_confirmation(session, _VM_COMMANDS[command])
-        else:
-            self._write_help()
-
-    def _ask_confirmation(self, session: Session, action: Action) -> None:
-        refusal = session.check_action(action)
-        if refusal is not None:
-            self._write_line(refusal)
-            return
-        self._confirming = action
-        self._write_line(
-            f"{_ACTION_WORDS[action]} {self.hub.name}? press y to confirm, any other key cancels"
-        )
-
-    def _start_action(self, session: Session, action: Action) -> None:
-        # Outcomes (done, refused, failed) reach every session as the hub's notices.
-        task = asyncio.get_running_loop().create_task(session.run_action(action))
-        self._actions.add(task)
-        task.add_done_callback(self._actions.discard)
-
-    def _write_help(self) -> None:
-        prefix = self.escape.prefix  # the keys this session has (a reload may have changed the port's)
-        if prefix is not None:
-            for line in esc.help_text(prefix):
-                self._write_line(line)
+        self.keys.feed(session, data)
 
     def _write_line(self, text: str) -> None:
         # Notices may quote text from elsewhere (a disable reason sent to the API): control characters are
